@@ -1,0 +1,102 @@
+"""Loading an application module the way machida did.
+
+machida found applications and its ``wallaroo`` module through PYTHONPATH. Here
+the runner's own ``wallaroo`` (``machida/lib/wallaroo.py``) goes first on
+``sys.path`` and the current directory right after it; then the module named
+by ``--application-module`` is imported and its ``application_setup(args)`` is
+called. Every way this can go wrong becomes an :class:`ApplicationError` whose
+message is one paragraph for the user, with their traceback where their code
+raised.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from types import ModuleType
+from typing import Any, Callable
+
+import machida.lib
+from machida.errors import ApplicationError
+from machida.plan import AppPlan, build_plan
+
+LIB_DIR = os.path.dirname(os.path.abspath(machida.lib.__file__))
+WALLAROO_FILE = os.path.join(LIB_DIR, "wallaroo.py")
+BUILD_FAILED = "Something went wrong while building the application"
+
+
+def prepare_sys_path() -> None:
+    """Put the runner's ``wallaroo`` first and the current directory right after it."""
+    while LIB_DIR in sys.path:
+        sys.path.remove(LIB_DIR)
+    sys.path.insert(0, LIB_DIR)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(1, os.getcwd())
+
+
+def _traceback_text(err: BaseException) -> str:
+    return "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip()
+
+
+def import_application(name: str) -> ModuleType:
+    """Import ``name`` (dotted names allowed) after :func:`prepare_sys_path`."""
+    prepare_sys_path()
+    try:
+        module = importlib.import_module(name)
+    except Exception as err:
+        raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err
+    check_wallaroo()
+    return module
+
+
+def check_wallaroo() -> None:
+    """Make sure ``import wallaroo`` gives this runner's module, not another one."""
+    wallaroo = sys.modules.get("wallaroo")
+    if wallaroo is None:
+        wallaroo = importlib.import_module("wallaroo")
+    loaded = os.path.realpath(getattr(wallaroo, "__file__", "") or "<built-in>")
+    if loaded != os.path.realpath(WALLAROO_FILE):
+        raise ApplicationError(
+            f"'import wallaroo' loaded {loaded}, not the machida API module {WALLAROO_FILE}"
+        )
+
+
+def call_setup(module: ModuleType, name: str, args: list[str]) -> Any:
+    """Call ``application_setup(args)``; its failures name the module."""
+    setup = getattr(module, "application_setup", None)
+    if not callable(setup):
+        raise ApplicationError(f"module '{name}' has no application_setup(args)")
+    try:
+        return setup(list(args))
+    except SystemExit:
+        raise  # argparse usage errors end the worker with their own status, as in machida
+    except Exception as err:
+        raise ApplicationError(
+            f"{_traceback_text(err)}\n"
+            f"application_setup(args) of module '{name}' raised {type(err).__name__}: {err}"
+        ) from err
+
+
+def serializers(module: ModuleType) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """The module's own ``serialize``/``deserialize`` if it has both, else ``wallaroo``'s."""
+    own = getattr(module, "serialize", None), getattr(module, "deserialize", None)
+    if callable(own[0]) and callable(own[1]):
+        return own
+    wallaroo = importlib.import_module("wallaroo")
+    return wallaroo.serialize, wallaroo.deserialize
+
+
+def load_plan(
+    name: str | ModuleType, args: list[str], warn: Callable[[str], None] | None = None
+) -> tuple[ModuleType, AppPlan]:
+    """Import the application, run its setup with ``args`` and build its plan."""
+    if isinstance(name, ModuleType):
+        prepare_sys_path()
+        check_wallaroo()
+        module, module_name = name, name.__name__
+    else:
+        module, module_name = import_application(name), name
+    actions = call_setup(module, module_name, args)
+    return module, build_plan(actions, module_name, warn)

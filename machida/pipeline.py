@@ -1,0 +1,388 @@
+"""One worker's share of the application: its states and its steps, compiled to calls.
+
+:class:`LocalTopology` is the single place that carries a message through the
+user's objects: decode, the stateless steps, ``partition``, the state
+computation, later steps, and ``encode``. The runner and the in-process driver
+both use it, so they behave the same by construction. Each pipeline is compiled
+once into a chain of small closures (one per step), which keeps the per-message
+cost to the user's own calls plus a function call per step. A message for a key
+owned by another worker leaves through ``forward``; one arriving from another
+worker enters through :meth:`LocalTopology.arrive`. Sink bytes leave through
+``sink``. Failures of user code go to :class:`machida.callbacks.Callbacks`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+from machida.callbacks import Callbacks, label
+from machida.errors import ApplicationError
+from machida.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
+from machida.source import SourceFramer
+
+# sink(pipeline_index, value_given_to_encoder, encoded_bytes_or_None)
+SinkFn = Callable[[int, Any, Any], None]
+# forward(owner_worker, pipeline_index, step_position, key_index, message)
+ForwardFn = Callable[[str, int, int, int, Any], None]
+# persist(state_name, key_index, persist_flag) after each state call (resilience)
+PersistFn = Callable[[str, int, Any], None]
+
+
+def _name_of(obj: Any) -> str:
+    name = getattr(obj, "name", None)
+    if callable(name):
+        try:
+            return str(name())
+        except Exception:
+            return "undefined-name"
+    return "undefined-name"
+
+
+class LocalTopology:
+    """The states a worker owns and the compiled steps it runs, for every pipeline."""
+
+    def __init__(
+        self,
+        plan: AppPlan,
+        worker: str,
+        placement: Placement,
+        callbacks: Callbacks,
+        sink: SinkFn,
+        forward: ForwardFn,
+        serializers: tuple[Callable, Callable] | None = None,
+        persist: PersistFn | None = None,
+    ) -> None:
+        self.plan = plan
+        self.worker = worker
+        self.placement = placement
+        self.callbacks = callbacks
+        self._sink = sink
+        self._forward = forward
+        self._persist = persist
+        if serializers is None:
+            import wallaroo
+
+            serializers = (wallaroo.serialize, wallaroo.deserialize)
+        self._serialize, self._deserialize = serializers
+        self.states: dict[str, dict[int, Any]] = {}
+        self._build_states()
+        self._arrivals: dict[tuple[int, int], Callable[[int, Any], None]] = {}
+        self._worker_chains = [self._compile_worker_part(i) for i in range(len(plan.pipelines))]
+
+    # -- states ---------------------------------------------------------------------------
+
+    def _build_states(self) -> None:
+        """Call ``build()`` eagerly for every owned key, in key-list order."""
+        owned = self.placement.owned_by(self.worker)
+        builders = {}
+        for pipeline in self.plan.pipelines:
+            for step in pipeline.steps:
+                if isinstance(step, StatePartition):
+                    builders.setdefault(step.state_name, step.builder)
+        for state_name, builder in builders.items():
+            states = self.states.setdefault(state_name, {})
+            for index in owned.get(state_name, []):
+                try:
+                    states[index] = builder.build()
+                except Exception as err:
+                    raise ApplicationError(
+                        f"{label(builder, 'build')}() raised {type(err).__name__}: {err} "
+                        f"while building state '{state_name}' on worker '{self.worker}'"
+                    ) from err
+
+    # -- compiling ------------------------------------------------------------------------
+
+    @staticmethod
+    def first_state(steps: tuple) -> int:
+        """Position of the first state step, or ``len(steps)`` when there is none."""
+        for pos, step in enumerate(steps):
+            if isinstance(step, StatePartition):
+                return pos
+        return len(steps)
+
+    def _compile_worker_part(self, p: int) -> Callable[[Any], None]:
+        """The chain from the first state step on, with one instance per worker."""
+        steps = self.plan.pipelines[p].steps
+        return self._chain(p, self.first_state(steps), self._emitter(p), "")
+
+    def _chain(self, p: int, start: int, tail: Callable, context: str) -> Callable[[Any], None]:
+        """Compile steps ``start..end`` of pipeline ``p`` in front of ``tail``."""
+        steps = self.plan.pipelines[p].steps
+        stop = len(steps) if start == self.first_state(steps) else self.first_state(steps)
+        nxt = tail
+        for pos in range(stop - 1, start - 1, -1):
+            step = steps[pos]
+            if isinstance(step, Computation):
+                nxt = self._stateless(p, step, nxt, context)
+            else:
+                nxt = self._state_step(p, pos, step, nxt)
+        return nxt
+
+    def _stateless(self, p: int, step: Computation, nxt: Callable, context: str) -> Callable:
+        obj = step.cls()
+        _name_of(obj)  # machida asked each instance its name once
+        pname = self.plan.pipelines[p].name
+        cb = self.callbacks
+        multi = hasattr(obj, "compute_multi")
+        method = obj.compute_multi if multi else obj.compute
+        name = label(obj, "compute_multi" if multi else "compute")
+
+        def run_multi(msg: Any) -> None:
+            try:
+                out = method(msg)
+            except Exception as err:
+                cb.raised(name, err, pname, context)
+                return
+            except SystemExit as err:
+                cb.exiting(name, err)
+                raise
+            if out is None:
+                return
+            if out.__class__ is not list and not isinstance(out, list):
+                cb.invalid(name, out, pname, context)
+                return
+            for item in out:
+                nxt(item)
+
+        def run_one(msg: Any) -> None:
+            try:
+                out = method(msg)
+            except Exception as err:
+                cb.raised(name, err, pname, context)
+                return
+            except SystemExit as err:
+                cb.exiting(name, err)
+                raise
+            if out is not None:
+                nxt(out)
+
+        return run_multi if multi else run_one
+
+    def _state_step(self, p: int, pos: int, step: StatePartition, nxt: Callable) -> Callable:
+        apply = self._state_apply(p, step, nxt)
+        self._arrivals[(p, pos)] = apply
+        owners = dict(self.placement.owners)[step.state_name]
+        me, forward, cb = self.worker, self._forward, self.callbacks
+        pname = self.plan.pipelines[p].name
+        if step.partition_function is None:
+            if owners[0] == me:
+                return lambda msg: apply(0, msg)
+            return lambda msg: forward(owners[0], p, pos, 0, msg)
+        index = {key: i for i, key in enumerate(step.keys)}
+        partition = step.partition_function.partition
+        name = label(step.partition_function, "partition")
+        state_name, u64 = step.state_name, step.u64
+
+        def route(msg: Any) -> None:
+            try:
+                key = partition(msg)
+            except Exception as err:
+                cb.raised(name, err, pname, f"state '{state_name}'")
+                return
+            except SystemExit as err:
+                cb.exiting(name, err)
+                raise
+            if u64:
+                if not isinstance(key, numbers.Real) or isinstance(key, bool):
+                    cb.invalid(name, key, pname, f"state '{state_name}' needs a u64 key")
+                    return
+                key = int(key) & U64_MASK
+            try:
+                i = index.get(key)
+            except TypeError:
+                cb.invalid(name, key, pname, f"state '{state_name}' needs a hashable key")
+                return
+            if i is None:
+                cb.unknown_key(name, key, state_name)
+            elif owners[i] == me:
+                apply(i, msg)
+            else:
+                forward(owners[i], p, pos, i, msg)
+
+        return route
+
+    def _state_apply(self, p: int, step: StatePartition, nxt: Callable) -> Callable:
+        """``apply(key_index, msg)``: the state computation on this worker's state."""
+        comp = step.computation
+        multi = hasattr(comp, "compute_multi")
+        method = comp.compute_multi if multi else comp.compute
+        name = label(comp, "compute_multi" if multi else "compute")
+        states = self.states[step.state_name]
+        state_name, keys = step.state_name, step.keys
+        pname = self.plan.pipelines[p].name
+        cb, persist = self.callbacks, self._persist
+
+        def apply(i: int, msg: Any) -> None:
+            try:
+                r = method(msg, states[i])
+            except Exception as err:
+                cb.raised(name, err, pname, f"state '{state_name}', key {keys[i]!r}")
+                return
+            except SystemExit as err:
+                cb.exiting(name, err)
+                raise
+            if (r.__class__ is not tuple and not isinstance(r, tuple)) or len(r) < 2:
+                cb.invalid(name, r, pname, f"state '{state_name}', key {keys[i]!r}")
+                return
+            if persist is not None:
+                persist(state_name, i, r[1])
+            result = r[0]
+            if result is None:
+                return
+            if not multi:
+                nxt(result)
+            elif isinstance(result, list):
+                for item in result:
+                    nxt(item)
+            else:
+                cb.invalid(name, result, pname, f"state '{state_name}', key {keys[i]!r}")
+
+        return apply
+
+    def _emitter(self, p: int) -> Callable[[Any], None]:
+        pipeline = self.plan.pipelines[p]
+        if pipeline.sink is None:
+            return lambda value: None
+        encode = pipeline.sink.encoder.encode
+        name = label(pipeline.sink.encoder, "encode")
+        sink, cb, pname = self._sink, self.callbacks, pipeline.name
+
+        def emit(value: Any) -> None:
+            try:
+                data = encode(value)
+            except Exception as err:
+                cb.raised(name, err, pname, "sink")
+                return
+            except SystemExit as err:
+                cb.exiting(name, err)
+                raise
+            if data.__class__ is not bytes and data is not None:
+                raw, data = data, _as_bytes(data)
+                if data is None:
+                    cb.invalid(name, raw, pname, "sink")
+                    return
+            sink(p, value, data)
+
+        return emit
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def source_connection(self, p: int, peer: str) -> SourceConnection:
+        """A new source connection of pipeline ``p`` (initializer only): fresh step instances."""
+        steps = self.plan.pipelines[p].steps
+        first = self.first_state(steps)
+        tail = self._worker_chains[p] if first < len(steps) else self._emitter(p)
+        entry = self._chain(p, 0, tail, f"peer {peer}") if first > 0 else tail
+        return SourceConnection(self, p, peer, entry)
+
+    def arrive(self, p: int, pos: int, key_index: int, msg: Any) -> None:
+        """A message for a key this worker owns, from another worker."""
+        self._arrivals[(p, pos)](key_index, msg)
+
+    def hop_out(self, msg: Any, p: int) -> bytes | None:
+        """Serialise a message leaving this worker; ``None`` if that failed (it is dropped)."""
+        try:
+            data = self._serialize(msg)
+        except Exception as err:
+            self.callbacks.raised(_fn_label(self._serialize), err, self.plan.pipelines[p].name)
+            return None
+        if data.__class__ is bytes:
+            return data
+        converted = _as_bytes(data) if not isinstance(data, str) else None
+        if converted is None:
+            self.callbacks.invalid(_fn_label(self._serialize), data, self.plan.pipelines[p].name)
+        return converted
+
+    def hop_in(self, data: bytes, p: int) -> tuple[bool, Any]:
+        """Deserialise a message from another worker: ``(ok, message)``."""
+        try:
+            return True, self._deserialize(data)
+        except Exception as err:
+            self.callbacks.raised(_fn_label(self._deserialize), err, self.plan.pipelines[p].name)
+            return False, None
+
+
+class SourceConnection:
+    """One source connection: its framing state and its own stateless step instances."""
+
+    __slots__ = ("_decode", "_decode_name", "_entry", "framer", "p", "peer", "topology")
+
+    def __init__(self, topology: LocalTopology, p: int, peer: str, entry: Callable) -> None:
+        source = topology.plan.pipelines[p].source
+        self.topology = topology
+        self.p = p
+        self.peer = peer
+        self._entry = entry
+        self._decode = source.decoder.decode
+        self._decode_name = label(source.decoder, "decode")
+        self.framer = SourceFramer(source.decoder, source.header_length)
+
+    @property
+    def failed(self) -> bool:
+        """The framing broke; the caller must close the connection."""
+        return self.framer.error is not None
+
+    def push(self, msg: Any) -> None:
+        """A message already decoded (the driver's ``feed``)."""
+        self._entry(msg)
+
+    def feed(self, data: bytes) -> None:
+        """Frame, decode and process every complete frame in ``data``."""
+        framer = self.framer
+        try:
+            payloads = framer.feed(data)
+        except SystemExit as err:
+            self.topology.callbacks.exiting(framer.callback, err)
+            raise
+        self.push_payloads(payloads)
+        if framer.error is not None:
+            why = framer.error
+            cb = self.topology.callbacks
+            pname = self.topology.plan.pipelines[self.p].name
+            cb.bad_frame(why.callback, why.length, pname, self.peer, why.exc)
+
+    def push_payloads(self, payloads: list[bytes]) -> None:
+        decode, entry, name = self._decode, self._entry, self._decode_name
+        cb = self.topology.callbacks
+        for payload in payloads:
+            try:
+                msg = decode(payload)
+            except Exception as err:
+                pname = self.topology.plan.pipelines[self.p].name
+                cb.raised(name, err, pname, f"peer {self.peer}")
+                continue
+            except SystemExit as err:
+                cb.exiting(name, err)
+                raise
+            entry(msg)
+
+    def close(self) -> int:
+        """The peer closed: warn about a partial frame; returns the bytes discarded."""
+        left = self.framer.pending
+        if left and self.framer.error is None:
+            pname = self.topology.plan.pipelines[self.p].name
+            print(
+                f"WARNING: source connection from {self.peer} closed in the middle of a frame; "
+                f"{left} byte(s) discarded [pipeline '{pname}']",
+                file=self.topology.callbacks.stream,
+                flush=True,
+            )
+        return left
+
+
+def _as_bytes(data: Any) -> bytes | None:
+    """An encoder's result as bytes: bytes-likes as they are, ASCII text encoded."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, str):
+        try:
+            return data.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+    return None
+
+
+def _fn_label(fn: Callable) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module.rsplit('.', 1)[-1]}.{getattr(fn, '__name__', 'serialize')}"

@@ -32,10 +32,14 @@ class FrameDecoder:
     :class:`FrameError`, and every later feed returns nothing.
     """
 
-    __slots__ = ("_buf", "error", "max_length", "min_length")
+    __slots__ = ("_buf", "_parts", "_wait", "error", "max_length", "min_length")
 
     def __init__(self, max_length: int = MAX_FRAME, min_length: int = 0) -> None:
         self._buf = b""
+        # A large frame arriving in many reads is collected here and joined
+        # once it is complete, so its cost stays linear in its size.
+        self._parts: list[bytes] = []
+        self._wait = 0  # bytes still missing from the frame in _buf + _parts
         self.max_length = max_length
         self.min_length = min_length
         self.error: FrameError | None = None
@@ -43,16 +47,25 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         """Bytes held for a frame not yet complete."""
-        return len(self._buf)
+        return len(self._buf) + sum(map(len, self._parts))
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.error is not None:
             return []
-        buf = self._buf + data if self._buf else bytes(data)
+        if self._wait > len(data):
+            self._parts.append(bytes(data))
+            self._wait -= len(data)
+            return []
+        if self._parts:
+            buf = b"".join([self._buf, *self._parts, data])
+            self._parts = []
+        else:
+            buf = self._buf + data if self._buf else bytes(data)
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
         unpack = HEADER.unpack_from
+        self._wait = 0
         while end - pos >= 4:
             (length,) = unpack(buf, pos)
             if length > self.max_length or length < self.min_length:
@@ -64,6 +77,7 @@ class FrameDecoder:
                 return frames
             stop = pos + 4 + length
             if stop > end:
+                self._wait = stop - end
                 break
             frames.append(buf[pos + 4 : stop])
             pos = stop

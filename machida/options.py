@@ -33,7 +33,7 @@ class UsageError(Exception):
 
 def parse_int(text: str) -> int:
     """Read an integer the Pony way: ``1_000``, ``0x10``, ``0b101``, ``-3``."""
-    cleaned = text.strip().replace("_", "")
+    cleaned = text.replace("_", "")
     sign = 1
     if cleaned[:1] in "+-" and cleaned:
         sign = -1 if cleaned[0] == "-" else 1
@@ -42,7 +42,8 @@ def parse_int(text: str) -> int:
     if cleaned[:2].lower() in ("0x", "0b"):
         base = 16 if cleaned[1] in "xX" else 2
         cleaned = cleaned[2:]
-    if not cleaned or not cleaned.isalnum():
+    digits = "0123456789abcdefABCDEF" if base == 16 else "01" if base == 2 else "0123456789"
+    if not cleaned or cleaned.strip(digits):
         raise ValueError(f"not an integer: {text!r}")
     return sign * int(cleaned, base)
 
@@ -51,7 +52,7 @@ def parse_int(text: str) -> int:
 class Option:
     """One option: its long name (without dashes), short letter, and value kind.
 
-    ``kind`` is ``"flag"`` (no value), ``"str"`` or ``"int"``. ``minimum``
+    ``kind`` is ``"flag"`` (no value, ``False`` unless given), ``"str"`` or ``"int"``. ``minimum``
     bounds integer values. ``dest`` names the result key (the long name with
     ``-`` turned into ``_`` by default).
     """
@@ -64,6 +65,13 @@ class Option:
     metavar: str = ""
     help: str = ""
     dest: str = ""
+
+    @property
+    def initial(self) -> Any:
+        """The value before the command line is read: flags start as ``False``."""
+        if self.kind == "flag" and self.default is None:
+            return False
+        return self.default
 
     @property
     def key(self) -> str:
@@ -122,7 +130,7 @@ class OptionParser:
         self._short = {o.short: o for o in options if o.short}
 
     def parse(self, argv: list[str]) -> Parsed:
-        values = {o.key: o.default for o in self.options}
+        values = {o.key: o.initial for o in self.options}
         given: set[str] = set()
         rest: list[str] = []
         words = strip_pony_options(list(argv))

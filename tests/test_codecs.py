@@ -30,7 +30,9 @@ def test_parse_int_pony_forms(text, value):
     assert parse_int(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "abc", "1.5", "0x", "1e3", "--1"])
+@pytest.mark.parametrize(
+    "text", ["", "abc", "1.5", "0x", "1e3", "--1", " 7", "\u0661\u0662", "0b12"]
+)
 def test_parse_int_rejects(text):
     with pytest.raises(ValueError):
         parse_int(text)

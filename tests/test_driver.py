@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from machida.callbacks import INVALID, RAISED, UNKNOWN_KEY
 from machida.testing import Driver, UserCallbackError, run
+from wallaroo_tools.validation import validate
+from wallaroo_tools.validator import validate_bytes
 
 FRAME = struct.Struct(">IQ")
 
@@ -45,6 +47,18 @@ def test_one_to_thousand_gives_every_window_in_order(workers):
     assert windows(out) == expected_windows(1000)
     assert out[0] == b"\x00\x00\x00\x09[0,0,0,1]"
     assert windows(out)[-2:] == [[993, 995, 997, 999], [994, 996, 998, 1000]]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_driver_output_satisfies_every_validator_rule(workers):
+    out = run("sequence_window", range(1, 1001), workers=workers)
+    result = validate(enumerate(windows(out)), expected=1000, at_least_once=False)
+    assert result.ok, result.message
+    # written as a raw framed sink stream, the validator tool's reader accepts it too
+    assert validate_bytes(b"".join(out), layout="framed", expected=1000).ok
+    # and a run one short fails the final check: the rules can fail here
+    short = validate(enumerate(windows(out[:-1])), expected=1000, at_least_once=False)
+    assert not short.ok and short.message.startswith("Expected max test failed")
 
 
 def test_runs_are_deterministic_and_worker_count_does_not_change_bytes():

@@ -23,6 +23,46 @@ def encode_frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+class Carry:
+    """The bytes of an unfinished frame, kept from one read to the next.
+
+    When a frame's length is known and the read falls short of it, the reads
+    are only collected, and joined once the frame is complete, so a large
+    frame arriving in many small reads costs time linear in its size.
+    """
+
+    __slots__ = ("_head", "_parts", "wait")
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._parts: list[bytes] = []
+        self.wait = 0  # bytes still missing from a frame whose length is known
+
+    def __len__(self) -> int:
+        return len(self._head) + sum(map(len, self._parts))
+
+    def join(self, data: bytes) -> bytes | None:
+        """What is carried followed by ``data``; ``None`` while the awaited frame is incomplete."""
+        if self.wait > len(data):
+            self._parts.append(bytes(data))
+            self.wait -= len(data)
+            return None
+        if self._parts:
+            buf = b"".join([self._head, *self._parts, data])
+            self._parts = []
+            return buf
+        return self._head + data if self._head else bytes(data)
+
+    def keep(self, rest: bytes, wait: int) -> None:
+        """Carry ``rest`` (the start of the next frame); ``wait`` bytes of it are known missing."""
+        self._head = rest
+        self.wait = wait
+
+    def clear(self) -> None:
+        self.keep(b"", 0)
+        self._parts = []
+
+
 class FrameDecoder:
     """Splits a byte stream into ``u32be length | payload`` frames.
 
@@ -32,14 +72,10 @@ class FrameDecoder:
     :class:`FrameError`, and every later feed returns nothing.
     """
 
-    __slots__ = ("_buf", "_parts", "_wait", "error", "max_length", "min_length")
+    __slots__ = ("_carry", "error", "max_length", "min_length")
 
     def __init__(self, max_length: int = MAX_FRAME, min_length: int = 0) -> None:
-        self._buf = b""
-        # A large frame arriving in many reads is collected here and joined
-        # once it is complete, so its cost stays linear in its size.
-        self._parts: list[bytes] = []
-        self._wait = 0  # bytes still missing from the frame in _buf + _parts
+        self._carry = Carry()
         self.max_length = max_length
         self.min_length = min_length
         self.error: FrameError | None = None
@@ -47,25 +83,19 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         """Bytes held for a frame not yet complete."""
-        return len(self._buf) + sum(map(len, self._parts))
+        return len(self._carry)
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.error is not None:
             return []
-        if self._wait > len(data):
-            self._parts.append(bytes(data))
-            self._wait -= len(data)
+        buf = self._carry.join(data)
+        if buf is None:
             return []
-        if self._parts:
-            buf = b"".join([self._buf, *self._parts, data])
-            self._parts = []
-        else:
-            buf = self._buf + data if self._buf else bytes(data)
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
+        wait = 0
         unpack = HEADER.unpack_from
-        self._wait = 0
         while end - pos >= 4:
             (length,) = unpack(buf, pos)
             if length > self.max_length or length < self.min_length:
@@ -73,13 +103,13 @@ class FrameDecoder:
                     f"frame length {length} is outside {self.min_length}..{self.max_length}",
                     length=length,
                 )
-                self._buf = b""
+                self._carry.clear()
                 return frames
             stop = pos + 4 + length
             if stop > end:
-                self._wait = stop - end
+                wait = stop - end
                 break
             frames.append(buf[pos + 4 : stop])
             pos = stop
-        self._buf = buf[pos:]
+        self._carry.keep(buf[pos:], wait)
         return frames

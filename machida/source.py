@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from machida.callbacks import label
+from machida.framing import Carry
 
 # The largest payload a source accepts (16 MiB), as Wallaroo's framed readers.
 MAX_PAYLOAD = 16 * 1024 * 1024
@@ -36,47 +37,28 @@ class BadLength:
 class SourceFramer:
     """Splits one source connection's bytes into payloads using the decoder's framing."""
 
-    __slots__ = (
-        "_buf",
-        "_header_length",
-        "_need",
-        "_parts",
-        "_payload_length",
-        "_wait",
-        "callback",
-        "error",
-    )
+    __slots__ = ("_carry", "_header_length", "_need", "_payload_length", "callback", "error")
 
     def __init__(self, decoder: Any, header_length: int) -> None:
         self._payload_length = decoder.payload_length
         self._header_length = header_length
-        self._buf = b""
+        self._carry = Carry()
         self._need = -1  # payload bytes owed for a header already read, or -1
-        # A large frame arriving in many reads is collected here and joined
-        # once complete, so its cost stays linear in its size.
-        self._parts: list[bytes] = []
-        self._wait = 0  # bytes still missing from the frame in _buf + _parts
         self.callback = label(decoder, "payload_length")
         self.error: BadLength | None = None
 
     @property
     def pending(self) -> int:
         """Bytes held for a frame that is not complete yet (header included)."""
-        return len(self._buf) + sum(map(len, self._parts))
+        return len(self._carry)
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.error is not None:
             return []
-        if self._wait > len(data):
-            self._parts.append(bytes(data))
-            self._wait -= len(data)
+        buf = self._carry.join(data)
+        if buf is None:
             return []
-        if self._parts:
-            buf = b"".join([self._buf, *self._parts, data])
-            self._parts = []
-        else:
-            buf = self._buf + data if self._buf else bytes(data)
-        self._wait = 0
+        wait = 0
         hl = self._header_length
         end = len(buf)
         pos = 0
@@ -99,19 +81,18 @@ class SourceFramer:
                 need = int(need)
             stop = pos + hl + need
             if stop > end:
-                self._wait = stop - end
+                wait = stop - end
                 break
             append(buf[pos + hl : stop])
             pos = stop
             need = -1
         self._need = need
-        self._buf = buf[pos:] if pos else buf
+        self._carry.keep(buf[pos:] if pos else buf, wait)
         return frames
 
     def _fail(self, frames: list[bytes], why: BadLength) -> list[bytes]:
         self.error = why
-        self._buf = b""
-        self._parts = []
+        self._carry.clear()
         self._need = -1
         return frames
 

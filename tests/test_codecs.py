@@ -194,3 +194,18 @@ def test_source_framer_random_splits(payloads, step):
     for i in range(0, len(stream), step):
         got.extend(framer.feed(stream[i : i + step]))
     assert got == payloads and framer.error is None
+
+
+def test_a_large_frame_in_many_small_reads_is_collected_whole():
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    stream = encode_frame(payload) + encode_frame(b"next")
+    dec = FrameDecoder()
+    src = SourceFramer(U32(), 4)
+    got, got_src = [], []
+    for i in range(0, len(stream), 1000):
+        got.extend(dec.feed(stream[i : i + 1000]))
+        got_src.extend(src.feed(stream[i : i + 1000]))
+        if i + 1000 < len(payload):
+            assert dec.pending == src.pending == i + 1000
+    assert got == got_src == [payload, b"next"]
+    assert dec.pending == src.pending == 0

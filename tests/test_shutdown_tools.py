@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toolhelp import RawListener, closed_port, explain, run_tool
 
-from wallaroo_tools import external
-from wallaroo_tools.external import ExternalFrameDecoder, encode
+from machida import external
+from machida.external import ExternalFrameDecoder, encode
 
 # ---------------------------------------------------------------- codec
 

@@ -1,54 +1,88 @@
 """machida's own command-line options, and the argument list an application sees.
 
-The table below is machida.md §2: every option the runner consumes. Whatever
-is not in it (``--in``, ``--out``, an application's own flags) is left, in its
-original order, for ``application_setup(args)``; the Pony runtime's options
-are removed first, as the Pony runtime did before machida saw its argv.
+The table below is machida.md §2: every option the runner consumes, in the
+spec's order, with the help text ``machida --help`` shows. Whatever is not in
+it (``--in``, ``--out``, an application's own flags) is left, in its original
+order, for ``application_setup(args)``; the Pony runtime's options are removed
+first, as the Pony runtime did before machida saw its argv. The rules that
+need more than one option at a time live in :mod:`machida.cli`.
 """
 
 from __future__ import annotations
 
 from machida.options import Option, OptionParser
 
+DEFAULT_STOP_PAUSE_NS = 2_000_000_000
+
 RUNNER_OPTIONS = [
-    Option("application-module", metavar="MODULE", help="application module to import"),
-    Option("metrics", "m", metavar="HOST:PORT", help="where to send stats records (required)"),
-    Option("control", "c", metavar="HOST:PORT", help="initializer control address"),
-    Option("data", "d", metavar="HOST:PORT", help="initializer data address"),
+    Option("application-module", metavar="MODULE", help="application module to import (required)"),
+    Option(
+        "metrics",
+        "m",
+        metavar="HOST:PORT",
+        help="where stats records go (required on every process)",
+    ),
+    Option(
+        "control",
+        "c",
+        metavar="HOST:PORT",
+        help="initializer: listen here; worker: connect here",
+    ),
+    Option("data", "d", metavar="HOST:PORT", help="initializer's data channel (initializer only)"),
     Option(
         "my-control",
         "x",
         default="0.0.0.0:0",
         metavar="HOST:PORT",
-        help="a worker's control listener",
+        help="a worker's control listener (default 0.0.0.0:0)",
     ),
     Option(
-        "my-data", "y", default="0.0.0.0:0", metavar="HOST:PORT", help="a worker's data listener"
+        "my-data",
+        "y",
+        default="0.0.0.0:0",
+        metavar="HOST:PORT",
+        help="a worker's data listener (default 0.0.0.0:0)",
     ),
     Option("external", "e", metavar="HOST:PORT", help="external channel listener"),
     Option(
         "worker-count",
         "w",
         kind="int",
-        default=1,
         metavar="N",
-        help="workers in the cluster, initializer included",
+        help="cluster size, initializer included (default 1)",
     ),
     Option(
         "cluster-initializer",
         "t",
         kind="flag",
         default=False,
-        help="this process is the initializer",
+        help="this process is the cluster initializer",
     ),
     Option("name", "n", metavar="NAME", help="worker name (required on workers)"),
-    Option("resilience-dir", "r", default="/tmp", metavar="DIR", help="where recovery files live"),
-    Option("run-with-resilience", kind="flag", default=False, help="turn on resilience"),
-    Option("log-rotation", kind="flag", default=False, help="enable event-log rotation"),
+    Option(
+        "resilience-dir",
+        "r",
+        default="/tmp",
+        metavar="DIR",
+        help="recovery files; must exist, no trailing / (default /tmp)",
+    ),
+    Option(
+        "run-with-resilience",
+        kind="flag",
+        default=False,
+        help="turn on resilience: log, replay and snapshot state",
+    ),
+    Option(
+        "log-rotation",
+        kind="flag",
+        default=False,
+        help="enable event-log rotation (needs --run-with-resilience)",
+    ),
     Option(
         "event-log-file-size",
         "l",
         kind="int",
+        minimum=1,
         metavar="BYTES",
         help="rotate the event log past this size",
     ),
@@ -56,17 +90,18 @@ RUNNER_OPTIONS = [
         "stop-pause",
         "u",
         kind="int",
-        default=2_000_000_000,
+        default=DEFAULT_STOP_PAUSE_NS,
+        minimum=0,
         metavar="NS",
-        help="pause during a log rotation",
+        help="pause for a log rotation (default 2_000_000_000)",
     ),
     Option("join", "j", metavar="HOST:PORT", help="autoscale join (not supported)"),
     Option("file", "f", metavar="FILE", help="accepted and ignored"),
     Option("phone-home", "p", metavar="HOST:PORT", help="accepted and ignored"),
-    Option("spike-seed", metavar="N", help="accepted and ignored"),
-    Option("spike-drop", kind="flag", default=False, help="accepted and ignored"),
-    Option("spike-prob", metavar="P", help="accepted and ignored"),
-    Option("spike-margin", metavar="N", help="accepted and ignored"),
+    Option("spike-seed", metavar="N", help="accepted and ignored (fault injection)"),
+    Option("spike-drop", kind="flag", default=False, help="accepted and ignored (fault injection)"),
+    Option("spike-prob", metavar="P", help="accepted and ignored (fault injection)"),
+    Option("spike-margin", metavar="N", help="accepted and ignored (fault injection)"),
     Option("help", "h", kind="flag", default=False, help="print this help and exit"),
 ]
 

@@ -108,6 +108,11 @@ class AppPlan:
 
     def fingerprint(self, resilience: bool = False) -> str:
         """A digest of what workers must agree on (machida.md §3)."""
+        text = "\n".join(self.fingerprint_parts(resilience))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def fingerprint_parts(self, resilience: bool = False) -> list[str]:
+        """The lines the fingerprint is made of, to name what two workers disagree on."""
         parts = [f"module={self.module}", f"app={self.name}", f"resilience={resilience}"]
         for pipeline in self.pipelines:
             parts.append(f"pipeline={pipeline.name}")
@@ -120,7 +125,7 @@ class AppPlan:
                         f"{step.action} {qualified(type(step.computation))} "
                         f"{step.state_name!r} [{keys}]"
                     )
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        return parts
 
 
 @dataclass(frozen=True, **_SLOTS)

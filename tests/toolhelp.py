@@ -25,7 +25,9 @@ DEADLINE = 30.0
 
 
 def tool_cmd(name: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", f"wallaroo_tools.{name}", *args]
+    """How a test starts a command: the runner as ``-m machida``, tools from wallaroo_tools."""
+    module = "machida" if name == "machida" else f"wallaroo_tools.{name}"
+    return [sys.executable, "-m", module, *args]
 
 
 def run_tool(name: str, *args: str, cwd=None, timeout: float = DEADLINE):

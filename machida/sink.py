@@ -1,0 +1,148 @@
+"""A worker's TCP sink connection: encoder bytes out, verbatim, to the ``--out`` address.
+
+Every worker opens its own connection to each sink address, even one that
+owns no key. Bytes produced in a batch are written with one ``write``. The
+connection is retried every second until it is up (``Waiting for sink at
+h:p`` every ten seconds) and again if it drops; meanwhile output waits in a
+buffer that counts toward backpressure. When the buffered bytes (ours plus
+the transport's) pass :data:`HIGH_WATER`, the sink tells the worker to pause
+its inputs, and to resume under :data:`LOW_WATER`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+# machida.md §6.4: pause inputs above 1 MiB of unsent sink output, resume below 256 KiB.
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+RETRY_S = 1.0
+WAITING_LINE_EVERY_S = 10.0
+
+
+class _SinkProtocol(asyncio.Protocol):
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # a sink receiver has nothing to say; ignore whatever it sends
+
+    def pause_writing(self) -> None:
+        self.sink._set_blocked(True)
+
+    def resume_writing(self) -> None:
+        self.sink._set_blocked(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sink._lost(self)
+
+
+class Sink:
+    """One sink connection of one worker, reconnecting as needed."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_blocked: Callable[[bool], None],
+        log: Callable[[str], None],
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self._on_blocked = on_blocked
+        self._log = log
+        self._transport: asyncio.WriteTransport | None = None
+        self._protocol: _SinkProtocol | None = None
+        self._queue: list[bytes] = []
+        self._queued_bytes = 0
+        self._blocked = False
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self.connected = asyncio.Event()
+        self.written = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._connect_loop())
+
+    async def _connect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_line = -WAITING_LINE_EVERY_S
+        while not self._closing:
+            try:
+                transport, protocol = await loop.create_connection(
+                    lambda: _SinkProtocol(self), self.host, self.port
+                )
+            except OSError:
+                now = time.monotonic()
+                if now - last_line >= WAITING_LINE_EVERY_S:
+                    self._log(f"Waiting for sink at {self.address}")
+                    last_line = now
+                await asyncio.sleep(RETRY_S)
+                continue
+            self._transport, self._protocol = transport, protocol
+            if self._queue:
+                transport.write(b"".join(self._queue))
+                self._queue, self._queued_bytes = [], 0
+                self._update_blocked()
+            self.connected.set()
+            return
+
+    def write(self, data: bytes) -> None:
+        """Hand ``data`` to the connection, or queue it while the connection is down."""
+        self.written += len(data)
+        if self._transport is not None:
+            self._transport.write(data)
+            return
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        self._update_blocked()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes not yet handed to the kernel."""
+        inner = self._transport.get_write_buffer_size() if self._transport else 0
+        return inner + self._queued_bytes
+
+    def _set_blocked(self, blocked: bool) -> None:
+        if blocked != self._blocked:
+            self._blocked = blocked
+            self._on_blocked(blocked)
+
+    def _update_blocked(self) -> None:
+        if self._queued_bytes > HIGH_WATER:
+            self._set_blocked(True)
+        elif self._queued_bytes < LOW_WATER and self._transport is None:
+            self._set_blocked(False)
+
+    def _lost(self, protocol: _SinkProtocol) -> None:
+        if protocol is not self._protocol:
+            return
+        self._transport = self._protocol = None
+        self.connected.clear()
+        self._set_blocked(False)
+        if not self._closing:
+            self._log(f"WARNING: sink connection to {self.address} lost; reconnecting")
+            self.start()
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until every byte is handed to the kernel, or the loop time ``deadline``."""
+        loop = asyncio.get_running_loop()
+        while self.buffered:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def close(self) -> None:
+        """Close after flushing what the transport holds (asyncio flushes on close)."""
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,415 @@
+"""One worker process: the cluster role, the message flow, and stopping.
+
+:func:`run` is what ``machida`` calls once its command line is checked. It
+loads the application (every process does, as machida did), then runs a
+:class:`Worker` on an asyncio loop. The initializer binds the sources and the
+control and data listeners, admits the other workers (:mod:`machida.cluster`),
+and starts reading its sources once every worker reports ready. Messages flow
+through :class:`machida.pipeline.LocalTopology`; what it forwards to another
+worker goes into that worker's :class:`machida.links.OutLink`, what it emits
+goes into a :class:`machida.sink.Sink`. After each socket read the worker
+flushes: one write per sink and one batch per link. Backpressure pauses the
+sources (and incoming links) while a link has too many unacknowledged
+messages or a sink has too many unsent bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+from machida.boundary import BoundaryDecoder, Dedup, ack, record
+from machida.callbacks import Callbacks
+from machida.errors import ApplicationError
+from machida.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
+from machida.links import Conn, OutLink, bound_port, listen
+from machida.loader import BUILD_FAILED, load_plan, serializers
+from machida.pipeline import LocalTopology
+from machida.sink import Sink
+
+# machida.md §6.4: pause sources at 16 384 unacknowledged messages on a link, resume below 8 192.
+LINK_HIGH_WATER = 16_384
+LINK_LOW_WATER = 8_192
+# Acknowledgements are batched, at most every 10 ms (machida.md §6.1).
+ACK_DELAY_S = 0.010
+# How often repeated user-callback failures are summarised on stderr.
+SUMMARY_EVERY_S = 10.0
+
+
+def say(line: str) -> None:
+    """A console line (stdout): harnesses wait for these."""
+    print(line, flush=True)
+
+
+def warn(line: str) -> None:
+    """A diagnostic (stderr), already prefixed with Error:/WARNING:/ERROR:."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+class Worker:
+    """The state of one worker process and the flow of its messages."""
+
+    def __init__(self, config: Any, module: Any, plan: Any) -> None:
+        self.config = config
+        self.name = config.name
+        self.module = module
+        self.plan = plan
+        self.callbacks = Callbacks(self.name)
+        self.serializers = serializers(module)
+        self.incarnation = random.getrandbits(63)
+        self.topology: LocalTopology | None = None
+        self.sinks: list[Sink | None] = []
+        self._sink_pending: list[list[bytes]] = []
+        self.links: dict[str, OutLink] = {}
+        self.in_conns: set[Conn] = set()
+        self.source_conns: set[Conn] = set()
+        self.source_servers: list[asyncio.base_events.Server] = []
+        self.servers: list[asyncio.base_events.Server] = []
+        self.dedup: dict[str, Dedup] = {}
+        self.applied_total = 0
+        self.pause_reasons: set[str] = set()
+        self.reading_sources = False
+        self.finished: asyncio.Future | None = None
+        self.cluster: Any = None  # machida.cluster.Initializer or Member
+        self._stopping = False
+
+    # -- start ------------------------------------------------------------------------------
+
+    def finish(self, code: int) -> None:
+        """End the process's main loop with exit status ``code``."""
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_result(code)
+
+    async def bind(self, kind: str, address: tuple[str, int], owner: Any = None):
+        """Listen on ``address``; a bind failure ends the process with status 1."""
+        try:
+            server = await listen(owner or self, kind, *address)
+        except OSError as err:
+            raise BindError(f"Error: unable to listen on {address[0]}:{address[1]} "
+                            f"for {kind}: {err.strerror or err}") from err  # fmt: skip
+        self.servers.append(server)
+        return server
+
+    async def bind_sources(self) -> None:
+        for p, pipeline in enumerate(self.plan.pipelines):
+            host, port = pipeline.source.host, int(pipeline.source.port)
+            try:
+                server = await listen(self, f"source:{p}", host, port)
+            except OSError as err:
+                raise BindError(f"{pipeline.name} source is unable to listen") from err
+            self.source_servers.append(server)
+            say(f"{pipeline.name} source listening on {host}:{bound_port(server)}")
+
+    async def bind_external(self) -> None:
+        if self.config.external is None:
+            return
+        server = await self.bind("external", self.config.external)
+        host = self.config.external[0]
+        say(f"{self.name} external: listening on {host}:{bound_port(server)}")
+
+    def build_topology(self, workers: list[str]) -> None:
+        """The local topology for a member list in join order: states, sinks, links."""
+        placement = self.plan.placement(workers)
+        self.topology = LocalTopology(
+            self.plan, self.name, placement, self.callbacks,
+            sink=self._emit, forward=self._forward, serializers=self.serializers,
+        )  # fmt: skip
+        for pipeline in self.plan.pipelines:
+            self._sink_pending.append([])
+            if pipeline.sink is None:
+                self.sinks.append(None)
+                continue
+            sink = Sink(pipeline.sink.host, int(pipeline.sink.port), self._sink_blocked, say)
+            sink.start()
+            self.sinks.append(sink)
+
+    async def sinks_connected(self) -> None:
+        for sink in self.sinks:
+            if sink is not None:
+                await sink.connected.wait()
+
+    def connect_link(self, peer: str, host: str, port: int) -> None:
+        link = self.links.get(peer)
+        if link is None:
+            link = OutLink(peer, host, port, self.name, self.incarnation, self._acked, warn)
+            self.links[peer] = link
+            link.start()
+        else:
+            link.retarget(host, port)
+
+    # -- the message flow -----------------------------------------------------------------
+
+    def _emit(self, p: int, value: Any, data: bytes | None) -> None:
+        if data:
+            self._sink_pending[p].append(data)
+
+    def _forward(self, owner: str, p: int, pos: int, key_index: int, msg: Any) -> None:
+        data = self.topology.hop_out(msg, p)
+        if data is not None:
+            self.links[owner].backlog.add(record(p, pos, key_index, data))
+
+    def flush(self) -> None:
+        """After a batch: one write per sink, one batch per link, then check backpressure."""
+        for p, pending in enumerate(self._sink_pending):
+            if pending:
+                self.sinks[p].write(b"".join(pending))
+                pending.clear()
+        for link in self.links.values():
+            link.flush()
+            if link.backlog.unacked >= LINK_HIGH_WATER:
+                self.pause(f"link:{link.peer}")
+
+    def _acked(self) -> None:
+        for link in self.links.values():
+            if link.backlog.unacked < LINK_LOW_WATER:
+                self.resume(f"link:{link.peer}")
+
+    def _sink_blocked(self, blocked: bool) -> None:
+        (self.pause if blocked else self.resume)("sink")
+
+    def pause(self, reason: str) -> None:
+        if reason not in self.pause_reasons:
+            self.pause_reasons.add(reason)
+            if len(self.pause_reasons) == 1:
+                for conn in (*self.source_conns, *self.in_conns):
+                    conn.pause()
+
+    def resume(self, reason: str) -> None:
+        if reason in self.pause_reasons:
+            self.pause_reasons.discard(reason)
+            if not self.pause_reasons:
+                for conn in self.in_conns:
+                    conn.resume()
+                if self.reading_sources:
+                    for conn in self.source_conns:
+                        conn.resume()
+
+    def start_sources(self) -> None:
+        """The cluster is ready: read the source connections (held until now)."""
+        self.reading_sources = True
+        if not self.pause_reasons:
+            for conn in self.source_conns:
+                conn.resume()
+
+    # -- connections (asyncio only hands bytes here) ----------------------------------------
+
+    def on_open(self, conn: Conn) -> None:
+        if conn.kind.startswith("source:"):
+            self.source_conns.add(conn)
+            conn.last_read = time.monotonic()
+            if not self.reading_sources or self.pause_reasons:
+                conn.pause()
+        elif conn.kind == "data":
+            self.in_conns.add(conn)
+            conn.state = [BoundaryDecoder(), None, 0, None]  # decoder, upstream, to_ack, timer
+            if self.pause_reasons:
+                conn.pause()
+        elif conn.kind == "external":
+            conn.state = ExternalFrameDecoder()
+        elif conn.kind == "control":
+            self.cluster.on_open(conn)
+
+    def on_data(self, conn: Conn, data: bytes) -> None:
+        kind = conn.kind
+        if kind == "data":
+            self._on_boundary_data(conn, data)
+        elif kind.startswith("source:"):
+            self._on_source_data(conn, data)
+        elif kind == "external":
+            self._on_external_data(conn, data)
+        elif kind == "control":
+            self.cluster.on_data(conn, data)
+
+    def on_close(self, conn: Conn) -> None:
+        kind = conn.kind
+        if kind.startswith("source:"):
+            self.source_conns.discard(conn)
+            if conn.state is not None:
+                conn.state.close()
+        elif kind == "data":
+            self.in_conns.discard(conn)
+        elif kind == "external" and conn.state.pending:
+            warn(f"WARNING: external connection from {conn.peer} closed in the middle of a "
+                 f"frame; {conn.state.pending} byte(s) discarded")  # fmt: skip
+        elif kind == "control":
+            self.cluster.on_close(conn)
+
+    def _on_source_data(self, conn: Conn, data: bytes) -> None:
+        conn.last_read = time.monotonic()
+        source = conn.state
+        if source is None:
+            source = conn.state = self.topology.source_connection(int(conn.kind[7:]), conn.peer)
+        source.feed(data)
+        self.flush()
+        if source.failed:
+            conn.close()
+
+    def _on_boundary_data(self, conn: Conn, data: bytes) -> None:
+        decoder, upstream, _, _ = state = conn.state
+        topology = self.topology
+        for event in decoder.feed(data):
+            if event[0] == "hello":
+                upstream = state[1] = event[1]
+                self.dedup.setdefault(upstream, Dedup()).start(event[2])
+            elif event[0] == "batch" and upstream is not None and topology is not None:
+                self._apply_batch(conn, upstream, event[1], event[2])
+        self.flush()
+        if decoder.error is not None:
+            warn(f"ERROR: data link from {conn.peer}: {decoder.error}; connection closed")
+            conn.close()
+
+    def _apply_batch(self, conn: Conn, upstream: str, first: int, records: list) -> None:
+        dedup = self.dedup[upstream]
+        skip = dedup.skip(first, len(records))
+        topology = self.topology
+        for p, pos, key_index, payload in records[skip:]:
+            ok, msg = topology.hop_in(payload, p)
+            if ok:
+                topology.arrive(p, pos, key_index, msg)
+        self.applied_total += len(records) - skip
+        dedup.applied(first + len(records) - 1)
+        conn.state[2] = dedup.seq
+        if conn.state[3] is None:
+            conn.state[3] = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._ack, conn)
+
+    def _ack(self, conn: Conn) -> None:
+        conn.state[3] = None
+        conn.write(ack(conn.state[2]))
+
+    def _on_external_data(self, conn: Conn, data: bytes) -> None:
+        decoder = conn.state
+        for msg_id, text in decoder.feed(data):
+            self.on_external(msg_id, text)
+        if decoder.error is not None:
+            warn(f"ERROR: external connection from {conn.peer}: {decoder.error}; "
+                 f"connection closed")  # fmt: skip
+            conn.close()
+
+    def on_external(self, msg_id: int, text: str) -> None:
+        if msg_id == PRINT:
+            say(f"$$$ ExternalPrint: {text} $$$")
+        elif msg_id == CLEAN_SHUTDOWN:
+            say("External Clean Shutdown received." if not text else
+                f"External Clean Shutdown received: {text}")  # fmt: skip
+            self.cluster.request_shutdown(text)
+        elif msg_id == ROTATE_LOG:
+            self.cluster.rotate_log(text)
+        else:
+            say("Incoming External Message type not handled by external channel.")
+
+    # -- counts and stopping --------------------------------------------------------------
+
+    def counts(self) -> dict:
+        """What the initializer compares to know that nothing is in flight."""
+        return {
+            "sent": sum(link.backlog.sent_total for link in self.links.values()),
+            "applied": self.applied_total,
+            "backlog": sum(link.backlog.unacked for link in self.links.values()),
+        }
+
+    def leftovers(self) -> str:
+        parts = [f"{link.backlog.unacked} unacknowledged message(s) for {link.peer}"
+                 for link in self.links.values() if link.backlog.unacked]  # fmt: skip
+        parts += [f"{sink.buffered} byte(s) unsent to sink {sink.address}"
+                  for sink in self.sinks if sink is not None and sink.buffered]  # fmt: skip
+        return ", ".join(parts) or "nothing"
+
+    async def drain_sinks(self, seconds: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        results = [await s.drain(deadline) for s in self.sinks if s is not None]
+        return all(results)
+
+    def quiet_links(self) -> None:
+        """The cluster is stopping: links that drop now are neither reported nor redialled."""
+        for link in self.links.values():
+            link.closing = True
+
+    def close_everything(self) -> None:
+        for server in (*self.source_servers, *self.servers):
+            server.close()
+        for conn in (*self.source_conns, *self.in_conns):
+            conn.close()
+        for link in self.links.values():
+            link.close()
+        for sink in self.sinks:
+            if sink is not None:
+                sink.close()
+
+    def on_signal(self) -> None:
+        """SIGTERM/SIGINT: stop this process only, keeping its recovery files."""
+        if self._stopping:
+            os._exit(0)  # a second signal forces the exit
+        self._stopping = True
+        asyncio.get_running_loop().create_task(self._stop_on_signal())
+
+    async def _stop_on_signal(self) -> None:
+        self.reading_sources = False
+        for conn in self.source_conns:
+            conn.pause()
+        await self.drain_sinks(1.0)
+        self.finish(0)
+
+
+class BindError(Exception):
+    """A listener could not be bound; the message is the line to print."""
+
+
+async def _main(config: Any, module: Any, plan: Any) -> int:
+    from machida.cluster import start_cluster
+
+    worker = Worker(config, module, plan)
+    loop = asyncio.get_running_loop()
+    worker.finished = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.on_signal)
+    summary = loop.create_task(_summaries(worker))
+    try:
+        await start_cluster(worker)
+    except BindError as err:
+        warn(str(err))
+        worker.close_everything()
+        return 1
+    code = await worker.finished
+    summary.cancel()
+    worker.callbacks.summarise(force=True)
+    worker.close_everything()
+    await asyncio.sleep(0)  # let transports run their close callbacks
+    return code
+
+
+async def _summaries(worker: Worker) -> None:
+    while True:
+        await asyncio.sleep(SUMMARY_EVERY_S)
+        worker.callbacks.summarise()
+
+
+def run(config: Any) -> int:
+    """Run one worker process to its end; returns the exit status."""
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)
+    for line in config.notices:
+        warn(line)
+    try:
+        module, plan = load_plan(config.application_module, list(config.app_args), warn=warn)
+    except ApplicationError as err:
+        text = str(err)
+        warn(text if text.startswith("Error:") or "\n" in text else f"Error: {text}")
+        if "Could not load module" not in text:
+            warn(BUILD_FAILED)
+        return 1
+    try:
+        return asyncio.run(_main(config, module, plan))
+    except KeyboardInterrupt:
+        return 0

@@ -18,7 +18,7 @@ import contextlib
 import time
 
 from machida import control
-from machida.links import Conn, bound_port
+from machida.links import Conn
 from machida.worker import Worker, parse_address, say, warn
 
 # machida.md §3: a worker retries the initializer every 0.5 s and says so every 10 s.
@@ -44,8 +44,7 @@ class Role:
             warn(f"ERROR: clean shutdown could not drain: {worker.leftovers()}")
             return 1
         worker.close_everything()
-        say("Removing recovery files")
-        say("Recovery files removed.")
+        worker.remove_recovery_files()
         say("Connections: Finished shutdown procedure.")
         return 0
 
@@ -61,7 +60,13 @@ class Initializer(Role):
         super().__init__(worker)
         cfg = worker.config
         self.expected = cfg.worker_count
-        self.members: dict[str, dict] = {}  # name -> {control, data, conn, ready}
+        # name -> {control, data, conn, ready}, in join order: the initializer is first
+        # even when a worker says hello while the initializer is still binding.
+        self.members: dict[str, dict] = {
+            "initializer": {"control": None, "data": None, "conn": None, "ready": False}
+        }
+        self.started = False
+        self.identified = False
         self.initialized = False
         self.replies: dict[str, dict] = {}
         self._poll_round = 0
@@ -75,15 +80,13 @@ class Initializer(Role):
         server = await worker.bind("control", control_addr)
         data_server = await worker.bind("data", worker.config.data)
         await worker.bind_external()
-        self.members["initializer"] = {
-            "control": [control_addr[0], bound_port(server)],
-            "data": [worker.config.data[0], bound_port(data_server)],
-            "conn": None,
-            "ready": False,
-        }
-        if self.expected == 1:
-            self._all_identified()
-        else:
+        me = self.members["initializer"]
+        me["control"], me["data"] = list(worker.bound["control"]), list(worker.bound["data"])
+        del server, data_server
+        self.started = True
+        if worker.recovered is not None:
+            self._recover(worker.recovered)
+        elif not self._maybe_all_identified():
             asyncio.get_running_loop().create_task(self._waiting_lines())
 
     async def _waiting_lines(self) -> None:
@@ -137,11 +140,16 @@ class Initializer(Role):
             "ready": False,
         }
         say(f"Worker {name} control channel identified")
-        if known is not None:  # a restarted worker rejoins: tell everyone where it is now
+        if known is not None and self.identified:  # a restarted worker rejoins
             self._send_topology()
             self.worker.connect_link(name, *self.members[name]["data"])
-        elif len(self.members) == self.expected:
+        else:
+            self._maybe_all_identified()
+
+    def _maybe_all_identified(self) -> bool:
+        if self.started and not self.identified and len(self.members) == self.expected:
             self._all_identified()
+        return self.identified
 
     def _mismatch(self, msg: dict) -> str:
         mine = self.worker.plan.fingerprint_parts(self.worker.config.resilience)
@@ -154,15 +162,31 @@ class Initializer(Role):
         return "its application differs from the initializer's"
 
     def _all_identified(self) -> None:
+        self.identified = True
         if self.expected > 1:
             say("All worker channels identified")
         self._send_topology()
+        self._build()
+        addresses = {n: (m["control"], m["data"]) for n, m in self.members.items()}
+        self.worker.save_topology(list(self.members), addresses)
+
+    def _build(self) -> None:
         worker = self.worker
         worker.build_topology(list(self.members))
         for name, member in self.members.items():
             if name != "initializer":
                 worker.connect_link(name, *member["data"])
         asyncio.get_running_loop().create_task(self._self_ready())
+
+    def _recover(self, recorded) -> None:
+        """Restarted from recovery files: the same members, who will rejoin."""
+        for peer in recorded.peers:
+            data = list(peer.data) if peer.data else None
+            self.members[peer.name] = {"control": list(peer.control), "data": data,
+                                       "conn": None, "ready": False}  # fmt: skip
+        self.members = {name: self.members[name] for name in recorded.workers}
+        self.identified = True
+        self._build()
 
     def _send_topology(self) -> None:
         workers = [{"name": n, "control": m["control"], "data": m["data"]}
@@ -256,7 +280,7 @@ class Initializer(Role):
         return [m for n, m in self.members.items() if n != "initializer" and m["conn"]]
 
     async def _quiescent(self, deadline: float) -> bool:
-        """True once two polling rounds in a row see the same counts and nothing in flight."""
+        """True once two polling rounds in a row see the same counts and no unacked message."""
         loop = asyncio.get_running_loop()
         previous = None
         while loop.time() < deadline:
@@ -275,7 +299,9 @@ class Initializer(Role):
             counts = [self.worker.counts(), *self.replies.values()]
             total = tuple(sum(c[k] for c in counts) for k in ("sent", "applied", "backlog"))
             complete = len(self.replies) == len(others) == self.expected - 1
-            if complete and total[0] == total[1] and total[2] == 0 and total == previous:
+            # Every record sent has been acknowledged, i.e. applied (a restarted worker's
+            # "applied" starts again from zero, so sent and applied are not compared).
+            if complete and total[2] == 0 and total == previous:
                 return True
             previous = total if complete else None
             await asyncio.sleep(POLL_EVERY_S)
@@ -303,9 +329,10 @@ class Member(Role):
 
     async def start(self) -> None:
         worker = self.worker
-        server = await worker.bind("control", worker.config.my_control)
-        data = await worker.bind("data", worker.config.my_data)
-        self.my_control, self.my_data = bound_port(server), bound_port(data)
+        await worker.bind("control", worker.config.my_control)
+        await worker.bind("data", worker.config.my_data)
+        self.my_control, self.my_data = worker.bound["control"][1], worker.bound["data"][1]
+        self.rejoin = worker.recovered is not None
         await worker.bind_external()
         asyncio.get_running_loop().create_task(self._dial())
 
@@ -363,8 +390,11 @@ class Member(Role):
         worker = self.worker
         if not self.built:
             self.built = True
-            worker.build_topology([w["name"] for w in workers])
-            asyncio.get_running_loop().create_task(self._report_ready())
+            names = [w["name"] for w in workers]
+            worker.build_topology(names)
+            addresses = {w["name"]: (w["control"], w["data"]) for w in workers}
+            worker.save_topology(names, addresses)
+        asyncio.get_running_loop().create_task(self._report_ready())
         for w in workers:
             if w["name"] != worker.name:
                 worker.connect_link(w["name"], w["data"][0], int(w["data"][1]))

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from machida.callbacks import Callbacks, label
 from machida.errors import ApplicationError
+from machida.metrics import Stats
 from machida.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
 from machida.source import SourceFramer
 
@@ -52,8 +53,10 @@ class LocalTopology:
         forward: ForwardFn,
         serializers: tuple[Callable, Callable] | None = None,
         persist: PersistFn | None = None,
+        stats: Stats | None = None,
     ) -> None:
         self.plan = plan
+        self.stats = stats if stats is not None else Stats(worker)
         self.worker = worker
         self.placement = placement
         self.callbacks = callbacks
@@ -121,14 +124,15 @@ class LocalTopology:
 
     def _stateless(self, p: int, step: Computation, nxt: Callable, context: str) -> Callable:
         obj = step.cls()
-        _name_of(obj)  # machida asked each instance its name once
         pname = self.plan.pipelines[p].name
+        counts = self.stats.step(pname, _step_name(obj))
         cb = self.callbacks
         multi = hasattr(obj, "compute_multi")
         method = obj.compute_multi if multi else obj.compute
         name = label(obj, "compute_multi" if multi else "compute")
 
         def run_multi(msg: Any) -> None:
+            counts.messages_in += 1
             try:
                 out = method(msg)
             except Exception as err:
@@ -142,10 +146,12 @@ class LocalTopology:
             if out.__class__ is not list and not isinstance(out, list):
                 cb.invalid(name, out, pname, context)
                 return
+            counts.messages_out += len(out)
             for item in out:
                 nxt(item)
 
         def run_one(msg: Any) -> None:
+            counts.messages_in += 1
             try:
                 out = method(msg)
             except Exception as err:
@@ -155,6 +161,7 @@ class LocalTopology:
                 cb.exiting(name, err)
                 raise
             if out is not None:
+                counts.messages_out += 1
                 nxt(out)
 
         return run_multi if multi else run_one
@@ -212,8 +219,10 @@ class LocalTopology:
         state_name, keys = step.state_name, step.keys
         pname = self.plan.pipelines[p].name
         cb, persist = self.callbacks, self._persist
+        counts = self.stats.step(pname, _step_name(comp))
 
         def apply(i: int, msg: Any) -> None:
+            counts.messages_in += 1
             try:
                 r = method(msg, states[i])
             except Exception as err:
@@ -231,8 +240,10 @@ class LocalTopology:
             if result is None:
                 return
             if not multi:
+                counts.messages_out += 1
                 nxt(result)
             elif isinstance(result, list):
+                counts.messages_out += len(result)
                 for item in result:
                     nxt(item)
             else:
@@ -247,6 +258,7 @@ class LocalTopology:
         encode = pipeline.sink.encoder.encode
         name = label(pipeline.sink.encoder, "encode")
         sink, cb, pname = self._sink, self.callbacks, pipeline.name
+        counts = self.stats.pipeline(pname)
 
         def emit(value: Any) -> None:
             try:
@@ -262,6 +274,7 @@ class LocalTopology:
                 if data is None:
                     cb.invalid(name, raw, pname, "sink")
                     return
+            counts.messages_out += 1
             sink(p, value, data)
 
         return emit
@@ -306,7 +319,7 @@ class LocalTopology:
 class SourceConnection:
     """One source connection: its framing state and its own stateless step instances."""
 
-    __slots__ = ("_decode", "_decode_name", "_entry", "framer", "p", "peer", "topology")
+    __slots__ = ("_counts", "_decode", "_decode_name", "_entry", "framer", "p", "peer", "topology")
 
     def __init__(self, topology: LocalTopology, p: int, peer: str, entry: Callable) -> None:
         source = topology.plan.pipelines[p].source
@@ -316,6 +329,7 @@ class SourceConnection:
         self._entry = entry
         self._decode = source.decoder.decode
         self._decode_name = label(source.decoder, "decode")
+        self._counts = topology.stats.pipeline(topology.plan.pipelines[p].name)
         self.framer = SourceFramer(source.decoder, source.header_length)
 
     @property
@@ -325,6 +339,7 @@ class SourceConnection:
 
     def push(self, msg: Any) -> None:
         """A message already decoded (the driver's ``feed``)."""
+        self._counts.messages_in += 1
         self._entry(msg)
 
     def feed(self, data: bytes) -> None:
@@ -345,6 +360,7 @@ class SourceConnection:
     def push_payloads(self, payloads: list[bytes]) -> None:
         decode, entry, name = self._decode, self._entry, self._decode_name
         cb = self.topology.callbacks
+        self._counts.messages_in += len(payloads)
         for payload in payloads:
             try:
                 msg = decode(payload)
@@ -369,6 +385,12 @@ class SourceConnection:
                 flush=True,
             )
         return left
+
+
+def _step_name(obj: Any) -> str:
+    """A step's name for metrics: its ``name()`` if it has one (asked once), else its class."""
+    name = _name_of(obj)
+    return type(obj).__name__ if name == "undefined-name" else name
 
 
 def _as_bytes(data: Any) -> bytes | None:

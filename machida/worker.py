@@ -30,7 +30,17 @@ from machida.errors import ApplicationError
 from machida.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
 from machida.links import Conn, OutLink, bound_port, listen
 from machida.loader import BUILD_FAILED, load_plan, serializers
+from machida.metrics import MetricsClient, Stats
 from machida.pipeline import LocalTopology
+from machida.recovery import (
+    RECOVERING,
+    Expectation,
+    Recover,
+    RecoveryError,
+    RecoveryFiles,
+    Topology,
+    removal_lines,
+)
 from machida.sink import Sink
 
 # machida.md §6.4: pause sources at 16 384 unacknowledged messages on a link, resume below 8 192.
@@ -38,6 +48,8 @@ LINK_HIGH_WATER = 16_384
 LINK_LOW_WATER = 8_192
 # Acknowledgements are batched, at most every 10 ms (machida.md §6.1).
 ACK_DELAY_S = 0.010
+# A pause of the inputs that lasts this long is reported once (an operator should know).
+PAUSE_REPORT_S = 1.0
 # How often repeated user-callback failures are summarised on stderr.
 SUMMARY_EVERY_S = 10.0
 
@@ -66,6 +78,8 @@ class Worker:
         self.module = module
         self.plan = plan
         self.callbacks = Callbacks(self.name)
+        self.stats = Stats(self.name)
+        self.pstats = [self.stats.pipeline(p.name) for p in plan.pipelines]
         self.serializers = serializers(module)
         self.incarnation = random.getrandbits(63)
         self.topology: LocalTopology | None = None
@@ -79,10 +93,16 @@ class Worker:
         self.dedup: dict[str, Dedup] = {}
         self.applied_total = 0
         self.pause_reasons: set[str] = set()
+        self._pause_timer: asyncio.TimerHandle | None = None
         self.reading_sources = False
         self.finished: asyncio.Future | None = None
         self.cluster: Any = None  # machida.cluster.Initializer or Member
         self._stopping = False
+        self.recovery = RecoveryFiles(
+            config.resilience_dir, config.application_module, self.name, config.initializer
+        )
+        self.recovered: Topology | None = None
+        self.bound: dict[str, tuple[str, int]] = {}
 
     # -- start ------------------------------------------------------------------------------
 
@@ -91,14 +111,56 @@ class Worker:
         if self.finished is not None and not self.finished.done():
             self.finished.set_result(code)
 
+    def open_recovery(self) -> None:
+        """Read this worker's recovery files (machida.md §9.2); sets :attr:`recovered`."""
+        cfg = self.config
+        expected = Expectation(
+            fingerprint=self.plan.fingerprint(cfg.resilience),
+            resilience=cfg.resilience,
+            worker_count=cfg.worker_count if cfg.initializer else None,
+        )
+        decision = self.recovery.inspect(expected)
+        if isinstance(decision, Recover):
+            say(RECOVERING)
+            self.recovered = decision.topology
+        else:
+            for line in decision.notices:
+                say(line)
+
+    def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
+        """Write the recovery files once the member list is known (both modes)."""
+        placement = self.plan.placement(workers)
+        peers = {
+            name: {"control": tuple(addr[0]), "data": tuple(addr[1])}
+            for name, addr in addresses.items()
+            if name != self.name
+        }
+        self.recovery.write(Topology(
+            module=self.config.application_module, worker=self.name,
+            fingerprint=self.plan.fingerprint(self.config.resilience),
+            worker_count=len(workers), workers=tuple(workers),
+            owned_keys=placement.owned_by(self.name), resilience=self.config.resilience,
+            control=self.bound["control"], data=self.bound.get("data"), peers=peers,
+        ))  # fmt: skip
+
+    def remove_recovery_files(self) -> None:
+        for line in removal_lines(self.recovery.remove_all()):
+            say(line)
+
     async def bind(self, kind: str, address: tuple[str, int], owner: Any = None):
-        """Listen on ``address``; a bind failure ends the process with status 1."""
+        """Listen on ``address`` (a recorded one when recovering); failure ends with status 1."""
+        if self.recovered is not None and kind in ("control", "data"):
+            recorded = self.recovered.control if kind == "control" else self.recovered.data
+            if recorded is not None:
+                address = recorded
+                say("Restarting a listener ...")
         try:
             server = await listen(owner or self, kind, *address)
         except OSError as err:
             raise BindError(f"Error: unable to listen on {address[0]}:{address[1]} "
                             f"for {kind}: {err.strerror or err}") from err  # fmt: skip
         self.servers.append(server)
+        self.bound[kind] = (address[0], bound_port(server))
         return server
 
     async def bind_sources(self) -> None:
@@ -124,6 +186,7 @@ class Worker:
         self.topology = LocalTopology(
             self.plan, self.name, placement, self.callbacks,
             sink=self._emit, forward=self._forward, serializers=self.serializers,
+            stats=self.stats,
         )  # fmt: skip
         for pipeline in self.plan.pipelines:
             self._sink_pending.append([])
@@ -157,6 +220,7 @@ class Worker:
     def _forward(self, owner: str, p: int, pos: int, key_index: int, msg: Any) -> None:
         data = self.topology.hop_out(msg, p)
         if data is not None:
+            self.pstats[p].messages_forwarded += 1
             self.links[owner].backlog.add(record(p, pos, key_index, data))
 
     def flush(self) -> None:
@@ -184,11 +248,22 @@ class Worker:
             if len(self.pause_reasons) == 1:
                 for conn in (*self.source_conns, *self.in_conns):
                     conn.pause()
+                self._pause_timer = asyncio.get_running_loop().call_later(
+                    PAUSE_REPORT_S, self._report_pause
+                )
+
+    def _report_pause(self) -> None:
+        reasons = ", ".join(sorted(self.pause_reasons))
+        warn(f"WARNING: {self.name} has paused its inputs for over {PAUSE_REPORT_S:g} s "
+             f"(backpressure: {reasons})")  # fmt: skip
 
     def resume(self, reason: str) -> None:
         if reason in self.pause_reasons:
             self.pause_reasons.discard(reason)
             if not self.pause_reasons:
+                if self._pause_timer is not None:
+                    self._pause_timer.cancel()
+                    self._pause_timer = None
                 for conn in self.in_conns:
                     conn.resume()
                 if self.reading_sources:
@@ -246,16 +321,22 @@ class Worker:
             self.cluster.on_close(conn)
 
     def _on_source_data(self, conn: Conn, data: bytes) -> None:
+        start = time.perf_counter_ns()
         conn.last_read = time.monotonic()
         source = conn.state
         if source is None:
             source = conn.state = self.topology.source_connection(int(conn.kind[7:]), conn.peer)
+        counts = self.pstats[source.p]
+        before = counts.messages_in
         source.feed(data)
         self.flush()
+        counts.latency.add_many(time.perf_counter_ns() - start, counts.messages_in - before)
         if source.failed:
             conn.close()
 
     def _on_boundary_data(self, conn: Conn, data: bytes) -> None:
+        start = time.perf_counter_ns()
+        before = [counts.messages_arrived for counts in self.pstats]
         decoder, upstream, _, _ = state = conn.state
         topology = self.topology
         for event in decoder.feed(data):
@@ -265,6 +346,10 @@ class Worker:
             elif event[0] == "batch" and upstream is not None and topology is not None:
                 self._apply_batch(conn, upstream, event[1], event[2])
         self.flush()
+        took = time.perf_counter_ns() - start
+        for counts, earlier in zip(self.pstats, before):
+            if counts.messages_arrived > earlier:
+                counts.latency.add_many(took, counts.messages_arrived - earlier)
         if decoder.error is not None:
             warn(f"ERROR: data link from {conn.peer}: {decoder.error}; connection closed")
             conn.close()
@@ -272,8 +357,9 @@ class Worker:
     def _apply_batch(self, conn: Conn, upstream: str, first: int, records: list) -> None:
         dedup = self.dedup[upstream]
         skip = dedup.skip(first, len(records))
-        topology = self.topology
+        topology, pstats = self.topology, self.pstats
         for p, pos, key_index, payload in records[skip:]:
+            pstats[p].messages_arrived += 1
             ok, msg = topology.hop_in(payload, p)
             if ok:
                 topology.arrive(p, pos, key_index, msg)
@@ -375,14 +461,19 @@ async def _main(config: Any, module: Any, plan: Any) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.on_signal)
     summary = loop.create_task(_summaries(worker))
+    metrics = MetricsClient(*config.metrics, worker.stats)
+    metrics.start()
     try:
+        worker.open_recovery()
         await start_cluster(worker)
-    except BindError as err:
+    except (BindError, RecoveryError) as err:
         warn(str(err))
         worker.close_everything()
+        await metrics.stop()
         return 1
     code = await worker.finished
     summary.cancel()
+    await metrics.stop()
     worker.callbacks.summarise(force=True)
     worker.close_everything()
     await asyncio.sleep(0)  # let transports run their close callbacks

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+import threading
+import time
 
 from clusterhelp import Cluster
-from toolhelp import RawListener, wait_until
+from toolhelp import DEADLINE, RawListener, Tool, run_tool, wait_until
 
+from machida.metrics import RecordDecoder
 from machida.testing import run
 
 
@@ -110,3 +114,114 @@ def _framed_windows(data: bytes) -> list[list[int]]:
         windows.append([int(x) for x in payload.strip(b"[]").split(b",")])
         pos += 4 + length
     return windows
+
+
+def test_worker_restart_without_resilience_rejoins_with_fresh_state(tmp_path):
+    """Scenario 82: kill -9 worker-2 mid-stream and start it again with the same command."""
+    with Cluster(tmp_path).start() as cluster:
+        sender = Tool("sender", "-h", f"127.0.0.1:{cluster.in_port}", "-m", "200", "-y", "-g",
+                      "12", "-u", "-w", "-s", "1", "-i", "10_000_000", cwd=tmp_path)  # fmt: skip
+        with sender:
+            cluster.wait_windows(40)
+            assert cluster.kill("worker-2") == -9
+            restarted = cluster.start_worker(1)
+            restarted.wait_stdout(lambda out: b"Restarting a listener ..." in out)
+            assert sender.wait() == 0, sender.report()
+        windows = cluster.wait_windows(150)
+        wait_until(lambda: {199, 200} <= {w[-1] for w in cluster.windows()}, 30,
+                   "both final windows")  # fmt: skip
+        windows = cluster.windows()
+        assert finals(windows) == ([194, 196, 198, 200], [193, 195, 197, 199])
+        out = restarted.stdout.decode()
+        assert "Recovering from recovery files!" in out and "RESILIENCE:" not in out
+        odd_after = [w for w in windows[40:] if w[-1] % 2 == 1]
+        assert any(w[:3] == [0, 0, 0] and w[3] > 1 for w in odd_after), odd_after[:5]
+        assert cluster.shutdown() == {"initializer": 0, "worker-2": 0}, cluster.report()
+
+
+COUNT = 2_000_000
+
+
+def test_a_stopped_receiver_throttles_the_sender_and_memory_stays_bounded(tmp_path):
+    """Scenario 45: a sink that stops reading holds back the whole pipeline, and loses nothing.
+
+    Loopback sockets buffer several MB in the kernel, so it takes more than the
+    scenario's 200 000 messages before the runner itself has to push back.
+    """
+    hold = threading.Event()
+    with RawListener(rcvbuf=4096, hold=hold) as sink, Cluster(tmp_path) as cluster:
+        cluster.out = sink.address
+        cluster.start_initializer()
+        cluster.start_worker(1)
+        cluster.wait_ready()
+        rss_before = {n: _rss(t.proc.pid) for n, t in cluster.procs.items()}
+        sender = Tool("sender", "-h", f"127.0.0.1:{cluster.in_port}", "-m", str(COUNT), "-y",
+                      "-g", "12", "-u", "-w", "-s", "1000", "-i", "0", cwd=tmp_path)  # fmt: skip
+        with sender:
+            cluster.wait_for("initializer", b"paused its inputs for over 1 s", "stderr")
+            assert sender.proc.poll() is None, "the sender was never held back"
+            rss_during = {n: _rss(t.proc.pid) for n, t in cluster.procs.items()}
+            hold.set()
+            assert sender.wait(60) == 0, sender.report()
+        total = sum(4 + len(_text(n)) for n in range(1, COUNT + 1))
+        wait_until(lambda: sum(c.size for c in sink.connections) >= total, 60, "every window")
+        stream = b"".join(c.data for c in sink.connections)
+        assert len(_framed_windows(stream)) == COUNT
+        path = tmp_path / "sink.bin"
+        path.write_bytes(stream)
+        assert run_tool("validator", "-e", str(COUNT), "-i", str(path)).returncode == 0
+        for name, before in rss_before.items():
+            assert rss_during[name] - before < 200 * 1024 * 1024, (rss_before, rss_during)
+
+
+def _text(n: int) -> str:
+    return "[" + ",".join(str(max(0, v)) for v in (n - 6, n - 4, n - 2, n)) + "]"
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_each_worker_streams_stats_records_to_the_metrics_address(tmp_path):
+    """--metrics: both workers report; a receiver that is absent at first is picked up later."""
+    with Cluster(tmp_path).start() as cluster:
+        cluster.send(1000, "-s", "500", "-i", "0")
+        cluster.wait_windows(1000)
+        host, port = cluster.metrics.split(":")
+        records: dict[str, dict] = {}
+        with socket.create_server((host, int(port))) as server:
+            server.settimeout(DEADLINE)
+            conns = [server.accept()[0], server.accept()[0]]
+            decoders = {conn: RecordDecoder() for conn in conns}
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline and not _both_counted(records):
+                for conn in conns:
+                    conn.settimeout(0.2)
+                    try:
+                        data = conn.recv(1 << 16)
+                    except TimeoutError:
+                        continue
+                    for record in decoders[conn].feed(data):
+                        records[record["worker"]] = record
+            for conn in conns:
+                conn.close()
+        assert _both_counted(records), records
+        init = records["initializer"]["pipelines"]["Sequence Window"]
+        assert init["messages_in"] == 1000
+        assert init["messages_out"] == 500 and init["messages_forwarded"] == 500
+        worker = records["worker-2"]["pipelines"]["Sequence Window"]
+        assert worker["messages_arrived"] == 500 and worker["messages_out"] == 500
+        assert init["steps"]["I might one to many this message!"]["messages_in"] == 1000
+        assert worker["steps"]["Observe New Value"]["messages_out"] == 500
+        assert sum(init["latency"].values()) == 1000
+
+
+def _both_counted(records: dict) -> bool:
+    return all(
+        name in records and records[name]["totals"]["messages_out"] == 500
+        for name in ("initializer", "worker-2")
+    )

@@ -26,8 +26,9 @@ format: install
 test: lint
 	$(PY) -m pytest
 
+# make run RUN_ARGS='--base-port 17000' moves every port of the scenario.
 run: install
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(RUN_ARGS)
 
 bench-driver: install
 	$(PY) scripts/bench_driver.py

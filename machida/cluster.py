@@ -253,8 +253,8 @@ class Initializer(Role):
         deadline = loop.time() + DRAIN_DEADLINE_S
         for server in worker.source_servers:
             server.close()
-        await self._drain_sources()
-        if not await self._quiescent(deadline):
+        drained = await self._drain_sources(deadline)
+        if not drained or not await self._quiescent(deadline):
             for member in self._others():
                 member["conn"].write(control.encode("abort", reason="drain deadline passed"))
             return self.abort_shutdown()
@@ -264,10 +264,13 @@ class Initializer(Role):
         await self._wait_finished(deadline)
         worker.finish(await self.finish_shutdown(max(0.1, deadline - loop.time())))
 
-    async def _drain_sources(self) -> None:
+    async def _drain_sources(self, deadline: float) -> bool:
         """Read each open source connection until its client closes it or it idles 0.5 s."""
         worker = self.worker
+        loop = asyncio.get_running_loop()
         while worker.source_conns:
+            if loop.time() >= deadline:
+                return False
             now = time.monotonic()
             for conn in list(worker.source_conns):
                 if worker.pause_reasons:  # time spent paused is not idle time
@@ -275,6 +278,7 @@ class Initializer(Role):
                 if now - conn.last_read >= SOURCE_IDLE_S:
                     conn.close()
             await asyncio.sleep(0.05)
+        return True
 
     def _others(self) -> list[dict]:
         return [m for n, m in self.members.items() if n != "initializer" and m["conn"]]

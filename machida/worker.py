@@ -405,7 +405,9 @@ class Worker:
         }
 
     def leftovers(self) -> str:
-        parts = [f"{link.backlog.unacked} unacknowledged message(s) for {link.peer}"
+        parts = [f"{len(self.source_conns)} source connection(s) still sending"]
+        parts = parts if self.source_conns else []
+        parts += [f"{link.backlog.unacked} unacknowledged message(s) for {link.peer}"
                  for link in self.links.values() if link.backlog.unacked]  # fmt: skip
         parts += [f"{sink.buffered} byte(s) unsent to sink {sink.address}"
                   for sink in self.sinks if sink is not None and sink.buffered]  # fmt: skip

@@ -1,75 +1,149 @@
-"""The README scenario behind ``make run``.
+"""The README scenario behind ``make run``: Sequence Window on a real 2-worker cluster.
 
-Builds the exact bytes the seed's sender command would send (``--binary
---msg-size 12 --u64``, batches of 10), carries them through sequence_window on
-two simulated workers with the in-process driver, writes the windows as
-``data_receiver --framed`` prints them, and runs the real ``validator`` tool
-on that file. Prints a short report and exits 0 only if the validator passes.
+Starts ``data_receiver --framed`` (its output goes to ``run/received.txt``), the
+initializer and ``worker-2`` with the seed README's flags, waits for
+``Application has successfully initialized.``, sends 1000 values with
+``sender``, waits for 1000 windows, stops the cluster with
+``cluster_shutdown``, stops the receiver, and runs ``validator`` on what was
+received. Prints a short report; exits 0 only if every step worked and the
+validator passed. Logs of every process are kept in ``run/``.
 
-Usage: python scripts/demo.py [--messages N] [--dir DIR]
+Usage: python scripts/demo.py [--messages N] [--dir DIR] [--base-port P]
+(--base-port P shifts every port of the README by P - 7000, e.g. 17000.)
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-from machida.testing import Driver
-from wallaroo_tools.sender import make_records, parse_config
+DEADLINE_S = 60.0
 
 
-def sender_batches(messages: int, batch_size: int) -> list[bytes]:
-    """The socket writes the seed's sender command makes, one per tick."""
-    config = parse_config(
-        ["--host", "127.0.0.1:7010", "--batch-size", str(batch_size), "--binary",
-         "--msg-size", "12", "--no-write", "--u64", "--messages", str(messages)]
-    )  # fmt: skip
-    records = make_records(config, warn=print)
-    batches, left = [], messages
-    while left:
-        batch = records.take(min(batch_size, left))
-        batches.append(batch.wire)
-        left -= batch.count
-    return batches
+class Proc:
+    """A child process whose stdout and stderr go to log files under the run directory."""
+
+    def __init__(self, name: str, argv: list[str], logs: Path, stdout: Path | None = None):
+        self.name = name
+        self.out_path = stdout or logs / f"{name}.out"
+        self.err_path = logs / f"{name}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=logs)
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, deadline: float) -> None:
+        while text not in self.output():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before '{text}'")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not print '{text}' in time")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tool(name: str, *args: str) -> list[str]:
+    module = "machida" if name == "machida" else f"wallaroo_tools.{name}"
+    return [sys.executable, "-m", module, *args]
+
+
+def windows_in(path: Path) -> list[str]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line for line in lines if line.startswith("[")]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--dir", default="run", help="where received.txt is written")
+    parser.add_argument("--dir", default="run", help="where logs and received.txt go")
+    parser.add_argument("--base-port", type=int, default=7000)
     opts = parser.parse_args()
-    out_dir = Path(opts.dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    received = out_dir / "received.txt"
+    run_dir = Path(opts.dir).resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    shift = opts.base_port - 7000
 
-    batches = sender_batches(opts.messages, batch_size=10)
-    driver = Driver("sequence_window", workers=2, errors="log")
-    start = time.perf_counter()
-    driver.feed_bytes(batches)
-    driver.close()
-    seconds = time.perf_counter() - start
-    lines = [out.data[4:] + b"\n" for out in driver.outputs if out.data is not None]
-    received.write_bytes(b"".join(lines))
+    def addr(port: int) -> str:
+        return f"127.0.0.1:{port + shift}"
 
-    per_worker = Counter(out.worker for out in driver.outputs)
-    verdict = subprocess.run(
-        [sys.executable, "-m", "wallaroo_tools.validator", "-e", str(opts.messages),
-         "-i", str(received)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    print("Sequence Window, in-process driver with 2 simulated workers")
-    print(f"  messages sent      {opts.messages}")
-    for worker, count in sorted(per_worker.items()):
-        print(f"  windows from {worker:<12} {count}")
-    print(f"  rate               {opts.messages / seconds:,.0f} msgs/s")
-    print(f"  dropped            {sum(driver.counters.values())}")
-    print(f"  received file      {received}")
-    print(f"  validator -e {opts.messages}: {(verdict.stdout + verdict.stderr).strip()}")
-    return verdict.returncode
+    common = [
+        "--application-module", "sequence_window", "--in", addr(7010), "--out", addr(7002),
+        "--metrics", addr(5001), "--control", addr(6000), "--resilience-dir", str(run_dir),
+        "--ponythreads=1",
+    ]  # fmt: skip
+    procs: list[Proc] = []
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        receiver = Proc(
+            "data_receiver",
+            tool("data_receiver", "--ponythreads=1", "--ponynoblock", "--listen", addr(7002),
+                 "--framed"),
+            run_dir, stdout=run_dir / "received.txt",
+        )  # fmt: skip
+        procs.append(receiver)
+        receiver.wait_for("Listening on", deadline)
+        initializer_flags = ["--data", addr(6001), "--external", addr(5050),
+                             "--worker-count", "2", "--cluster-initializer"]  # fmt: skip
+        init = Proc("initializer", tool("machida", *common, *initializer_flags), run_dir)
+        worker_flags = ["--external", addr(5051), "--name", "worker-2"]
+        worker = Proc("worker-2", tool("machida", *common, *worker_flags), run_dir)
+        procs += [init, worker]
+        init.wait_for("Application has successfully initialized.", deadline)
+
+        start = time.monotonic()
+        sent = subprocess.run(
+            tool("sender", "--host", addr(7010), "--batch-size", "10", "--interval",
+                 "10_000_000", "--ponythreads=1", "--binary", "--msg-size", "12", "--no-write",
+                 "--u64", "--messages", str(opts.messages)),
+            capture_output=True, text=True, timeout=DEADLINE_S,
+        )  # fmt: skip
+        if sent.returncode != 0:
+            raise RuntimeError(f"sender failed: {sent.stderr.strip()}")
+        received = run_dir / "received.txt"
+        while len(windows_in(received)) < opts.messages:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(windows_in(received))} windows arrived in time")
+            time.sleep(0.05)
+        seconds = time.monotonic() - start
+
+        subprocess.run(tool("cluster_shutdown", addr(5050)), check=True, timeout=10)
+        codes = {p.name: p.proc.wait(timeout=30) for p in (init, worker)}
+        receiver.proc.terminate()
+        receiver.proc.wait(timeout=10)
+        verdict = subprocess.run(
+            tool("validator", "-i", str(received), "-e", str(opts.messages)),
+            capture_output=True, text=True,
+        )  # fmt: skip
+    except (RuntimeError, subprocess.SubprocessError, OSError) as err:
+        print(f"make run failed: {err}", file=sys.stderr)
+        for proc in procs:
+            print(f"--- {proc.name} ({proc.err_path}):", file=sys.stderr)
+            print(proc.err_path.read_text(errors="replace")[-2000:], file=sys.stderr)
+        return 1
+    finally:
+        for proc in procs:
+            proc.stop()
+
+    windows = windows_in(run_dir / "received.txt")
+    even = sum(1 for w in windows if int(w.strip("[]").split(",")[-1]) % 2 == 0)
+    print("Sequence Window on a 2-worker machida cluster")
+    print(f"  messages sent            {opts.messages}")
+    print(f"  windows from initializer {even} (key 0, even values)")
+    print(f"  windows from worker-2    {len(windows) - even} (key 1, odd values)")
+    print(f"  rate                     {len(windows) / seconds:,.0f} windows/s, paced sender")
+    print(f"  shutdown exit statuses   {codes}")
+    print(f"  received file            {run_dir / 'received.txt'}")
+    print(f"  validator -e {opts.messages}:        {(verdict.stdout + verdict.stderr).strip()}")
+    return 0 if verdict.returncode == 0 and set(codes.values()) == {0} else 1
 
 
 if __name__ == "__main__":

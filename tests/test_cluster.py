@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import threading
@@ -225,3 +226,55 @@ def _both_counted(records: dict) -> bool:
         name in records and records[name]["totals"]["messages_out"] == 500
         for name in ("initializer", "worker-2")
     )
+
+
+def test_sigterm_stops_each_process_keeping_its_files_and_the_same_commands_recover(tmp_path):
+    """Scenario 95 (and 76 after it: a clean shutdown leaves a fresh start)."""
+    with Cluster(tmp_path).start() as cluster:
+        cluster.send(100, "-s", "100", "-i", "0")
+        cluster.wait_windows(100)
+        for name in ("worker-2", "initializer"):
+            started = time.monotonic()
+            assert cluster.kill(name, signal.SIGTERM) == 0, cluster.report()
+            assert time.monotonic() - started < 2.0
+        kept = sorted(p.name for p in tmp_path.glob("sequence_window-*"))
+        assert "sequence_window-initializer.local-topology" in kept
+        assert "sequence_window-worker-2.local-topology" in kept
+        cluster.start_initializer()
+        cluster.start_worker(1)
+        cluster.wait_ready()
+        for name in ("initializer", "worker-2"):
+            out = cluster.procs[name].stdout.decode()
+            assert "Recovering from recovery files!" in out
+            assert "Restarting a listener ..." in out
+        cluster.send(100, "-s", "100", "-i", "0", start_from=100)
+        windows = cluster.wait_windows(200)
+        assert {199, 200} <= {w[-1] for w in windows}
+        assert cluster.shutdown() == {"initializer": 0, "worker-2": 0}, cluster.report()
+        assert not list(tmp_path.glob("sequence_window-*"))
+        cluster.start_initializer()
+        cluster.start_worker(1)
+        cluster.wait_ready()
+        assert b"Recovering" not in cluster.procs["initializer"].stdout
+
+
+def test_a_drain_that_cannot_finish_ends_with_an_error_and_keeps_the_files(tmp_path):
+    """Scenario 77: the sink stops reading, so clean shutdown cannot drain within 30 s."""
+    hold = threading.Event()
+    with RawListener(rcvbuf=4096, hold=hold) as sink, Cluster(tmp_path) as cluster:
+        cluster.out = sink.address
+        cluster.start_initializer()
+        cluster.start_worker(1)
+        cluster.wait_ready()
+        sender = Tool("sender", "-h", f"127.0.0.1:{cluster.in_port}", "-m", "1_000_000", "-y",
+                      "-g", "12", "-u", "-w", "-s", "1000", "-i", "0", cwd=tmp_path)  # fmt: skip
+        with sender:
+            cluster.wait_for("initializer", b"paused its inputs for over 1 s", "stderr")
+            result = run_tool("cluster_shutdown", cluster.externals[0])
+            assert result.returncode == 0
+            codes = {name: tool.wait(60) for name, tool in cluster.procs.items()}
+        hold.set()
+        assert codes == {"initializer": 1, "worker-2": 1}, cluster.report()
+        for tool in cluster.procs.values():
+            assert b"ERROR: clean shutdown could not drain: " in tool.stderr, cluster.report()
+        assert list(tmp_path.glob("sequence_window-*.local-topology"))

@@ -79,9 +79,12 @@ class Cluster:
         self.procs[self.name(index)] = tool
         return tool
 
-    def start(self) -> Cluster:
-        """Receiver, initializer, then the workers; returns once the cluster is ready."""
-        self.start_receiver()
+    def start(self, sink: str | None = None) -> Cluster:
+        """Receiver (or the given sink address), initializer, then the workers, until ready."""
+        if sink is None:
+            self.start_receiver()
+        else:
+            self.out = sink
         self.start_initializer()
         for index in range(1, self.count):
             self.start_worker(index)

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format run bench-driver
+.PHONY: install test lint format run bench bench-driver
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ test: lint
 # make run RUN_ARGS='--base-port 17000' moves every port of the scenario.
 run: install
 	$(PY) scripts/demo.py $(RUN_ARGS)
+
+# make bench N=10000000 is the soak run (watch the RSS samples stay flat).
+N ?= 1000000
+bench: install
+	$(PY) scripts/bench.py --n $(N)
 
 bench-driver: install
 	$(PY) scripts/bench_driver.py

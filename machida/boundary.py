@@ -11,22 +11,29 @@ sender; the receiver answers on it with acknowledgements. Frames are
 | ``M`` | ``u64be first_seq``, records | a batch, numbered first_seq, first_seq+1, … |
 | ``A`` | ``u64be seq`` | receiver → sender: every record up to ``seq`` is applied |
 
-A record is ``u16be pipeline | u16be step | u32be key index | u32be length |
-payload``, where the payload is the message serialised by the application's
-``serialize`` and ``step`` is the position of the state step that owns the
-key. Sequence numbers count per sending process *incarnation* (a random
-number drawn at start), so a restarted sender is never mistaken for a replay.
+A batch body is ``u64be first_seq`` followed by *runs*: consecutive records
+for the same route (pipeline, state step position, key index) and of the same
+kind. A run is ``u8 kind | u16be pipeline | u16be step | u32be key index |
+u32be count`` and then either ``count`` u64be integers (kind 1: messages that
+are plain ``int`` in 0..2**64-1, sent without pickling because they round-trip
+identically) or ``count`` times ``u32be length | payload`` (kind 0: the
+message as the application's ``serialize`` made it). Records are numbered
+first_seq, first_seq+1, … across the runs. Sequence numbers count per sending
+process *incarnation* (a random number drawn at start), so a restarted sender
+is never mistaken for a replay.
 
-:class:`Backlog` is the sender's side: records wait there until acknowledged
-and are sent again, in order, after a reconnection. :class:`BoundaryDecoder`
-is the receiver's side of the bytes; :class:`Dedup` drops records a receiver
-has already applied.
+:class:`Backlog` is the sender's side: records are grouped into runs as they
+are added, wait until acknowledged, and are sent again, in order, after a
+reconnection. :class:`BoundaryDecoder` is the receiver's side of the bytes;
+:class:`Dedup` drops records a receiver has already applied.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import sys
+from array import array
 from collections import deque
 
 from machida.errors import FrameError
@@ -35,20 +42,20 @@ from machida.framing import FrameDecoder
 HELLO = 0x48  # "H"
 BATCH = 0x4D  # "M"
 ACK = 0x41  # "A"
+SERIALIZED = 0
+INTS = 1
 
 _FRAME_HEAD = struct.Struct(">IB")
 _BATCH_HEAD = struct.Struct(">IBQ")
 _SEQ = struct.Struct(">Q")
-_RECORD = struct.Struct(">HHII")
-# A frame of at most this size is written per batch; longer backlogs are split.
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-# Largest frame a receiver accepts: a batch plus one oversized record.
-MAX_DATA_FRAME = 64 * 1024 * 1024
-
-
-def record(pipeline: int, step: int, key_index: int, payload: bytes) -> bytes:
-    """One message as it travels in a batch."""
-    return _RECORD.pack(pipeline, step, key_index, len(payload)) + payload
+_RUN = struct.Struct(">BHHII")
+_LEN = struct.Struct(">I")
+U64_MAX = (1 << 64) - 1
+_SWAP = sys.byteorder == "little"
+# Replays are cut into batches of at most this many records.
+MAX_BATCH_RECORDS = 16_384
+# Largest frame a receiver accepts: a batch of large serialized messages.
+MAX_DATA_FRAME = 256 * 1024 * 1024
 
 
 def hello(worker: str, incarnation: int) -> bytes:
@@ -60,24 +67,40 @@ def ack(seq: int) -> bytes:
     return _FRAME_HEAD.pack(9, ACK) + _SEQ.pack(seq)
 
 
-def batch(first_seq: int, records: list[bytes]) -> bytes:
-    body = b"".join(records)
-    return _BATCH_HEAD.pack(9 + len(body), BATCH, first_seq) + body
+def encode_batch(first_seq: int, runs: list) -> bytes:
+    """An ``M`` frame for ``runs`` of ``[route, is_int, values]``; route is (p, step, key)."""
+    parts = [b""]
+    size = 9
+    for (p, step, key), is_int, values in runs:
+        parts.append(_RUN.pack(INTS if is_int else SERIALIZED, p, step, key, len(values)))
+        if is_int:
+            column = array("Q", values)  # a copy: the backlog keeps the values in order
+            if _SWAP:
+                column.byteswap()
+            parts.append(column.tobytes())
+        else:
+            parts.extend(_LEN.pack(len(v)) + v for v in values)
+    body = b"".join(parts)
+    size += len(body)
+    return _BATCH_HEAD.pack(size, BATCH, first_seq) + body
 
 
 class Backlog:
     """The sending side of one link: unacknowledged records, in sequence order.
 
-    ``add`` queues a record; ``take_batch`` hands the queued records out as
+    ``add(route, is_int, values)`` queues a run of records (ints to send as
+    such, or serialized bytes); ``take_batch`` hands the queued records out as
     one frame and keeps them until ``ack``; ``replay`` gives every frame
     needed to send the whole backlog again after a reconnection.
     """
 
-    __slots__ = ("_queued", "_sent", "acked", "next_seq", "sent_total")
+    __slots__ = ("_queued", "_queued_n", "_sent", "_sent_n", "acked", "next_seq", "sent_total")
 
     def __init__(self) -> None:
-        self._queued: list[bytes] = []
-        self._sent: deque[bytes] = deque()  # records acked+1 .. next_seq-1, in order
+        self._queued: list[list] = []  # runs not yet numbered: [route, is_int, values]
+        self._queued_n = 0
+        self._sent: deque[list] = deque()  # numbered runs: records acked+1 .. next_seq-1
+        self._sent_n = 0
         self.acked = 0
         self.next_seq = 1
         self.sent_total = 0
@@ -85,41 +108,57 @@ class Backlog:
     @property
     def unacked(self) -> int:
         """Records handed out (or queued) and not yet acknowledged."""
-        return len(self._sent) + len(self._queued)
+        return self._sent_n + self._queued_n
 
-    def add(self, rec: bytes) -> None:
-        self._queued.append(rec)
+    def add(self, route: tuple, is_int: bool, values: list | array) -> None:
+        """Queue a run of records for ``route``: ints (a list or an ``array('Q')``) or bytes."""
+        self._queued.append([route, is_int, values])
+        self._queued_n += len(values)
 
     def take_batch(self) -> bytes | None:
         """The queued records as one ``M`` frame, or ``None`` if nothing is queued."""
-        if not self._queued:
+        if not self._queued_n:
             return None
-        records, self._queued = self._queued, []
+        runs, count = self._queued, self._queued_n
+        self._queued, self._queued_n = [], 0
         first = self.next_seq
-        self.next_seq += len(records)
-        self.sent_total += len(records)
-        self._sent.extend(records)
-        return batch(first, records)
+        self.next_seq += count
+        self.sent_total += count
+        self._sent.extend(runs)
+        self._sent_n += count
+        return encode_batch(first, runs)
 
     def ack(self, seq: int) -> None:
         """Forget every record up to ``seq``."""
-        drop = min(seq - self.acked, len(self._sent))
-        for _ in range(max(0, drop)):
-            self._sent.popleft()
-        self.acked = max(self.acked, seq)
+        drop = min(seq - self.acked, self._sent_n)
+        if drop <= 0:
+            return
+        self.acked += drop
+        self._sent_n -= drop
+        sent = self._sent
+        while drop:
+            run = sent[0]
+            if len(run[2]) <= drop:
+                drop -= len(run[2])
+                sent.popleft()
+            else:
+                sent[0] = [run[0], run[1], run[2][drop:]]
+                drop = 0
 
     def replay(self) -> list[bytes]:
         """Frames carrying every unacknowledged, already numbered record again."""
         frames, chunk, size, first = [], [], 0, self.acked + 1
-        for rec in self._sent:
-            chunk.append(rec)
-            size += len(rec)
-            if size >= MAX_BATCH_BYTES:
-                frames.append(batch(first, chunk))
-                first += len(chunk)
-                chunk, size = [], 0
+        for run in self._sent:
+            for start in range(0, len(run[2]), MAX_BATCH_RECORDS):
+                piece = [run[0], run[1], run[2][start : start + MAX_BATCH_RECORDS]]
+                chunk.append(piece)
+                size += len(piece[2])
+                if size >= MAX_BATCH_RECORDS:
+                    frames.append(encode_batch(first, chunk))
+                    first += size
+                    chunk, size = [], 0
         if chunk:
-            frames.append(batch(first, chunk))
+            frames.append(encode_batch(first, chunk))
         return frames
 
 
@@ -127,8 +166,8 @@ class BoundaryDecoder:
     """Receiver side: bytes in, events out.
 
     ``feed`` returns a list of events: ``("hello", worker, incarnation)``,
-    ``("batch", first_seq, records)`` with records as ``(pipeline, step,
-    key_index, payload)`` tuples, and ``("ack", seq)``.
+    ``("batch", first_seq, runs)`` with runs as ``(pipeline, step, key_index,
+    is_int, values)`` tuples (ints, or serialized payloads), and ``("ack", seq)``.
     """
 
     __slots__ = ("_frames", "error")
@@ -143,7 +182,7 @@ class BoundaryDecoder:
             kind = frame[0]
             try:
                 if kind == BATCH:
-                    events.append(("batch", _SEQ.unpack_from(frame, 1)[0], _records(frame, 9)))
+                    events.append(("batch", _SEQ.unpack_from(frame, 1)[0], _runs(frame, 9)))
                 elif kind == ACK:
                     events.append(("ack", _SEQ.unpack_from(frame, 1)[0]))
                 elif kind == HELLO:
@@ -159,17 +198,34 @@ class BoundaryDecoder:
         return events
 
 
-def _records(frame: bytes, pos: int) -> list[tuple[int, int, int, bytes]]:
+def _runs(frame: bytes, pos: int) -> list[tuple]:
     out = []
     end = len(frame)
-    unpack = _RECORD.unpack_from
     while pos < end:
-        pipeline, step, key_index, length = unpack(frame, pos)
-        pos += 12
-        if pos + length > end:
-            raise FrameError(f"record of {length} bytes overruns its batch")
-        out.append((pipeline, step, key_index, frame[pos : pos + length]))
-        pos += length
+        kind, p, step, key, count = _RUN.unpack_from(frame, pos)
+        pos += _RUN.size
+        if kind == INTS:
+            stop = pos + 8 * count
+            if stop > end:
+                raise FrameError(f"a run of {count} integers overruns its batch")
+            column = array("Q")
+            column.frombytes(frame[pos:stop])
+            if _SWAP:
+                column.byteswap()
+            out.append((p, step, key, True, column.tolist()))
+            pos = stop
+        elif kind == SERIALIZED:
+            values = []
+            for _ in range(count):
+                (length,) = _LEN.unpack_from(frame, pos)
+                pos += 4
+                if pos + length > end:
+                    raise FrameError(f"a message of {length} bytes overruns its batch")
+                values.append(frame[pos : pos + length])
+                pos += length
+            out.append((p, step, key, False, values))
+        else:
+            raise FrameError(f"unknown run kind {kind}")
     return out
 
 

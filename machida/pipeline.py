@@ -6,9 +6,11 @@ computation, later steps, and ``encode``. The runner and the in-process driver
 both use it, so they behave the same by construction. Each pipeline is compiled
 once into a chain of small closures (one per step), which keeps the per-message
 cost to the user's own calls plus a function call per step. A message for a key
-owned by another worker leaves through ``forward``; one arriving from another
-worker enters through :meth:`LocalTopology.arrive`. Sink bytes leave through
-``sink``. Failures of user code go to :class:`machida.callbacks.Callbacks`.
+owned by another worker goes to the sender ``forward_to(owner, route)`` gave
+for that key (the runner gives a list's ``append``, so a forward is one C
+call); one arriving from another worker enters through
+:meth:`LocalTopology.arrive`. Encoded output goes to ``sink_for(pipeline)``.
+Failures of user code go to :class:`machida.callbacks.Callbacks`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from machida.metrics import Stats
 from machida.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
 from machida.source import SourceFramer
 
-# sink(pipeline_index, value_given_to_encoder, encoded_bytes_or_None)
-SinkFn = Callable[[int, Any, Any], None]
-# forward(owner_worker, pipeline_index, step_position, key_index, message)
-ForwardFn = Callable[[str, int, int, int, Any], None]
+# sink_for(pipeline_index) -> out: where a pipeline's encoded output goes. With
+# sink_values, out(value_given_to_encoder, bytes_or_None) is called for every
+# output; without, out(bytes) only for bytes (the runner passes list.append).
+SinkFor = Callable[[int], Callable]
+# forward_to(owner_worker, route) -> send(message): where messages for a key on
+# another worker go; route is (pipeline_index, step_position, key_index).
+ForwardTo = Callable[[str, tuple], Callable[[Any], None]]
 # persist(state_name, key_index, persist_flag) after each state call (resilience)
 PersistFn = Callable[[str, int, Any], None]
 
@@ -49,9 +54,10 @@ class LocalTopology:
         worker: str,
         placement: Placement,
         callbacks: Callbacks,
-        sink: SinkFn,
-        forward: ForwardFn,
+        sink_for: SinkFor,
+        forward_to: ForwardTo,
         serializers: tuple[Callable, Callable] | None = None,
+        sink_values: bool = False,
         persist: PersistFn | None = None,
         stats: Stats | None = None,
     ) -> None:
@@ -60,8 +66,9 @@ class LocalTopology:
         self.worker = worker
         self.placement = placement
         self.callbacks = callbacks
-        self._sink = sink
-        self._forward = forward
+        self._sink_for = sink_for
+        self._sink_values = sink_values
+        self._forward_to = forward_to
         self._persist = persist
         if serializers is None:
             import wallaroo
@@ -170,12 +177,13 @@ class LocalTopology:
         apply = self._state_apply(p, step, nxt)
         self._arrivals[(p, pos)] = apply
         owners = dict(self.placement.owners)[step.state_name]
-        me, forward, cb = self.worker, self._forward, self.callbacks
+        me, cb = self.worker, self.callbacks
         pname = self.plan.pipelines[p].name
+        local = [owner == me for owner in owners]
+        send = [None if owner == me else self._forward_to(owner, (p, pos, i))
+                for i, owner in enumerate(owners)]  # fmt: skip
         if step.partition_function is None:
-            if owners[0] == me:
-                return lambda msg: apply(0, msg)
-            return lambda msg: forward(owners[0], p, pos, 0, msg)
+            return (lambda msg: apply(0, msg)) if local[0] else send[0]
         index = {key: i for i, key in enumerate(step.keys)}
         partition = step.partition_function.partition
         name = label(step.partition_function, "partition")
@@ -202,10 +210,10 @@ class LocalTopology:
                 return
             if i is None:
                 cb.unknown_key(name, key, state_name)
-            elif owners[i] == me:
+            elif local[i]:
                 apply(i, msg)
             else:
-                forward(owners[i], p, pos, i, msg)
+                send[i](msg)
 
         return route
 
@@ -257,8 +265,8 @@ class LocalTopology:
             return lambda value: None
         encode = pipeline.sink.encoder.encode
         name = label(pipeline.sink.encoder, "encode")
-        sink, cb, pname = self._sink, self.callbacks, pipeline.name
-        counts = self.stats.pipeline(pname)
+        out, cb, pname = self._sink_for(p), self.callbacks, pipeline.name
+        with_values = self._sink_values
 
         def emit(value: Any) -> None:
             try:
@@ -274,8 +282,10 @@ class LocalTopology:
                 if data is None:
                     cb.invalid(name, raw, pname, "sink")
                     return
-            counts.messages_out += 1
-            sink(p, value, data)
+            if with_values:
+                out(value, data)
+            elif data:
+                out(data)
 
         return emit
 
@@ -292,6 +302,10 @@ class LocalTopology:
     def arrive(self, p: int, pos: int, key_index: int, msg: Any) -> None:
         """A message for a key this worker owns, from another worker."""
         self._arrivals[(p, pos)](key_index, msg)
+
+    def arrival(self, p: int, pos: int) -> Callable[[int, Any], None]:
+        """``apply(key_index, msg)`` of the state step at ``pos``: for a run of arrivals."""
+        return self._arrivals[(p, pos)]
 
     def hop_out(self, msg: Any, p: int) -> bytes | None:
         """Serialise a message leaving this worker; ``None`` if that failed (it is dropped)."""
@@ -319,7 +333,8 @@ class LocalTopology:
 class SourceConnection:
     """One source connection: its framing state and its own stateless step instances."""
 
-    __slots__ = ("_counts", "_decode", "_decode_name", "_entry", "framer", "p", "peer", "topology")
+    __slots__ = ("_counts", "_decode", "_decode_name", "_entry", "_reported", "framer", "p", "peer",
+                 "topology")  # fmt: skip
 
     def __init__(self, topology: LocalTopology, p: int, peer: str, entry: Callable) -> None:
         source = topology.plan.pipelines[p].source
@@ -331,6 +346,7 @@ class SourceConnection:
         self._decode_name = label(source.decoder, "decode")
         self._counts = topology.stats.pipeline(topology.plan.pipelines[p].name)
         self.framer = SourceFramer(source.decoder, source.header_length)
+        self._reported = False
 
     @property
     def failed(self) -> bool:
@@ -344,18 +360,25 @@ class SourceConnection:
 
     def feed(self, data: bytes) -> None:
         """Frame, decode and process every complete frame in ``data``."""
+        self.push_payloads(self.frames(data))
+        self.report_bad_frame()
+
+    def frames(self, data: bytes) -> list[bytes]:
+        """The payloads of every complete frame in ``data`` (``payload_length`` per frame)."""
         framer = self.framer
         try:
-            payloads = framer.feed(data)
+            return framer.feed(data)
         except SystemExit as err:
             self.topology.callbacks.exiting(framer.callback, err)
             raise
-        self.push_payloads(payloads)
-        if framer.error is not None:
-            why = framer.error
-            cb = self.topology.callbacks
+
+    def report_bad_frame(self) -> None:
+        """If the framing broke, say so (once the frames before the bad one are processed)."""
+        why = self.framer.error
+        if why is not None and not self._reported:
+            self._reported = True
             pname = self.topology.plan.pipelines[self.p].name
-            cb.bad_frame(why.callback, why.length, pname, self.peer, why.exc)
+            self.topology.callbacks.bad_frame(why.callback, why.length, pname, self.peer, why.exc)
 
     def push_payloads(self, payloads: list[bytes]) -> None:
         decode, entry, name = self._decode, self._entry, self._decode_name

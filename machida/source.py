@@ -74,11 +74,12 @@ class SourceFramer:
                     need = payload_length(buf[pos : pos + hl])
                 except Exception as exc:
                     return self._fail(frames, BadLength(self.callback, exc=exc))
-                if need.__class__ is not int and not _is_int(need):
-                    return self._fail(frames, BadLength(self.callback, length=need))
+                if need.__class__ is not int:
+                    if not _is_int(need):
+                        return self._fail(frames, BadLength(self.callback, length=need))
+                    need = int(need)
                 if not 0 < need <= MAX_PAYLOAD:
                     return self._fail(frames, BadLength(self.callback, length=need))
-                need = int(need)
             stop = pos + hl + need
             if stop > end:
                 wait = stop - end

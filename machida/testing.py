@@ -74,9 +74,10 @@ class Driver:
                 name,
                 self.placement,
                 Callbacks(name, errors),
-                sink=self._sink_for(name),
-                forward=self._forward_from(name),
+                sink_for=self._sink_for(name),
+                forward_to=self._forward_from(name),
                 serializers=pair,
+                sink_values=True,
             )
             for name in names
         }
@@ -145,22 +146,34 @@ class Driver:
         return self._sources[pipeline]
 
     def _sink_for(self, worker: str):
-        def sink(p: int, value: Any, data: bytes | None) -> None:
-            self.outputs.append(Output(worker, p, value, data))
+        """Each simulated worker's outputs, recorded in emission order."""
 
-        return sink
+        def sink_for(p: int):
+            def out(value: Any, data: bytes | None) -> None:
+                self.outputs.append(Output(worker, p, value, data))
+
+            return out
+
+        return sink_for
 
     def _forward_from(self, worker: str):
-        def forward(owner: str, p: int, pos: int, key_index: int, msg: Any) -> None:
-            data = self._workers[worker].hop_out(msg, p)
-            if data is None:
-                return
-            target = self._workers[owner]
-            ok, copy = target.hop_in(data, p)
-            if ok:
-                target.arrive(p, pos, key_index, copy)
+        """Messages to another simulated worker: through serialize/deserialize, at once."""
 
-        return forward
+        def forward_to(owner: str, route: tuple):
+            p, pos, key_index = route
+
+            def send(msg: Any) -> None:
+                data = self._workers[worker].hop_out(msg, p)
+                if data is None:
+                    return
+                target = self._workers[owner]
+                ok, copy = target.hop_in(data, p)
+                if ok:
+                    target.arrive(p, pos, key_index, copy)
+
+            return send
+
+        return forward_to
 
 
 def run(

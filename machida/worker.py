@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
 import sys
 import time
-from typing import Any
+from array import array
+from typing import Any, Callable
 
-from machida.boundary import BoundaryDecoder, Dedup, ack, record
+from machida.boundary import U64_MAX, BoundaryDecoder, Dedup, ack
 from machida.callbacks import Callbacks
 from machida.errors import ApplicationError
 from machida.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
@@ -46,10 +48,14 @@ from machida.sink import Sink
 # machida.md §6.4: pause sources at 16 384 unacknowledged messages on a link, resume below 8 192.
 LINK_HIGH_WATER = 16_384
 LINK_LOW_WATER = 8_192
-# Acknowledgements are batched, at most every 10 ms (machida.md §6.1).
-ACK_DELAY_S = 0.010
+# While a sink holds output in user space, an acknowledgement is retried this often.
+ACK_RETRY_S = 0.002
+# Frames of one source read carried through between two flushes (a read holds up to 256 KiB).
+SOURCE_SLICE = 2048
 # A pause of the inputs that lasts this long is reported once (an operator should know).
 PAUSE_REPORT_S = 1.0
+# Allocations between two young-generation collections (CPython's default is 700).
+GC_THRESHOLD = 20_000
 # How often repeated user-callback failures are summarised on stderr.
 SUMMARY_EVERY_S = 10.0
 
@@ -81,10 +87,12 @@ class Worker:
         self.stats = Stats(self.name)
         self.pstats = [self.stats.pipeline(p.name) for p in plan.pipelines]
         self.serializers = serializers(module)
+        self.ints_travel_raw = ints_round_trip(self.serializers)
         self.incarnation = random.getrandbits(63)
         self.topology: LocalTopology | None = None
         self.sinks: list[Sink | None] = []
         self._sink_pending: list[list[bytes]] = []
+        self._outbox: dict[str, list[tuple[tuple, list]]] = {}
         self.links: dict[str, OutLink] = {}
         self.in_conns: set[Conn] = set()
         self.source_conns: set[Conn] = set()
@@ -183,13 +191,13 @@ class Worker:
     def build_topology(self, workers: list[str]) -> None:
         """The local topology for a member list in join order: states, sinks, links."""
         placement = self.plan.placement(workers)
+        self._sink_pending = [[] for _ in self.plan.pipelines]
         self.topology = LocalTopology(
             self.plan, self.name, placement, self.callbacks,
-            sink=self._emit, forward=self._forward, serializers=self.serializers,
-            stats=self.stats,
+            sink_for=lambda p: self._sink_pending[p].append, forward_to=self._outbound,
+            serializers=self.serializers, stats=self.stats,
         )  # fmt: skip
         for pipeline in self.plan.pipelines:
-            self._sink_pending.append([])
             if pipeline.sink is None:
                 self.sinks.append(None)
                 continue
@@ -213,26 +221,43 @@ class Worker:
 
     # -- the message flow -----------------------------------------------------------------
 
-    def _emit(self, p: int, value: Any, data: bytes | None) -> None:
-        if data:
-            self._sink_pending[p].append(data)
-
-    def _forward(self, owner: str, p: int, pos: int, key_index: int, msg: Any) -> None:
-        data = self.topology.hop_out(msg, p)
-        if data is not None:
-            self.pstats[p].messages_forwarded += 1
-            self.links[owner].backlog.add(record(p, pos, key_index, data))
+    def _outbound(self, owner: str, route: tuple) -> Callable[[Any], None]:
+        """Where the topology puts messages for ``route`` on ``owner``: a list, until flush."""
+        pending: list = []
+        self._outbox.setdefault(owner, []).append((route, pending))
+        return pending.append
 
     def flush(self) -> None:
         """After a batch: one write per sink, one batch per link, then check backpressure."""
         for p, pending in enumerate(self._sink_pending):
             if pending:
+                self.pstats[p].messages_out += len(pending)
                 self.sinks[p].write(b"".join(pending))
                 pending.clear()
-        for link in self.links.values():
+        for owner, routes in self._outbox.items():
+            link = self.links[owner]
+            for route, pending in routes:
+                if pending:
+                    self._queue_run(link, route, pending)
+                    pending.clear()
             link.flush()
             if link.backlog.unacked >= LINK_HIGH_WATER:
                 self.pause(f"link:{link.peer}")
+
+    def _queue_run(self, link: OutLink, route: tuple, messages: list) -> None:
+        """Messages for one key of another worker: as u64s when they are plain ints."""
+        self.pstats[route[0]].messages_forwarded += len(messages)
+        if self.ints_travel_raw and set(map(type, messages)) == {int}:
+            try:
+                link.backlog.add(route, True, array("Q", messages))
+                return
+            except OverflowError:
+                pass  # some int outside 0..2**64-1: serialise them all
+        hop_out, p = self.topology.hop_out, route[0]
+        data = [d for d in map(hop_out, messages, [p] * len(messages)) if d is not None]
+        self.pstats[p].messages_forwarded -= len(messages) - len(data)
+        if data:
+            link.backlog.add(route, False, data)
 
     def _acked(self) -> None:
         for link in self.links.values():
@@ -287,7 +312,8 @@ class Worker:
                 conn.pause()
         elif conn.kind == "data":
             self.in_conns.add(conn)
-            conn.state = [BoundaryDecoder(), None, 0, None]  # decoder, upstream, to_ack, timer
+            # decoder, upstream name, applied seq, acknowledged seq, pending ack timer
+            conn.state = [BoundaryDecoder(), None, 0, 0, None]
             if self.pause_reasons:
                 conn.pause()
         elif conn.kind == "external":
@@ -327,17 +353,23 @@ class Worker:
         if source is None:
             source = conn.state = self.topology.source_connection(int(conn.kind[7:]), conn.peer)
         counts = self.pstats[source.p]
-        before = counts.messages_in
-        source.feed(data)
-        self.flush()
-        counts.latency.add_many(time.perf_counter_ns() - start, counts.messages_in - before)
+        payloads = source.frames(data)
+        # A large read is carried through in slices, each flushed at once, so that the
+        # other workers start on their share early and acknowledgements come back sooner.
+        for at in range(0, len(payloads), SOURCE_SLICE):
+            before = counts.messages_in
+            source.push_payloads(payloads[at : at + SOURCE_SLICE])
+            self.flush()
+            counts.latency.add_many(time.perf_counter_ns() - start, counts.messages_in - before)
+        source.report_bad_frame()
         if source.failed:
             conn.close()
 
     def _on_boundary_data(self, conn: Conn, data: bytes) -> None:
         start = time.perf_counter_ns()
         before = [counts.messages_arrived for counts in self.pstats]
-        decoder, upstream, _, _ = state = conn.state
+        decoder, upstream = conn.state[0], conn.state[1]
+        state = conn.state
         topology = self.topology
         for event in decoder.feed(data):
             if event[0] == "hello":
@@ -346,6 +378,7 @@ class Worker:
             elif event[0] == "batch" and upstream is not None and topology is not None:
                 self._apply_batch(conn, upstream, event[1], event[2])
         self.flush()
+        self._acknowledge(conn)
         took = time.perf_counter_ns() - start
         for counts, earlier in zip(self.pstats, before):
             if counts.messages_arrived > earlier:
@@ -354,24 +387,49 @@ class Worker:
             warn(f"ERROR: data link from {conn.peer}: {decoder.error}; connection closed")
             conn.close()
 
-    def _apply_batch(self, conn: Conn, upstream: str, first: int, records: list) -> None:
+    def _apply_batch(self, conn: Conn, upstream: str, first: int, runs: list) -> None:
         dedup = self.dedup[upstream]
-        skip = dedup.skip(first, len(records))
+        total = sum(len(run[4]) for run in runs)
+        skip = skipped = dedup.skip(first, total)
         topology, pstats = self.topology, self.pstats
-        for p, pos, key_index, payload in records[skip:]:
-            pstats[p].messages_arrived += 1
-            ok, msg = topology.hop_in(payload, p)
-            if ok:
-                topology.arrive(p, pos, key_index, msg)
-        self.applied_total += len(records) - skip
-        dedup.applied(first + len(records) - 1)
+        for p, pos, key_index, is_int, values in runs:
+            if skip:
+                if skip >= len(values):
+                    skip -= len(values)
+                    continue
+                values, skip = values[skip:], 0
+            pstats[p].messages_arrived += len(values)
+            apply = topology.arrival(p, pos)
+            if is_int:
+                for msg in values:
+                    apply(key_index, msg)
+                continue
+            for data in values:
+                ok, msg = topology.hop_in(data, p)
+                if ok:
+                    apply(key_index, msg)
+        self.applied_total += total - skipped
+        dedup.applied(first + total - 1)
         conn.state[2] = dedup.seq
-        if conn.state[3] is None:
-            conn.state[3] = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._ack, conn)
 
-    def _ack(self, conn: Conn) -> None:
-        conn.state[3] = None
-        conn.write(ack(conn.state[2]))
+    def _acknowledge(self, conn: Conn) -> None:
+        """Acknowledge what was applied, once its output has left for the kernel.
+
+        One acknowledgement per read; while a sink still holds bytes in user
+        space the acknowledgement waits, which is what holds the upstream back.
+        """
+        state = conn.state
+        if state[2] <= state[3] or state[4] is not None or conn.closed:
+            return
+        if any(sink is not None and sink.buffered for sink in self.sinks):
+            state[4] = asyncio.get_running_loop().call_later(ACK_RETRY_S, self._ack_later, conn)
+            return
+        state[3] = state[2]
+        conn.write(ack(state[2]))
+
+    def _ack_later(self, conn: Conn) -> None:
+        conn.state[4] = None
+        self._acknowledge(conn)
 
     def _on_external_data(self, conn: Conn, data: bytes) -> None:
         decoder = conn.state
@@ -450,6 +508,22 @@ class Worker:
         self.finish(0)
 
 
+def ints_round_trip(pair: tuple) -> bool:
+    """Whether plain ints may cross workers as u64s: the module's pair gives them back as is.
+
+    machida serialised every message; sending an int as 8 bytes is only allowed
+    when the result is identical, which a few probes of the pair confirm.
+    """
+    serialize, deserialize = pair
+    try:
+        return all(
+            (back := deserialize(serialize(v))) == v and back.__class__ is int
+            for v in (0, 1, 12, 2**32 + 5, 2**63, U64_MAX)
+        )
+    except Exception:
+        return False
+
+
 class BindError(Exception):
     """A listener could not be bound; the message is the line to print."""
 
@@ -502,6 +576,11 @@ def run(config: Any) -> int:
         if "Could not load module" not in text:
             warn(BUILD_FAILED)
         return 1
+    # The application's objects and the runner's live for the whole run: keep the
+    # cyclic collector from scanning them again and again, and let it run less
+    # often (messages make short-lived lists and tuples, freed by refcounting).
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
     try:
         return asyncio.run(_main(config, module, plan))
     except KeyboardInterrupt:

@@ -77,7 +77,7 @@ def test_clean_shutdown_right_after_the_sender_loses_nothing(tmp_path):
         codes = cluster.shutdown()
         assert codes == {"initializer": 0, "worker-2": 0}, cluster.report()
         assert time.monotonic() - started < 5.0  # the bound: both exit within 5 s
-        assert len(cluster.windows()) == 10_000
+        assert len(cluster.wait_windows(10_000)) == 10_000
         assert cluster.validate(10_000).returncode == 0
         assert not list(tmp_path.glob("sequence_window-*")), list(tmp_path.iterdir())
 
@@ -88,7 +88,7 @@ def test_shutdown_sent_to_worker_2_stops_the_whole_cluster(tmp_path):
         cluster.send(2000, "-s", "500", "-i", "0")
         codes = cluster.shutdown(via=1)
         assert codes == {"initializer": 0, "worker-2": 0}, cluster.report()
-        assert len(cluster.windows()) == 2000
+        assert len(cluster.wait_windows(2000)) == 2000
 
 
 def test_cluster_and_driver_give_the_same_windows(tmp_path):

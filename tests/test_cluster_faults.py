@@ -283,6 +283,7 @@ def test_a_second_worker_with_a_different_app_is_refused(tmp_path):
         assert b"Error: the initializer refused this worker" in odd.stderr
         cluster.wait_for("initializer", b"WARNING: refused worker 'worker-2'", "stderr")
         cluster.start_worker(1)
+        cluster.wait_for("initializer", b"Worker worker-2 control channel identified")
         twin_args = cluster.worker_args(1)
         twin_args[twin_args.index("--external") + 1] = f"127.0.0.1:{free_port()}"
         twin = Tool("machida", *twin_args, cwd=tmp_path)

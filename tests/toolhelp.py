@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 DEADLINE = 30.0
+HOLD_LIMIT = 120.0
 
 
 def tool_cmd(name: str, *args: str) -> list[str]:
@@ -213,7 +214,8 @@ class RawListener:
 
     def _read(self, conn: socket.socket, received: Received) -> None:
         if self.hold is not None:
-            self.hold.wait(DEADLINE)
+            # longer than any deadline of the runner, so a held peer stays held
+            self.hold.wait(HOLD_LIMIT)
         with conn:
             while True:
                 try:

@@ -1,0 +1,264 @@
+"""``make bench``: end-to-end throughput and latency of the 2-worker cluster, against the bare path.
+
+One run measures two systems with the same sender and the same counting
+receiver, one after the other:
+
+* ``cluster``: ``machida`` initializer + ``worker-2`` running sequence_window;
+* ``reference``: ``scripts/bench_reference.py``, the faithful bare path (two
+  processes calling the application's objects exactly as the API requires,
+  and nothing else).
+
+The sender is ``sender --interval 0`` (as fast as the socket takes it) writing
+``sent.txt``, whose per-batch timestamps give each value's send time. The
+receiver (this process) timestamps every read and takes the newest value of
+each window in it, so latency is exact per value: receive time of the window
+whose newest value is v, minus the send time of v. Peak RSS and CPU seconds per
+process come from ``wait4``; during the run RSS is sampled four times a second
+(the soak view). Prints a table and writes ``bench/results.json``.
+
+Usage: python scripts/bench.py [--n N] [--out bench/results.json] [--only cluster|reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NEWEST = re.compile(rb",(\d+)\]")
+SENT = re.compile(rb"(\d+), \x00\x00\x00\x08(.{8})\n", re.S)
+TIMEOUT_S = 600.0
+# RSS is sampled this often (the last five samples are printed: the soak view).
+SAMPLE_EVERY_S = 0.25
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expected_windows(n: int) -> int:
+    """sequence_window emits n+1 and n+2 early when n is a multiple of 12."""
+    return n + {0: 2, 1: 1}.get(n % 12, 0)
+
+
+class Receiver(asyncio.Protocol):
+    """Counts windows and notes, per read, the time and the newest value of each window."""
+
+    def __init__(self, bench: Run) -> None:
+        self.bench = bench
+        self.carry = b""
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        buf = self.carry + data if self.carry else data
+        cut = buf.rfind(b"]") + 1
+        self.carry = buf[cut:]
+        values = NEWEST.findall(buf, 0, cut)
+        if values:
+            self.bench.reads.append((now, values))
+            self.bench.count += len(values)
+            if self.bench.count >= self.bench.expected:
+                self.bench.done.set()
+
+
+class Run:
+    """One system's measurement: its processes, the receiver's reads, and the results."""
+
+    def __init__(self, name: str, n: int, workdir: Path) -> None:
+        self.name, self.n, self.dir = name, n, workdir
+        self.expected = expected_windows(n)
+        self.reads: list[tuple[int, list[bytes]]] = []
+        self.count = 0
+        self.done = asyncio.Event()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.rss_samples: dict[str, list[int]] = {}
+        self.peaks: dict[str, int] = {}
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.dir / f"{self.name}-{name}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self.procs[name] = proc
+        return proc
+
+    async def wait_line(self, name: str, text: str) -> None:
+        path = self.dir / f"{self.name}-{name}.log"
+        deadline = time.monotonic() + 60
+        while text.encode() not in path.read_bytes():
+            if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}/{name} never printed {text!r}:\n"
+                                   f"{path.read_text(errors='replace')[-2000:]}")  # fmt: skip
+            await asyncio.sleep(0.02)
+
+    def sample(self) -> None:
+        """RSS now, and the peak so far (VmHWM: wait4's figure would include the fork)."""
+        for name, proc in self.procs.items():
+            rss, peak = _memory(proc.pid)
+            if rss:
+                self.rss_samples.setdefault(name, []).append(rss)
+                self.peaks[name] = max(self.peaks.get(name, 0), peak)
+
+    async def sample_rss(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    found = {}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    found[line[:5]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return found.get("VmRSS", 0), found.get("VmHWM", 0)
+
+
+def tool(name: str, *args: str) -> list[str]:
+    module = "machida" if name == "machida" else f"wallaroo_tools.{name}"
+    return [sys.executable, "-m", module, *args]
+
+
+async def start_cluster(run: Run, in_port: int, out: str) -> None:
+    control, data = free_port(), free_port()
+    common = ["--application-module", "sequence_window", "--in", f"127.0.0.1:{in_port}",
+              "--out", out, "--metrics", f"127.0.0.1:{free_port()}",
+              "--control", f"127.0.0.1:{control}", "--resilience-dir", str(run.dir),
+              "--ponythreads=1"]  # fmt: skip
+    run.spawn("initializer", tool("machida", *common, "--data", f"127.0.0.1:{data}",
+              "--external", f"127.0.0.1:{free_port()}", "--worker-count", "2",
+              "--cluster-initializer"))  # fmt: skip
+    run.spawn("worker-2", tool("machida", *common, "--name", "worker-2"))
+    await run.wait_line("initializer", "Application has successfully initialized.")
+    run.external = run.procs["initializer"].args[run.procs["initializer"].args.index(
+        "--external") + 1]  # fmt: skip
+
+
+async def start_reference(run: Run, in_port: int, out: str) -> None:
+    out_port, peer = out.rsplit(":", 1)[1], str(free_port())
+    script = str(HERE / "bench_reference.py")
+    run.spawn("b", [sys.executable, script, "b", peer, out_port])
+    await run.wait_line("b", "ready")
+    run.spawn("a", [sys.executable, script, "a", str(in_port), out_port, peer])
+    await run.wait_line("a", "ready")
+
+
+async def measure(name: str, n: int, workdir: Path) -> dict:
+    run = Run(name, n, workdir)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Receiver(run), "127.0.0.1", 0)
+    out = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    in_port = free_port()
+    await (start_cluster if name == "cluster" else start_reference)(run, in_port, out)
+    sampler = loop.create_task(run.sample_rss())
+    sender = run.spawn("sender", tool("sender", "-h", f"127.0.0.1:{in_port}", "-m", str(n),
+                       "-y", "-g", "12", "-u", "-s", "1000", "-i", "0"))  # fmt: skip
+    await asyncio.wait_for(run.done.wait(), TIMEOUT_S)
+    sampler.cancel()
+    run.sample()
+    usage = {"sender": await loop.run_in_executor(None, _wait4, sender)}
+    if name == "cluster":
+        subprocess.run(tool("cluster_shutdown", run.external), check=True, timeout=30)
+    else:
+        for proc in run.procs.values():
+            if proc is not sender:
+                proc.send_signal(signal.SIGTERM)
+    for pname, proc in run.procs.items():
+        if proc is not sender:
+            usage[pname] = await loop.run_in_executor(None, _wait4, proc)
+    for pname, peak in run.peaks.items():
+        usage[pname]["peak_rss_mb"] = round(peak / 2**20, 1)
+    server.close()
+    return summarise(run, usage)
+
+
+def _wait4(proc: subprocess.Popen) -> dict:
+    _, status, rusage = os.wait4(proc.pid, 0)
+    return {"exit": os.waitstatus_to_exitcode(status),
+            "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 2)}  # fmt: skip
+
+
+def summarise(run: Run, usage: dict) -> dict:
+    sent = {}
+    for match in SENT.finditer((run.dir / "sent.txt").read_bytes()):
+        sent[int.from_bytes(match.group(2), "big")] = int(match.group(1))
+    first_send = min(sent.values())
+    last_receive = run.reads[-1][0]
+    latencies = sorted(t - sent[int(v)] for t, values in run.reads for v in values)
+    values = sorted(int(v) for _, vs in run.reads for v in vs)
+    lost = run.expected - len(set(values))
+    seconds = (last_receive - first_send) / 1e9
+    return {
+        "system": run.name, "messages": run.n, "windows": run.count, "missing": lost,
+        "seconds": round(seconds, 3), "rate": round(run.n / seconds),
+        "latency_ms": {q: round(_pct(latencies, p) / 1e6, 2)
+                       for q, p in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999))},
+        "processes": usage,
+        "rss_samples_mb": {k: [round(x / 2**20, 1) for x in v] for k, v in run.rss_samples.items()},
+    }  # fmt: skip
+
+
+def _pct(ordered: list[int], q: float) -> int:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def table(results: list[dict]) -> str:
+    lines = [f"{'system':<10} {'msgs':>10} {'seconds':>8} {'msgs/s':>10} {'p50 ms':>8} "
+             f"{'p99 ms':>8} {'p99.9 ms':>9}  processes (peak RSS MB / CPU s)"]  # fmt: skip
+    for r in results:
+        procs = ", ".join(f"{k} {v['peak_rss_mb']:.0f}/{v['cpu_s']:.1f}"
+                          for k, v in r["processes"].items())  # fmt: skip
+        lat = r["latency_ms"]
+        lines.append(f"{r['system']:<10} {r['messages']:>10,} {r['seconds']:>8.2f} "
+                     f"{r['rate']:>10,} {lat['p50']:>8.1f} {lat['p99']:>8.1f} "
+                     f"{lat['p99.9']:>9.1f}  {procs}")  # fmt: skip
+    return "\n".join(lines)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=lambda s: int(s.replace("_", "")), default=1_000_000)
+    parser.add_argument("--out", default="bench/results.json")
+    parser.add_argument("--only", choices=["cluster", "reference"])
+    opts = parser.parse_args()
+    results = []
+    for name in ("reference", "cluster"):
+        if opts.only not in (None, name):
+            continue
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        try:
+            results.append(await measure(name, opts.n, workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(table(results))
+    report = {"n": opts.n, "cpus": os.cpu_count(), "results": results}
+    if len(results) == 2:
+        report["ratio"] = round(results[1]["rate"] / results[0]["rate"], 3)
+        print(f"cluster / reference = {report['ratio']:.2f}")
+    for r in results:
+        if r["system"] == "cluster":
+            print(
+                f"cluster RSS samples (MB): { {k: v[-5:] for k, v in r['rss_samples_mb'].items()} }"
+            )
+    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(opts.out).write_text(json.dumps(report, indent=2))
+    print(f"written {opts.out}")
+    return 0 if all(r["missing"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

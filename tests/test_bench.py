@@ -1,0 +1,33 @@
+"""A small run of ``make bench``: the benchmark works and the cluster loses nothing.
+
+Only correctness is checked here (every window arrives, the processes exit
+cleanly); the speed targets live in the benchmark itself.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+
+
+def test_bench_smoke_run_delivers_every_window(tmp_path):
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--n", "20000", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    systems = {r["system"]: r for r in report["results"]}
+    assert set(systems) == {"reference", "cluster"}
+    for r in systems.values():
+        assert r["missing"] == 0 and r["windows"] == 20_000
+        assert r["rate"] > 0 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99.9"]
+    cluster = systems["cluster"]["processes"]
+    assert cluster["initializer"]["exit"] == 0 and cluster["worker-2"]["exit"] == 0
+    assert cluster["initializer"]["peak_rss_mb"] > 0
+    assert "cluster / reference" in result.stdout

@@ -1,0 +1,146 @@
+"""The boundary codec: batches of runs, acknowledgements, replay and de-duplication."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from array import array
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from machida.boundary import (
+    U64_MAX,
+    Backlog,
+    BoundaryDecoder,
+    Dedup,
+    ack,
+    encode_batch,
+    hello,
+)
+
+ROUTES = [(0, 1, 0), (0, 1, 1), (1, 3, 2)]
+
+
+def flatten(events) -> list[tuple]:
+    """Every record of every batch event as (seq, route, value)."""
+    out = []
+    for event in events:
+        if event[0] != "batch":
+            continue
+        seq = event[1]
+        for p, step, key, _, values in event[2]:
+            for value in values:
+                out.append((seq, (p, step, key), value))
+                seq += 1
+    return out
+
+
+def test_hello_ack_and_a_mixed_batch_decode_whole_and_byte_by_byte():
+    backlog = Backlog()
+    backlog.add(ROUTES[0], True, [5, U64_MAX])
+    backlog.add(ROUTES[1], False, [pickle.dumps("x")])
+    backlog.add(ROUTES[1], True, array("Q", [7]))
+    stream = hello("initializer", 42) + backlog.take_batch() + ack(9)
+    expected = [
+        (1, ROUTES[0], 5), (2, ROUTES[0], U64_MAX), (3, ROUTES[1], pickle.dumps("x")),
+        (4, ROUTES[1], 7),
+    ]  # fmt: skip
+    events = BoundaryDecoder().feed(stream)
+    assert events[0] == ("hello", "initializer", 42)
+    assert events[-1] == ("ack", 9)
+    assert flatten(events) == expected
+    decoder = BoundaryDecoder()
+    split = [e for i in range(len(stream)) for e in decoder.feed(stream[i : i + 1])]
+    assert flatten(split) == expected
+
+
+def test_ints_travel_as_ints_and_bytes_as_bytes():
+    (event,) = BoundaryDecoder().feed(encode_batch(1, [[ROUTES[0], True, [1, 2]],
+                                                      [ROUTES[0], False, [b"ab"]]]))  # fmt: skip
+    assert event[2] == [(0, 1, 0, True, [1, 2]), (0, 1, 0, False, [b"ab"])]
+
+
+def test_backlog_numbers_keeps_until_ack_and_replays_the_rest():
+    backlog = Backlog()
+    for v in range(1, 11):
+        backlog.add(ROUTES[v % 2], True, [v])
+    assert backlog.unacked == 10
+    first = flatten(BoundaryDecoder().feed(backlog.take_batch()))
+    assert [r[0] for r in first] == list(range(1, 11))
+    backlog.add(ROUTES[2], True, array("Q", range(11, 14)))
+    backlog.take_batch()
+    backlog.ack(4)
+    assert backlog.unacked == 9 and backlog.acked == 4
+    replayed = flatten(BoundaryDecoder().feed(b"".join(backlog.replay())))
+    assert [(seq, value) for seq, _, value in replayed] == [(s, s) for s in range(5, 14)]
+    backlog.ack(13)
+    assert backlog.unacked == 0 and backlog.replay() == []
+    backlog.ack(2)  # a stale ack changes nothing
+    assert backlog.acked == 13
+
+
+def test_dedup_skips_what_was_applied_and_resets_for_a_new_incarnation():
+    dedup = Dedup()
+    dedup.start(1)
+    assert dedup.skip(1, 5) == 0
+    dedup.applied(5)
+    assert dedup.skip(3, 5) == 3 and dedup.skip(6, 2) == 0 and dedup.skip(1, 2) == 2
+    dedup.start(1)
+    assert dedup.seq == 5
+    dedup.start(2)
+    assert dedup.seq == 0
+
+
+def _frame(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", 1 + len(body)) + kind + body
+
+
+SHORT_RUN = struct.pack(">QBHHII", 1, 1, 0, 1, 0, 3) + struct.pack(">QQ", 1, 2)
+LONG_MESSAGE = struct.pack(">QBHHII", 1, 0, 0, 1, 0, 1) + struct.pack(">I", 99) + b"abc"
+UNKNOWN_RUN = struct.pack(">QBHHII", 1, 7, 0, 1, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [_frame(b"Z", b""), _frame(b"M", SHORT_RUN), _frame(b"M", LONG_MESSAGE),
+     _frame(b"M", UNKNOWN_RUN), _frame(b"H", b"{not json"), _frame(b"A", b"\x01")],
+)  # fmt: skip
+def test_malformed_frames_set_an_error(frame):
+    decoder = BoundaryDecoder()
+    decoder.feed(frame)
+    assert decoder.error is not None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(ROUTES), st.one_of(st.integers(0, U64_MAX), st.binary())),
+        max_size=60,
+    ),
+    st.lists(st.integers(1, 60), max_size=5),
+    st.integers(1, 97),
+)
+def test_any_records_any_batching_any_split_round_trip(records, cuts, step):
+    backlog, frames, done = Backlog(), [], 0
+    for at in [*sorted(cuts), len(records)]:
+        for route, value in records[done:at]:
+            backlog.add(route, isinstance(value, int), [value])
+        done = max(done, at)
+        frame = backlog.take_batch()
+        if frame:
+            frames.append(frame)
+    stream = b"".join(frames)
+    decoder = BoundaryDecoder()
+    events = [e for i in range(0, len(stream), step) for e in decoder.feed(stream[i : i + step])]
+    got = [(route, value) for _, route, value in flatten(events)]
+    assert got == list(records)
+    assert decoder.error is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_raise(data):
+    decoder = BoundaryDecoder()
+    decoder.feed(data)

@@ -216,6 +216,10 @@ def _pct(ordered: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _at(samples: list[float], q: float) -> float:
+    return samples[min(len(samples) - 1, int(q * len(samples)))] if samples else 0.0
+
+
 def table(results: list[dict]) -> str:
     lines = [f"{'system':<10} {'msgs':>10} {'seconds':>8} {'msgs/s':>10} {'p50 ms':>8} "
              f"{'p99 ms':>8} {'p99.9 ms':>9}  processes (peak RSS MB / CPU s)"]  # fmt: skip
@@ -251,9 +255,10 @@ async def main() -> int:
         print(f"cluster / reference = {report['ratio']:.2f}")
     for r in results:
         if r["system"] == "cluster":
-            print(
-                f"cluster RSS samples (MB): { {k: v[-5:] for k, v in r['rss_samples_mb'].items()} }"
-            )
+            print("cluster RSS over the run (MB, at 10% / 50% / 100% of it): " + ", ".join(
+                f"{name} {_at(v, 0.1)} / {_at(v, 0.5)} / {_at(v, 1.0)}"
+                for name, v in r["rss_samples_mb"].items() if name != "sender"
+            ))  # fmt: skip
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(report, indent=2))
     print(f"written {opts.out}")

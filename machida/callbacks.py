@@ -36,6 +36,12 @@ def label(obj: Any, method: str) -> str:
     return f"{cls.__name__}.{method}"
 
 
+def fn_label(fn: Any) -> str:
+    """``<module>.<function>`` for a module-level function such as ``serialize``."""
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module.rsplit('.', 1)[-1]}.{getattr(fn, '__name__', '?')}"
+
+
 def short_repr(value: Any) -> str:
     try:
         text = repr(value)

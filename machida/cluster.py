@@ -214,6 +214,7 @@ class Initializer(Role):
         self.initialized = True
         say(f"All {self.expected} workers reporting Topology ready!")
         say("Application has successfully initialized.")
+        recovery_complete(self.worker)
         self.worker.start_sources()
 
     # clean shutdown
@@ -407,6 +408,7 @@ class Member(Role):
         await self.worker.sinks_connected()
         if self.conn is not None:
             self.conn.write(control.encode("ready", name=self.worker.name))
+            recovery_complete(self.worker)
 
     def _on_poll(self, conn: Conn, msg: dict) -> None:
         self.shutting_down = True
@@ -447,7 +449,17 @@ class Member(Role):
 
 def rotate_own_log(worker: Worker) -> None:
     """RotateLog for this worker. Event logs exist only with resilience."""
-    say("WARNING: LogRotation requested, but log_rotation is off!")
+    if worker.resilience is None:
+        say("WARNING: LogRotation requested, but log_rotation is off!")
+    else:
+        worker.resilience.request_rotation()
+
+
+def recovery_complete(worker: Worker) -> None:
+    """Once a recovering worker is back in the cluster (resilience mode), say so once."""
+    if worker.recovered is not None and worker.resilience is not None:
+        say("|~~ - Recovery COMPLETE - ~~|")
+        worker.recovered = None
 
 
 async def start_cluster(worker: Worker) -> None:

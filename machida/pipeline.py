@@ -18,7 +18,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-from machida.callbacks import Callbacks, label
+from machida.callbacks import Callbacks, fn_label, label
 from machida.errors import ApplicationError
 from machida.metrics import Stats
 from machida.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
@@ -312,13 +312,13 @@ class LocalTopology:
         try:
             data = self._serialize(msg)
         except Exception as err:
-            self.callbacks.raised(_fn_label(self._serialize), err, self.plan.pipelines[p].name)
+            self.callbacks.raised(fn_label(self._serialize), err, self.plan.pipelines[p].name)
             return None
         if data.__class__ is bytes:
             return data
         converted = _as_bytes(data) if not isinstance(data, str) else None
         if converted is None:
-            self.callbacks.invalid(_fn_label(self._serialize), data, self.plan.pipelines[p].name)
+            self.callbacks.invalid(fn_label(self._serialize), data, self.plan.pipelines[p].name)
         return converted
 
     def hop_in(self, data: bytes, p: int) -> tuple[bool, Any]:
@@ -326,7 +326,7 @@ class LocalTopology:
         try:
             return True, self._deserialize(data)
         except Exception as err:
-            self.callbacks.raised(_fn_label(self._deserialize), err, self.plan.pipelines[p].name)
+            self.callbacks.raised(fn_label(self._deserialize), err, self.plan.pipelines[p].name)
             return False, None
 
 
@@ -426,8 +426,3 @@ def _as_bytes(data: Any) -> bytes | None:
         except UnicodeEncodeError:
             return None
     return None
-
-
-def _fn_label(fn: Callable) -> str:
-    module = getattr(fn, "__module__", None) or "?"
-    return f"{module.rsplit('.', 1)[-1]}.{getattr(fn, '__name__', 'serialize')}"

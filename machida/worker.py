@@ -29,6 +29,7 @@ from typing import Any, Callable
 from machida.boundary import U64_MAX, BoundaryDecoder, Dedup, ack
 from machida.callbacks import Callbacks
 from machida.errors import ApplicationError
+from machida.eventlog import EventLogError
 from machida.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
 from machida.links import Conn, OutLink, bound_port, listen
 from machida.loader import BUILD_FAILED, load_plan, serializers
@@ -43,6 +44,7 @@ from machida.recovery import (
     Topology,
     removal_lines,
 )
+from machida.resilience import Resilience
 from machida.sink import Sink
 
 # machida.md §6.4: pause sources at 16 384 unacknowledged messages on a link, resume below 8 192.
@@ -111,6 +113,8 @@ class Worker:
         )
         self.recovered: Topology | None = None
         self.bound: dict[str, tuple[str, int]] = {}
+        self.say = say
+        self.resilience = Resilience(self) if config.resilience else None
 
     # -- start ------------------------------------------------------------------------------
 
@@ -196,7 +200,14 @@ class Worker:
             self.plan, self.name, placement, self.callbacks,
             sink_for=lambda p: self._sink_pending[p].append, forward_to=self._outbound,
             serializers=self.serializers, stats=self.stats,
+            persist=self.resilience.persist if self.resilience else None,
         )  # fmt: skip
+        if self.resilience is not None:
+            try:
+                self.resilience.open(recovering=self.recovered is not None)
+            except EventLogError as err:
+                warn(str(err))
+                self.finish(1)
         for pipeline in self.plan.pipelines:
             if pipeline.sink is None:
                 self.sinks.append(None)
@@ -243,6 +254,8 @@ class Worker:
             link.flush()
             if link.backlog.unacked >= LINK_HIGH_WATER:
                 self.pause(f"link:{link.peer}")
+        if self.resilience is not None:
+            self.resilience.commit()  # before any acknowledgement of this batch
 
     def _queue_run(self, link: OutLink, route: tuple, messages: list) -> None:
         """Messages for one key of another worker: as u64s when they are plain ints."""
@@ -492,6 +505,8 @@ class Worker:
         for sink in self.sinks:
             if sink is not None:
                 sink.close()
+        if self.resilience is not None:
+            self.resilience.close()
 
     def on_signal(self) -> None:
         """SIGTERM/SIGINT: stop this process only, keeping its recovery files."""
@@ -568,6 +583,9 @@ def run(config: Any) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     for line in config.notices:
         warn(line)
+    if config.resilience:
+        for line in Resilience.banners(config):
+            say(line)
     try:
         module, plan = load_plan(config.application_module, list(config.app_args), warn=warn)
     except ApplicationError as err:

@@ -1,0 +1,161 @@
+"""Resilience mode on a real cluster: kill -9 a worker mid-stream, restart it, lose nothing."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from clusterhelp import Cluster
+from toolhelp import Tool, run_tool, wait_until
+
+APP_SOURCE = pathlib.Path(__file__).resolve().parent.parent / "sequence_window.py"
+
+RESILIENCE = ("--run-with-resilience",)
+STREAM = 20_000
+PACE = ("-s", "50", "-i", "10_000_000")  # about 5 000 messages a second
+
+
+def odd_restarts(windows: list[list[int]]) -> list[list[int]]:
+    """Odd windows that start again from zeroes after the series had begun."""
+    return [w for w in windows if w[-1] % 2 == 1 and w[:3] == [0, 0, 0] and w[3] > 1]
+
+
+def stream(cluster: Cluster, count: int = STREAM) -> Tool:
+    return Tool("sender", "-h", f"127.0.0.1:{cluster.in_port}", "-m", str(count), "-y", "-g",
+                "12", "-u", "-w", *PACE, cwd=cluster.dir)  # fmt: skip
+
+
+def finish_and_check(cluster: Cluster, sender: Tool, count: int = STREAM) -> list[list[int]]:
+    assert sender.wait(120) == 0, sender.report()
+    wait_until(lambda: {count - 1, count} <= {w[-1] for w in cluster.windows()}, 60,
+               "both final windows")  # fmt: skip
+    windows = cluster.windows()
+    verdict = cluster.validate(count, "-a")
+    assert verdict.returncode == 0, verdict.stderr.decode() + cluster.report()
+    assert odd_restarts(windows) == []
+    return windows
+
+
+@pytest.mark.parametrize("kill_at", [1_000, 8_000, 15_000])
+def test_kill_9_of_worker_2_mid_stream_recovers_its_state(tmp_path, kill_at):
+    """Scenario 78 at three points of the stream."""
+    with Cluster(tmp_path, extra=RESILIENCE).start() as cluster:
+        out = cluster.procs["initializer"].stdout.decode()
+        assert "****RESILIENCE MODE is active****" in out
+        with stream(cluster) as sender:
+            cluster.wait_windows(kill_at)
+            assert cluster.kill("worker-2") == -9
+            restarted = cluster.start_worker(1)
+            restarted.wait_stdout(lambda o: b"|~~ - Recovery COMPLETE - ~~|" in o)
+            finish_and_check(cluster, sender)
+        out = restarted.stdout.decode()
+        assert "Recovering from recovery files!" in out
+        replayed = [line for line in out.splitlines() if line.startswith("RESILIENCE: Replayed")]
+        assert replayed and int(replayed[0].split()[2]) >= 1, out
+        assert cluster.shutdown() == {"initializer": 0, "worker-2": 0}, cluster.report()
+        assert not list(tmp_path.glob("sequence_window-*"))
+
+
+def test_repeated_crashes_still_deliver_everything(tmp_path):
+    """Scenario 80: three kill -9 of worker-2 during one stream."""
+    with Cluster(tmp_path, extra=RESILIENCE).start() as cluster, stream(cluster) as sender:
+        for at in (3_000, 8_000, 13_000):
+            cluster.wait_windows(at)
+            cluster.kill("worker-2")
+            cluster.start_worker(1).wait_stdout(lambda o: b"Recovery COMPLETE" in o)
+        finish_and_check(cluster, sender)
+
+
+def test_external_rotation_prints_the_five_lines_and_replaces_the_file(tmp_path):
+    """Scenario 83, then a kill after the rotation (84)."""
+    extra = (*RESILIENCE, "--log-rotation", "--stop-pause", "500_000_000")
+    with Cluster(tmp_path, extra=extra).start() as cluster, stream(cluster, 10_000) as sender:
+        cluster.wait_windows(2_000)
+        before = sorted(p.name for p in tmp_path.glob("sequence_window-worker-2-*.evlog"))
+        result = run_tool("external_sender", "-e", cluster.externals[0], "-t", "rotate-log",
+                          "-m", "worker-2")  # fmt: skip
+        assert result.returncode == 0
+        lines = [
+            "Starting event log rotation.",
+            "~~~Stopping message processing for log rotation.~~~",
+            "Snapshotting 1 steps to new log file.",
+            "Steps snapshotting to new log file complete.",
+            "~~~Resuming message processing.~~~",
+        ]
+        out = cluster.wait_for("worker-2", lines[-1].encode()).decode()
+        positions = [out.index(line) for line in lines]
+        assert positions == sorted(positions), out
+        after = sorted(p.name for p in tmp_path.glob("sequence_window-worker-2-*.evlog"))
+        assert len(before) == len(after) == 1 and before != after
+        cluster.kill("worker-2")
+        restarted = cluster.start_worker(1, *extra)
+        restarted.wait_stdout(lambda o: b"Recovery COMPLETE" in o)
+        finish_and_check(cluster, sender, 10_000)
+
+
+def test_a_kill_during_the_rotation_pause_recovers_from_the_older_file(tmp_path):
+    extra = (*RESILIENCE, "--log-rotation", "--stop-pause", "3_000_000_000")
+    with Cluster(tmp_path, extra=extra).start() as cluster, stream(cluster, 10_000) as sender:
+        cluster.wait_windows(2_000)
+        run_tool("external_sender", "-e", cluster.externals[1], "-t", "rotate-log", "-m",
+                 "worker-2")  # fmt: skip
+        cluster.wait_for("worker-2", b"~~~Stopping message processing for log rotation.~~~")
+        cluster.kill("worker-2")
+        restarted = cluster.start_worker(1, *extra)
+        restarted.wait_stdout(lambda o: b"Recovery COMPLETE" in o)
+        finish_and_check(cluster, sender, 10_000)
+
+
+def test_size_rotation_on_both_workers(tmp_path):
+    """Scenario 85."""
+    extra = (*RESILIENCE, "--log-rotation", "--event-log-file-size", "5000",
+             "--stop-pause", "100_000_000")  # fmt: skip
+    with Cluster(tmp_path, extra=extra).start() as cluster, stream(cluster, 5_000) as sender:
+        for name in ("initializer", "worker-2"):
+            cluster.wait_for(name, b"Steps snapshotting to new log file complete.", timeout=60)
+        finish_and_check(cluster, sender, 5_000)
+
+
+def test_rotation_requests_with_nothing_new_are_ignored(tmp_path):
+    """Scenario 88."""
+    extra = (*RESILIENCE, "--log-rotation", "--stop-pause", "0")
+    with Cluster(tmp_path, extra=extra).start() as cluster:
+        cluster.send(100, "-s", "100", "-i", "0")
+        cluster.wait_windows(100)
+        for _ in range(2):
+            run_tool("external_sender", "-e", cluster.externals[1], "-t", "rotate-log", "-m",
+                     "worker-2")  # fmt: skip
+            cluster.wait_for("worker-2", b"~~~Resuming message processing.~~~")
+        cluster.wait_for("worker-2", b"Event log does not contain new data. Rotate log request "
+                                     b"ignored.")  # fmt: skip
+
+
+def test_files_of_another_application_are_refused_and_left_alone(tmp_path):
+    """Scenario 89 on real processes: a stale directory is refused, nothing deleted."""
+    with Cluster(tmp_path, extra=RESILIENCE).start() as cluster:
+        cluster.send(100, "-s", "100", "-i", "0")
+        cluster.wait_windows(100)
+        cluster.kill("worker-2", 15)
+        cluster.kill("initializer", 15)
+    files = sorted(p.name for p in tmp_path.glob("sequence_window-*"))
+    # the same module name, but its key list is [0, 1, 2]: another topology
+    source = APP_SOURCE.read_text()
+    assert "partition_keys = [0, 1]" in source
+    (tmp_path / "sequence_window.py").write_text(source.replace("[0, 1]", "[0, 1, 2]"))
+    stale = run_tool("machida", *cluster.worker_args(1), cwd=tmp_path)
+    assert stale.returncode == 1, stale.stderr
+    assert b"belong to a different application or topology (fingerprint" in stale.stderr
+    assert sorted(p.name for p in tmp_path.glob("sequence_window-*")) == files
+
+
+def test_a_worker_down_holds_the_sources_back_and_gets_everything_after_restart(tmp_path):
+    """Scenario 94: the backlog for a dead worker is bounded and replayed in full."""
+    with Cluster(tmp_path, extra=RESILIENCE).start() as cluster:
+        cluster.kill("worker-2")
+        sender = Tool("sender", "-h", f"127.0.0.1:{cluster.in_port}", "-m", "100_000", "-y",
+                      "-g", "12", "-u", "-w", "-s", "1000", "-i", "0", cwd=tmp_path)  # fmt: skip
+        with sender:
+            # the initializer stops reading its source once 16 384 messages wait for worker-2
+            cluster.wait_for("initializer", b"(backpressure: link:worker-2)", "stderr")
+            cluster.start_worker(1).wait_stdout(lambda o: b"Recovery COMPLETE" in o)
+            finish_and_check(cluster, sender, 100_000)

@@ -6,7 +6,9 @@ receiver, one after the other:
 * ``cluster``: ``machida`` initializer + ``worker-2`` running sequence_window;
 * ``reference``: ``scripts/bench_reference.py``, the faithful bare path (two
   processes calling the application's objects exactly as the API requires,
-  and nothing else).
+  and nothing else);
+* ``resilient``: the same cluster with ``--run-with-resilience`` (event log,
+  fsync per batch, acknowledgements after the fsync).
 
 The sender is ``sender --interval 0`` (as fast as the socket takes it) writing
 ``sent.txt``, whose per-batch timestamps give each value's send time. The
@@ -16,7 +18,7 @@ whose newest value is v, minus the send time of v. Peak RSS and CPU seconds per
 process come from ``wait4``; during the run RSS is sampled four times a second
 (the soak view). Prints a table and writes ``bench/results.json``.
 
-Usage: python scripts/bench.py [--n N] [--out bench/results.json] [--only cluster|reference]
+Usage: python scripts/bench.py [--n N] [--out bench/results.json] [--only SYSTEM]
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ HERE = Path(__file__).resolve().parent
 NEWEST = re.compile(rb",(\d+)\]")
 SENT = re.compile(rb"(\d+), \x00\x00\x00\x08(.{8})\n", re.S)
 TIMEOUT_S = 600.0
+# What is measured, in this order: the bare path, the runner, the runner with resilience on.
+SYSTEMS = ("reference", "cluster", "resilient")
+RATIOS = {"ratio": ("cluster", "reference"), "resilience_ratio": ("resilient", "cluster")}
 # RSS is sampled this often (the last five samples are printed: the soak view).
 SAMPLE_EVERY_S = 0.25
 
@@ -139,6 +144,8 @@ async def start_cluster(run: Run, in_port: int, out: str) -> None:
               "--out", out, "--metrics", f"127.0.0.1:{free_port()}",
               "--control", f"127.0.0.1:{control}", "--resilience-dir", str(run.dir),
               "--ponythreads=1"]  # fmt: skip
+    if run.name == "resilient":
+        common.append("--run-with-resilience")
     run.spawn("initializer", tool("machida", *common, "--data", f"127.0.0.1:{data}",
               "--external", f"127.0.0.1:{free_port()}", "--worker-count", "2",
               "--cluster-initializer"))  # fmt: skip
@@ -163,7 +170,7 @@ async def measure(name: str, n: int, workdir: Path) -> dict:
     server = await loop.create_server(lambda: Receiver(run), "127.0.0.1", 0)
     out = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     in_port = free_port()
-    await (start_cluster if name == "cluster" else start_reference)(run, in_port, out)
+    await (start_reference if name == "reference" else start_cluster)(run, in_port, out)
     sampler = loop.create_task(run.sample_rss())
     sender = run.spawn("sender", tool("sender", "-h", f"127.0.0.1:{in_port}", "-m", str(n),
                        "-y", "-g", "12", "-u", "-s", "1000", "-i", "0"))  # fmt: skip
@@ -171,7 +178,7 @@ async def measure(name: str, n: int, workdir: Path) -> dict:
     sampler.cancel()
     run.sample()
     usage = {"sender": await loop.run_in_executor(None, _wait4, sender)}
-    if name == "cluster":
+    if name != "reference":
         subprocess.run(tool("cluster_shutdown", run.external), check=True, timeout=30)
     else:
         for proc in run.procs.values():
@@ -237,10 +244,10 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=lambda s: int(s.replace("_", "")), default=1_000_000)
     parser.add_argument("--out", default="bench/results.json")
-    parser.add_argument("--only", choices=["cluster", "reference"])
+    parser.add_argument("--only", choices=SYSTEMS)
     opts = parser.parse_args()
     results = []
-    for name in ("reference", "cluster"):
+    for name in SYSTEMS:
         if opts.only not in (None, name):
             continue
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
@@ -250,12 +257,14 @@ async def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print(table(results))
     report = {"n": opts.n, "cpus": os.cpu_count(), "results": results}
-    if len(results) == 2:
-        report["ratio"] = round(results[1]["rate"] / results[0]["rate"], 3)
-        print(f"cluster / reference = {report['ratio']:.2f}")
+    rates = {r["system"]: r["rate"] for r in results}
+    for key, (top, bottom) in RATIOS.items():
+        if top in rates and bottom in rates:
+            report[key] = round(rates[top] / rates[bottom], 3)
+            print(f"{top} / {bottom} = {report[key]:.2f}")
     for r in results:
-        if r["system"] == "cluster":
-            print("cluster RSS over the run (MB, at 10% / 50% / 100% of it): " + ", ".join(
+        if r["system"] != "reference":
+            print(f"{r['system']} RSS over the run (MB, at 10% / 50% / 100% of it): " + ", ".join(
                 f"{name} {_at(v, 0.1)} / {_at(v, 0.5)} / {_at(v, 1.0)}"
                 for name, v in r["rss_samples_mb"].items() if name != "sender"
             ))  # fmt: skip

@@ -23,11 +23,12 @@ def test_bench_smoke_run_delivers_every_window(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     systems = {r["system"]: r for r in report["results"]}
-    assert set(systems) == {"reference", "cluster"}
+    assert set(systems) == {"reference", "cluster", "resilient"}
     for r in systems.values():
         assert r["missing"] == 0 and r["windows"] == 20_000
         assert r["rate"] > 0 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99.9"]
-    cluster = systems["cluster"]["processes"]
-    assert cluster["initializer"]["exit"] == 0 and cluster["worker-2"]["exit"] == 0
-    assert cluster["initializer"]["peak_rss_mb"] > 0
-    assert "cluster / reference" in result.stdout
+    for name in ("cluster", "resilient"):
+        processes = systems[name]["processes"]
+        assert processes["initializer"]["exit"] == 0 and processes["worker-2"]["exit"] == 0
+        assert processes["initializer"]["peak_rss_mb"] > 0
+    assert "cluster / reference" in result.stdout and "resilient / cluster" in result.stdout

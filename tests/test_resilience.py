@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import signal
 
 import pytest
 from clusterhelp import Cluster
@@ -159,3 +160,32 @@ def test_a_worker_down_holds_the_sources_back_and_gets_everything_after_restart(
             cluster.wait_for("initializer", b"(backpressure: link:worker-2)", "stderr")
             cluster.start_worker(1).wait_stdout(lambda o: b"Recovery COMPLETE" in o)
             finish_and_check(cluster, sender, 100_000)
+
+
+def test_sigterm_and_respawn_as_the_2017_harness_did(tmp_path):
+    """Scenario 79: SIGTERM instead of kill -9; the stopped worker exits 0 and keeps its files."""
+    with Cluster(tmp_path, extra=RESILIENCE).start() as cluster, stream(cluster) as sender:
+        cluster.wait_windows(6_000)
+        assert cluster.kill("worker-2", signal.SIGTERM) == 0
+        assert list(tmp_path.glob("sequence_window-worker-2*.evlog"))
+        restarted = cluster.start_worker(1)
+        restarted.wait_stdout(lambda o: b"|~~ - Recovery COMPLETE - ~~|" in o)
+        finish_and_check(cluster, sender)
+
+
+def test_the_initializer_restarts_with_its_own_state(tmp_path):
+    """Scenario 81: kill -9 the initializer; the test's sender reconnects and goes on."""
+    with Cluster(tmp_path, extra=RESILIENCE).start() as cluster:
+        cluster.send(3_000, *PACE)
+        cluster.wait_windows(3_000)
+        assert cluster.kill("initializer") == -9
+        restarted = cluster.start_initializer()
+        restarted.wait_stdout(lambda o: b"|~~ - Recovery COMPLETE - ~~|" in o)
+        out = restarted.stdout.decode()
+        assert "Recovering from recovery files!" in out and "RESILIENCE: Replayed" in out
+        cluster.send(2_000, *PACE, start_from=3_000)
+        wait_until(lambda: {4_999, 5_000} <= {w[-1] for w in cluster.windows()}, 60,
+                   "both final windows")  # fmt: skip
+        even = [w for w in cluster.windows() if w[-1] % 2 == 0]
+        assert even[1500:] and all(w[0] != 0 for w in even[1500:]), even[1498:1503]
+        assert cluster.validate(5_000, "-a").returncode == 0

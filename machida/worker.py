@@ -325,8 +325,7 @@ class Worker:
                 conn.pause()
         elif conn.kind == "data":
             self.in_conns.add(conn)
-            # decoder, upstream name, applied seq, acknowledged seq, pending ack timer
-            conn.state = [BoundaryDecoder(), None, 0, 0, None]
+            conn.state = Inbound()
             if self.pause_reasons:
                 conn.pause()
         elif conn.kind == "external":
@@ -381,12 +380,12 @@ class Worker:
     def _on_boundary_data(self, conn: Conn, data: bytes) -> None:
         start = time.perf_counter_ns()
         before = [counts.messages_arrived for counts in self.pstats]
-        decoder, upstream = conn.state[0], conn.state[1]
         state = conn.state
+        decoder, upstream = state.decoder, state.upstream
         topology = self.topology
         for event in decoder.feed(data):
             if event[0] == "hello":
-                upstream = state[1] = event[1]
+                upstream = state.upstream = event[1]
                 self.dedup.setdefault(upstream, Dedup()).start(event[2])
             elif event[0] == "batch" and upstream is not None and topology is not None:
                 self._apply_batch(conn, upstream, event[1], event[2])
@@ -423,7 +422,7 @@ class Worker:
                     apply(key_index, msg)
         self.applied_total += total - skipped
         dedup.applied(first + total - 1)
-        conn.state[2] = dedup.seq
+        conn.state.applied = dedup.seq
 
     def _acknowledge(self, conn: Conn) -> None:
         """Acknowledge what was applied, once its output has left for the kernel.
@@ -432,16 +431,16 @@ class Worker:
         space the acknowledgement waits, which is what holds the upstream back.
         """
         state = conn.state
-        if state[2] <= state[3] or state[4] is not None or conn.closed:
+        if state.applied <= state.acked or state.timer is not None or conn.closed:
             return
         if any(sink is not None and sink.buffered for sink in self.sinks):
-            state[4] = asyncio.get_running_loop().call_later(ACK_RETRY_S, self._ack_later, conn)
+            state.timer = asyncio.get_running_loop().call_later(ACK_RETRY_S, self._ack_later, conn)
             return
-        state[3] = state[2]
-        conn.write(ack(state[2]))
+        state.acked = state.applied
+        conn.write(ack(state.applied))
 
     def _ack_later(self, conn: Conn) -> None:
-        conn.state[4] = None
+        conn.state.timer = None
         self._acknowledge(conn)
 
     def _on_external_data(self, conn: Conn, data: bytes) -> None:
@@ -537,6 +536,19 @@ def ints_round_trip(pair: tuple) -> bool:
         )
     except Exception:
         return False
+
+
+class Inbound:
+    """An incoming data link: its decoder, who sends on it, and what was applied and acked."""
+
+    __slots__ = ("acked", "applied", "decoder", "timer", "upstream")
+
+    def __init__(self) -> None:
+        self.decoder = BoundaryDecoder()
+        self.upstream: str | None = None
+        self.applied = 0  # highest sequence number applied from this link
+        self.acked = 0  # highest sequence number acknowledged on it
+        self.timer: asyncio.TimerHandle | None = None  # an acknowledgement waiting for a sink
 
 
 class BindError(Exception):

@@ -7,8 +7,9 @@ control and data listeners, admits the other workers (:mod:`machida.cluster`),
 and starts reading its sources once every worker reports ready. Messages flow
 through :class:`machida.pipeline.LocalTopology`; what it forwards to another
 worker goes into that worker's :class:`machida.links.OutLink`, what it emits
-goes into a :class:`machida.sink.Sink`. After each socket read the worker
-flushes: one write per sink and one batch per link. Backpressure pauses the
+goes into a :class:`machida.sink.Sink`. Incoming bytes are handled in
+:mod:`machida.inputs`. After each socket read the worker flushes: one write
+per sink and one batch per link. Backpressure pauses the
 sources (and incoming links) while a link has too many unacknowledged
 messages or a sink has too many unsent bytes.
 """
@@ -22,15 +23,14 @@ import os
 import random
 import signal
 import sys
-import time
 from array import array
 from typing import Any, Callable
 
-from machida.boundary import U64_MAX, BoundaryDecoder, Dedup, ack
+from machida.boundary import U64_MAX, Dedup
 from machida.callbacks import Callbacks
 from machida.errors import ApplicationError
 from machida.eventlog import EventLogError
-from machida.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
+from machida.inputs import Inputs, say, warn
 from machida.links import Conn, OutLink, bound_port, listen
 from machida.loader import BUILD_FAILED, load_plan, serializers
 from machida.metrics import MetricsClient, Stats
@@ -50,10 +50,6 @@ from machida.sink import Sink
 # machida.md §6.4: pause sources at 16 384 unacknowledged messages on a link, resume below 8 192.
 LINK_HIGH_WATER = 16_384
 LINK_LOW_WATER = 8_192
-# While a sink holds output in user space, an acknowledgement is retried this often.
-ACK_RETRY_S = 0.002
-# Frames of one source read carried through between two flushes (a read holds up to 256 KiB).
-SOURCE_SLICE = 2048
 # A pause of the inputs that lasts this long is reported once (an operator should know).
 PAUSE_REPORT_S = 1.0
 # Allocations between two young-generation collections (CPython's default is 700).
@@ -62,22 +58,12 @@ GC_THRESHOLD = 20_000
 SUMMARY_EVERY_S = 10.0
 
 
-def say(line: str) -> None:
-    """A console line (stdout): harnesses wait for these."""
-    print(line, flush=True)
-
-
-def warn(line: str) -> None:
-    """A diagnostic (stderr), already prefixed with Error:/WARNING:/ERROR:."""
-    print(line, file=sys.stderr, flush=True)
-
-
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
 
 
-class Worker:
+class Worker(Inputs):
     """The state of one worker process and the flow of its messages."""
 
     def __init__(self, config: Any, module: Any, plan: Any) -> None:
@@ -315,155 +301,6 @@ class Worker:
             for conn in self.source_conns:
                 conn.resume()
 
-    # -- connections (asyncio only hands bytes here) ----------------------------------------
-
-    def on_open(self, conn: Conn) -> None:
-        if conn.kind.startswith("source:"):
-            self.source_conns.add(conn)
-            conn.last_read = time.monotonic()
-            if not self.reading_sources or self.pause_reasons:
-                conn.pause()
-        elif conn.kind == "data":
-            self.in_conns.add(conn)
-            conn.state = Inbound()
-            if self.pause_reasons:
-                conn.pause()
-        elif conn.kind == "external":
-            conn.state = ExternalFrameDecoder()
-        elif conn.kind == "control":
-            self.cluster.on_open(conn)
-
-    def on_data(self, conn: Conn, data: bytes) -> None:
-        kind = conn.kind
-        if kind == "data":
-            self._on_boundary_data(conn, data)
-        elif kind.startswith("source:"):
-            self._on_source_data(conn, data)
-        elif kind == "external":
-            self._on_external_data(conn, data)
-        elif kind == "control":
-            self.cluster.on_data(conn, data)
-
-    def on_close(self, conn: Conn) -> None:
-        kind = conn.kind
-        if kind.startswith("source:"):
-            self.source_conns.discard(conn)
-            if conn.state is not None:
-                conn.state.close()
-        elif kind == "data":
-            self.in_conns.discard(conn)
-        elif kind == "external" and conn.state.pending:
-            warn(f"WARNING: external connection from {conn.peer} closed in the middle of a "
-                 f"frame; {conn.state.pending} byte(s) discarded")  # fmt: skip
-        elif kind == "control":
-            self.cluster.on_close(conn)
-
-    def _on_source_data(self, conn: Conn, data: bytes) -> None:
-        start = time.perf_counter_ns()
-        conn.last_read = time.monotonic()
-        source = conn.state
-        if source is None:
-            source = conn.state = self.topology.source_connection(int(conn.kind[7:]), conn.peer)
-        counts = self.pstats[source.p]
-        payloads = source.frames(data)
-        # A large read is carried through in slices, each flushed at once, so that the
-        # other workers start on their share early and acknowledgements come back sooner.
-        for at in range(0, len(payloads), SOURCE_SLICE):
-            before = counts.messages_in
-            source.push_payloads(payloads[at : at + SOURCE_SLICE])
-            self.flush()
-            counts.latency.add_many(time.perf_counter_ns() - start, counts.messages_in - before)
-        source.report_bad_frame()
-        if source.failed:
-            conn.close()
-
-    def _on_boundary_data(self, conn: Conn, data: bytes) -> None:
-        start = time.perf_counter_ns()
-        before = [counts.messages_arrived for counts in self.pstats]
-        state = conn.state
-        decoder, upstream = state.decoder, state.upstream
-        topology = self.topology
-        for event in decoder.feed(data):
-            if event[0] == "hello":
-                upstream = state.upstream = event[1]
-                self.dedup.setdefault(upstream, Dedup()).start(event[2])
-            elif event[0] == "batch" and upstream is not None and topology is not None:
-                self._apply_batch(conn, upstream, event[1], event[2])
-        self.flush()
-        self._acknowledge(conn)
-        took = time.perf_counter_ns() - start
-        for counts, earlier in zip(self.pstats, before):
-            if counts.messages_arrived > earlier:
-                counts.latency.add_many(took, counts.messages_arrived - earlier)
-        if decoder.error is not None:
-            warn(f"ERROR: data link from {conn.peer}: {decoder.error}; connection closed")
-            conn.close()
-
-    def _apply_batch(self, conn: Conn, upstream: str, first: int, runs: list) -> None:
-        dedup = self.dedup[upstream]
-        total = sum(len(run[4]) for run in runs)
-        skip = skipped = dedup.skip(first, total)
-        topology, pstats = self.topology, self.pstats
-        for p, pos, key_index, is_int, values in runs:
-            if skip:
-                if skip >= len(values):
-                    skip -= len(values)
-                    continue
-                values, skip = values[skip:], 0
-            pstats[p].messages_arrived += len(values)
-            apply = topology.arrival(p, pos)
-            if is_int:
-                for msg in values:
-                    apply(key_index, msg)
-                continue
-            for data in values:
-                ok, msg = topology.hop_in(data, p)
-                if ok:
-                    apply(key_index, msg)
-        self.applied_total += total - skipped
-        dedup.applied(first + total - 1)
-        conn.state.applied = dedup.seq
-
-    def _acknowledge(self, conn: Conn) -> None:
-        """Acknowledge what was applied, once its output has left for the kernel.
-
-        One acknowledgement per read; while a sink still holds bytes in user
-        space the acknowledgement waits, which is what holds the upstream back.
-        """
-        state = conn.state
-        if state.applied <= state.acked or state.timer is not None or conn.closed:
-            return
-        if any(sink is not None and sink.buffered for sink in self.sinks):
-            state.timer = asyncio.get_running_loop().call_later(ACK_RETRY_S, self._ack_later, conn)
-            return
-        state.acked = state.applied
-        conn.write(ack(state.applied))
-
-    def _ack_later(self, conn: Conn) -> None:
-        conn.state.timer = None
-        self._acknowledge(conn)
-
-    def _on_external_data(self, conn: Conn, data: bytes) -> None:
-        decoder = conn.state
-        for msg_id, text in decoder.feed(data):
-            self.on_external(msg_id, text)
-        if decoder.error is not None:
-            warn(f"ERROR: external connection from {conn.peer}: {decoder.error}; "
-                 f"connection closed")  # fmt: skip
-            conn.close()
-
-    def on_external(self, msg_id: int, text: str) -> None:
-        if msg_id == PRINT:
-            say(f"$$$ ExternalPrint: {text} $$$")
-        elif msg_id == CLEAN_SHUTDOWN:
-            say("External Clean Shutdown received." if not text else
-                f"External Clean Shutdown received: {text}")  # fmt: skip
-            self.cluster.request_shutdown(text)
-        elif msg_id == ROTATE_LOG:
-            self.cluster.rotate_log(text)
-        else:
-            say("Incoming External Message type not handled by external channel.")
-
     # -- counts and stopping --------------------------------------------------------------
 
     def counts(self) -> dict:
@@ -536,19 +373,6 @@ def ints_round_trip(pair: tuple) -> bool:
         )
     except Exception:
         return False
-
-
-class Inbound:
-    """An incoming data link: its decoder, who sends on it, and what was applied and acked."""
-
-    __slots__ = ("acked", "applied", "decoder", "timer", "upstream")
-
-    def __init__(self) -> None:
-        self.decoder = BoundaryDecoder()
-        self.upstream: str | None = None
-        self.applied = 0  # highest sequence number applied from this link
-        self.acked = 0  # highest sequence number acknowledged on it
-        self.timer: asyncio.TimerHandle | None = None  # an acknowledgement waiting for a sink
 
 
 class BindError(Exception):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -256,8 +257,14 @@ class RecoveryFiles:
         return RecoveryError(
             f"Error: recovery files in {self.directory} for '{self.stem}' belong to a different"
             f" application or topology ({field}: recorded {recorded!r}, now {now!r})."
-            " Remove them or use another --resilience-dir."
+            " Remove them or use another --resilience-dir.\n"
+            f"To remove them: {self.clear_command()}"
         )
+
+    def clear_command(self) -> str:
+        """The shell command that removes this worker's recovery files and event logs."""
+        files = " ".join(shlex.quote(path) for path in self.found())
+        return f"rm -f {files}" if files else "(no files)"
 
 
 def removal_lines(paths: list[str]) -> list[str]:

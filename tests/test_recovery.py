@@ -61,9 +61,24 @@ def snapshot(tmp_path) -> dict[str, bytes]:
 
 
 def refusal(files: RecoveryFiles, expected: Expectation) -> str:
+    """The refusal's message, without the line giving the command that clears the files."""
     with pytest.raises(RecoveryError) as err:
         files.inspect(expected)
-    return str(err.value)
+    return str(err.value).split("\nTo remove them: ")[0]
+
+
+def test_a_refusal_gives_the_command_that_clears_exactly_these_files(tmp_path):
+    files = initializer_files(tmp_path)
+    files.write(topology(fingerprint=OTHER_FP))
+    other = worker_files(tmp_path, worker="initializer-2")
+    other.write(topology(worker="initializer-2", data=("127.0.0.1", 1), peers=PEERS))
+    with pytest.raises(RecoveryError) as err:
+        files.inspect(EXPECT)
+    command = str(err.value).split("\n")[1]
+    assert command.startswith("To remove them: rm -f ")
+    listed = command.split()[5:]
+    assert sorted(listed) == sorted(files.found())
+    assert not any("initializer-2" in path for path in listed)
 
 
 # Writing and reading back

@@ -19,7 +19,7 @@ import time
 
 from machida import control
 from machida.links import Conn
-from machida.worker import Worker, parse_address, say, warn
+from machida.worker import Worker, say, warn
 
 # machida.md §3: a worker retries the initializer every 0.5 s and says so every 10 s.
 CONTROL_RETRY_S = 0.5
@@ -467,6 +467,3 @@ async def start_cluster(worker: Worker) -> None:
     role = Initializer(worker) if worker.config.initializer else Member(worker)
     worker.cluster = role
     await role.start()
-
-
-__all__ = ["Initializer", "Member", "parse_address", "start_cluster"]

@@ -58,11 +58,6 @@ GC_THRESHOLD = 20_000
 SUMMARY_EVERY_S = 10.0
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
-
-
 class Worker(Inputs):
     """The state of one worker process and the flow of its messages."""
 

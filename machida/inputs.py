@@ -62,7 +62,9 @@ class Inputs:
         elif conn.kind == "data":
             self.in_conns.add(conn)
             conn.state = Inbound()
-            if self.pause_reasons:
+            # A restarted worker's upstream may re-send before this worker has its topology
+            # (states, sinks): hold the link until then, so that nothing is applied early.
+            if self.pause_reasons or self.topology is None:
                 conn.pause()
         elif conn.kind == "external":
             conn.state = ExternalFrameDecoder()

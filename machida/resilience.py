@@ -120,8 +120,8 @@ class Resilience:
             for name, d in self.worker.dedup.items()
             if d.incarnation is not None and self.origins.get(name) != (d.incarnation, d.seq)
         }
-        if not self.dirty and not origins:
-            return
+        if self.log is None or (not self.dirty and not origins):
+            return  # nothing to log, or the log is not open yet (no topology)
         snapshots = self._snapshots(self.dirty)
         self.dirty.clear()
         self.log.append(encode_commit(snapshots, origins))

@@ -196,6 +196,9 @@ class Worker(Inputs):
             sink = Sink(pipeline.sink.host, int(pipeline.sink.port), self._sink_blocked, say)
             sink.start()
             self.sinks.append(sink)
+        if not self.pause_reasons:  # links that connected early were held until now
+            for conn in self.in_conns:
+                conn.resume()
 
     async def sinks_connected(self) -> None:
         for sink in self.sinks:
@@ -283,8 +286,9 @@ class Worker(Inputs):
                 if self._pause_timer is not None:
                     self._pause_timer.cancel()
                     self._pause_timer = None
-                for conn in self.in_conns:
-                    conn.resume()
+                if self.topology is not None:
+                    for conn in self.in_conns:
+                        conn.resume()
                 if self.reading_sources:
                     for conn in self.source_conns:
                         conn.resume()

@@ -65,7 +65,6 @@ class Sink:
         self._closing = False
         self._task: asyncio.Task | None = None
         self.connected = asyncio.Event()
-        self.written = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._connect_loop())
@@ -95,7 +94,6 @@ class Sink:
 
     def write(self, data: bytes) -> None:
         """Hand ``data`` to the connection, or queue it while the connection is down."""
-        self.written += len(data)
         if self._transport is not None:
             self._transport.write(data)
             return

@@ -14,10 +14,10 @@ that nothing is in flight, then tell everyone to flush their sinks and exit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from machida import control
+from machida.aio import wait_event
 from machida.links import Conn
 from machida.worker import Worker, say, warn
 
@@ -297,9 +297,7 @@ class Initializer(Role):
                 member["conn"].write(control.encode("poll", round=self._poll_round))
             while len(self.replies) < len(others) and loop.time() < deadline:
                 self._reply_event.clear()
-                try:
-                    await asyncio.wait_for(self._reply_event.wait(), 0.5)
-                except asyncio.TimeoutError:
+                if not await wait_event(self._reply_event, 0.5):
                     break
             counts = [self.worker.counts(), *self.replies.values()]
             total = tuple(sum(c[k] for c in counts) for k in ("sent", "applied", "backlog"))
@@ -317,8 +315,7 @@ class Initializer(Role):
         names = {f"finished:{n}" for n, m in self.members.items() if n != "initializer"}
         while not names <= set(self.replies) and self._others() and loop.time() < deadline:
             self._reply_event.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._reply_event.wait(), 0.5)
+            await wait_event(self._reply_event, 0.5)
 
 
 class Member(Role):

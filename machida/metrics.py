@@ -18,7 +18,6 @@ documented in ``docs/metrics.md``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import socket
 import time
 from typing import Any, Callable
 
+from machida.aio import wait_event, within
 from machida.errors import FrameError
 from machida.framing import FrameDecoder, encode_frame
 
@@ -44,6 +44,8 @@ KERNEL_SEND_BUFFER = 64 * 1024
 RETRY_S = 1.0
 # A connect that has not finished by then is abandoned and retried (e.g. a black-holed host).
 CONNECT_TIMEOUT_S = 1.0
+# How long stop() waits for the streaming task to end.
+STOP_S = 5.0
 
 
 # -- latency histogram ---------------------------------------------------------------------
@@ -346,8 +348,7 @@ class MetricsClient:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task}, timeout=STOP_S)
 
     async def _run(self) -> None:
         try:
@@ -370,7 +371,7 @@ class MetricsClient:
         loop = asyncio.get_running_loop()
         try:
             connecting = loop.create_connection(_Discard, self.host, self.port)
-            transport, protocol = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
+            transport, protocol = await within(connecting, CONNECT_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError):
             return None
         self._transport = transport
@@ -383,8 +384,7 @@ class MetricsClient:
     async def _stream(self, protocol: _Discard) -> None:
         while not protocol.lost.is_set():
             self._send_one()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(protocol.lost.wait(), self.interval)
+            await wait_event(protocol.lost, self.interval)
 
     def _send_one(self) -> None:
         transport, stats = self._transport, self.stats

@@ -56,6 +56,8 @@ PAUSE_REPORT_S = 1.0
 GC_THRESHOLD = 20_000
 # How often repeated user-callback failures are summarised on stderr.
 SUMMARY_EVERY_S = 10.0
+# At exit, tasks still running are cancelled and given this long to end.
+END_TASKS_S = 5.0
 
 
 class Worker(Inputs):
@@ -434,7 +436,30 @@ def run(config: Any) -> int:
     # often (messages make short-lived lists and tuples, freed by refcounting).
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        return asyncio.run(_main(config, module, plan))
+        return loop.run_until_complete(_main(config, module, plan))
     except KeyboardInterrupt:
         return 0
+    finally:
+        close_loop(loop)
+
+
+def close_loop(loop: asyncio.AbstractEventLoop, grace_s: float = END_TASKS_S) -> None:
+    """Cancel the loop's remaining tasks, wait up to ``grace_s`` for them, and close it.
+
+    Unlike ``asyncio.run``, a task that ignores its cancellation cannot keep the
+    process alive after the worker has finished: it is named on stderr and left.
+    """
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=grace_s))
+        if stuck:
+            names = ", ".join(sorted(task.get_coro().__qualname__ for task in stuck))
+            warn(f"WARNING: exiting although {len(stuck)} task(s) did not stop: {names}")
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    asyncio.set_event_loop(None)
+    loop.close()

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from machida.aio import within
 from machida.metrics import RecordServer, serve_records
 from metrics_ui import vendor
 from metrics_ui.model import TICK_S, Model
@@ -163,7 +164,7 @@ class MetricsUI:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+                head = await within(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
                 return
             status, headers, body, head_only = self.respond(head)

@@ -30,12 +30,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from wallaroo_tools.loopback import unused_port
 
 HERE = Path(__file__).resolve().parent
 NEWEST = re.compile(rb",(\d+)\]")
@@ -46,12 +47,6 @@ SYSTEMS = ("reference", "cluster", "resilient")
 RATIOS = {"ratio": ("cluster", "reference"), "resilience_ratio": ("resilient", "cluster")}
 # RSS is sampled this often (the last five samples are printed: the soak view).
 SAMPLE_EVERY_S = 0.25
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expected_windows(n: int) -> int:
@@ -139,15 +134,15 @@ def tool(name: str, *args: str) -> list[str]:
 
 
 async def start_cluster(run: Run, in_port: int, out: str) -> None:
-    control, data = free_port(), free_port()
+    control, data = unused_port(), unused_port()
     common = ["--application-module", "sequence_window", "--in", f"127.0.0.1:{in_port}",
-              "--out", out, "--metrics", f"127.0.0.1:{free_port()}",
+              "--out", out, "--metrics", f"127.0.0.1:{unused_port()}",
               "--control", f"127.0.0.1:{control}", "--resilience-dir", str(run.dir),
               "--ponythreads=1"]  # fmt: skip
     if run.name == "resilient":
         common.append("--run-with-resilience")
     run.spawn("initializer", tool("machida", *common, "--data", f"127.0.0.1:{data}",
-              "--external", f"127.0.0.1:{free_port()}", "--worker-count", "2",
+              "--external", f"127.0.0.1:{unused_port()}", "--worker-count", "2",
               "--cluster-initializer"))  # fmt: skip
     run.spawn("worker-2", tool("machida", *common, "--name", "worker-2"))
     await run.wait_line("initializer", "Application has successfully initialized.")
@@ -156,7 +151,7 @@ async def start_cluster(run: Run, in_port: int, out: str) -> None:
 
 
 async def start_reference(run: Run, in_port: int, out: str) -> None:
-    out_port, peer = out.rsplit(":", 1)[1], str(free_port())
+    out_port, peer = out.rsplit(":", 1)[1], str(unused_port())
     script = str(HERE / "bench_reference.py")
     run.spawn("b", [sys.executable, script, "b", peer, out_port])
     await run.wait_line("b", "ready")
@@ -169,7 +164,7 @@ async def measure(name: str, n: int, workdir: Path) -> dict:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Receiver(run), "127.0.0.1", 0)
     out = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    in_port = free_port()
+    in_port = unused_port()
     await (start_reference if name == "reference" else start_cluster)(run, in_port, out)
     sampler = loop.create_task(run.sample_rss())
     sender = run.spawn("sender", tool("sender", "-h", f"127.0.0.1:{in_port}", "-m", str(n),

@@ -10,18 +10,9 @@ messages.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 
-from toolhelp import DEADLINE, Tool, run_tool
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from toolhelp import DEADLINE, Tool, closed_port, run_tool
 
 READY = b"Application has successfully initialized."
 
@@ -34,11 +25,11 @@ class Cluster:
         self.app = app
         self.count = workers
         self.extra = list(extra)
-        self.in_port = free_port()
-        self.control = f"127.0.0.1:{free_port()}"
-        self.data = f"127.0.0.1:{free_port()}"
-        self.metrics = f"127.0.0.1:{free_port()}"
-        self.externals = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
+        self.in_port = closed_port()
+        self.control = f"127.0.0.1:{closed_port()}"
+        self.data = f"127.0.0.1:{closed_port()}"
+        self.metrics = f"127.0.0.1:{closed_port()}"
+        self.externals = [f"127.0.0.1:{closed_port()}" for _ in range(workers)]
         self.receiver: Tool | None = None
         self.out = ""
         self.procs: dict[str, Tool] = {}

@@ -7,8 +7,8 @@ import socket
 import struct
 
 import pytest
-from clusterhelp import Cluster, free_port
-from toolhelp import DEADLINE, Tool, run_tool
+from clusterhelp import Cluster
+from toolhelp import DEADLINE, Tool, closed_port, run_tool
 
 FRAME = struct.Struct(">IQ")
 
@@ -173,7 +173,7 @@ def test_start_up_errors_exit_1_with_a_clear_message(tmp_path, module, source, a
     if source is not None:
         (tmp_path / f"{module}.py").write_text(source)
     cluster = Cluster(tmp_path, workers=1, app=module)
-    cluster.out = f"127.0.0.1:{free_port()}"
+    cluster.out = f"127.0.0.1:{closed_port()}"
     argv = cluster.initializer_args()
     if "--drop-in" in args:
         where = argv.index("--in")
@@ -192,7 +192,7 @@ def test_source_port_in_use_is_a_clear_error(tmp_path):
         taken.listen(1)
         cluster = Cluster(tmp_path, workers=1)
         cluster.in_port = taken.getsockname()[1]
-        cluster.out = f"127.0.0.1:{free_port()}"
+        cluster.out = f"127.0.0.1:{closed_port()}"
         result = run_tool("machida", *cluster.initializer_args(), cwd=tmp_path)
     assert result.returncode == 1
     assert b"Sequence Window source is unable to listen" in result.stderr
@@ -250,7 +250,7 @@ def test_three_workers_the_third_has_a_sink_but_no_key(tmp_path):
 def test_sink_not_listening_at_start_then_ready_once_it_is(tmp_path):
     """Scenario 44."""
     with Cluster(tmp_path) as cluster:
-        port = free_port()
+        port = closed_port()
         cluster.out = f"127.0.0.1:{port}"
         cluster.start_initializer()
         cluster.start_worker(1)
@@ -285,7 +285,7 @@ def test_a_second_worker_with_a_different_app_is_refused(tmp_path):
         cluster.start_worker(1)
         cluster.wait_for("initializer", b"Worker worker-2 control channel identified")
         twin_args = cluster.worker_args(1)
-        twin_args[twin_args.index("--external") + 1] = f"127.0.0.1:{free_port()}"
+        twin_args[twin_args.index("--external") + 1] = f"127.0.0.1:{closed_port()}"
         twin = Tool("machida", *twin_args, cwd=tmp_path)
         assert twin.wait() == 1, twin.report()
         assert b"has already joined" in twin.stderr

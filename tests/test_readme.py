@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from clusterhelp import free_port
+from toolhelp import closed_port
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 README_PORTS = (7002, 7010, 5001, 6000, 6001, 5050, 5051)
@@ -24,7 +24,7 @@ def walkthrough() -> str:
 def test_readme_walkthrough_runs_verbatim_and_validates(tmp_path):
     script = walkthrough()
     for port in README_PORTS:
-        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
+        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{closed_port()}")
     # keep recovery files in the test's directory instead of the default /tmp
     script = script.replace("--ponythreads=1 >", f"--ponythreads=1 --resilience-dir {tmp_path} >")
     env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")

@@ -283,7 +283,7 @@ def test_seed_readme_command_takes_about_a_second(tmp_path):
                        cwd=tmp_path)  # fmt: skip
         elapsed = time.monotonic() - started
     assert data == u64_records(range(1, 101))
-    assert 0.7 < elapsed < 3.0
+    assert 0.7 < elapsed < 8.0  # about 1 s of pacing; 10x slower would be a unit mistake
 
 
 def test_both_interval_spellings_pace_the_same(tmp_path):

@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from wallaroo_tools.loopback import unused_port
+
 DEADLINE = 30.0
 HOLD_LIMIT = 120.0
 
@@ -53,10 +55,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def closed_port() -> int:
-    """A loopback port with nobody listening (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port with nobody listening, never the same one twice in a test run."""
+    return unused_port()
 
 
 class _Collector:

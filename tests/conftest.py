@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import itertools
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 _counter = itertools.count()
+
+# Hypothesis keeps its example database and a cache of the constants it found in
+# our source files (with their absolute paths) in its home directory, by default
+# ./.hypothesis. Keep that machine-specific state out of the project tree.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "sequence-window-hypothesis")
 
 
 @pytest.fixture
@@ -35,6 +43,4 @@ def make_app(tmp_path, monkeypatch):
 @pytest.fixture
 def test_apps(monkeypatch):
     """Put tests/apps on sys.path for the small example applications there."""
-    import pathlib
-
-    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent / "apps"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "apps"))

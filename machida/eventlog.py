@@ -15,9 +15,9 @@ fingerprint), then commits ``u32be length | u32be crc32 | body``. A body is a
 sequence of entries: ``S | u16be name length | name | u32be key index | u32be
 length | serialized state`` and ``O | u16be name length | upstream | u64be
 incarnation | u64be seq``. A torn final commit (short or failing its CRC) is
-ignored. With rotation the files are ``<module>-<worker>-<16 hex>.evlog``, the
-hex being the cumulative byte offset at which the file starts; recovery reads
-the newest.
+ignored, and cut off before the worker appends to the file again. With
+rotation the files are ``<module>-<worker>-<16 hex>.evlog``, the hex being the
+cumulative byte offset at which the file starts; recovery reads the newest.
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ def encode_commit(snapshots: list[tuple[str, int, bytes]], origins: dict) -> byt
 
 @dataclass
 class Replay:
-    """What a log holds: the newest snapshot per key, origins, and how many entries."""
+    """What a log holds: the newest snapshot per key, origins, how many entries, and
+    ``end``, the file offset just after the last complete commit (header included)."""
 
     snapshots: dict[tuple[str, int], bytes] = field(default_factory=dict)
     origins: dict[str, tuple[int, int]] = field(default_factory=dict)
     entries: int = 0
+    end: int = 0
 
     def apply_commit(self, body: bytes) -> None:
         pos = 0
@@ -110,6 +112,15 @@ def read_log(path: str, module: str, worker: str, fingerprint: str) -> Replay:
         except (ValueError, struct.error, UnicodeDecodeError) as err:
             raise EventLogError(f"Error: event log {path} has a corrupt entry: {err}") from err
         pos += _COMMIT.size + length
+    replay.end = len(line) + 1 + pos
+    return replay
+
+
+def recover_log(path: str, module: str, worker: str, fingerprint: str) -> Replay:
+    """:func:`read_log`, then cut off a torn final commit so that appends follow good data."""
+    replay = read_log(path, module, worker, fingerprint)
+    if os.path.getsize(path) > replay.end:
+        os.truncate(path, replay.end)
     return replay
 
 

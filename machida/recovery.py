@@ -157,6 +157,13 @@ class RecoveryFiles:
         logs.sort(key=lambda log: -1 if log[0] is None else int(log[0], 16))
         return [os.path.join(self.directory, name) for _, name in logs]
 
+    def event_log_offset(self, path: str) -> int:
+        """The cumulative byte offset at which event log ``path`` starts (0 if unrotated)."""
+        match = self._evlog.fullmatch(os.path.basename(path))
+        if match is None:
+            raise ValueError(f"{path} is not an event log of {self.stem!r}")
+        return int(match.group(1) or "0", 16)
+
     def write(self, topology: Topology) -> None:
         """Record ``topology`` durably; ``.local-topology`` is renamed into place last."""
         if (topology.module, topology.worker) != (self.module, self.worker):

@@ -16,12 +16,13 @@ on an external RotateLog request (machida.md §9.5).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
 from machida.boundary import Dedup
 from machida.callbacks import fn_label
-from machida.eventlog import EventLog, EventLogError, encode_commit, read_log
+from machida.eventlog import EventLog, EventLogError, encode_commit, recover_log
 
 ROTATION_PAUSE = "log rotation"
 
@@ -40,6 +41,7 @@ class Resilience:
         self.origins: dict[str, tuple[int, int]] = {}
         self.log: EventLog | None = None
         self.rotating = False
+        self._rotation_task: asyncio.Task | None = None
 
     @staticmethod
     def banners(cfg: Any) -> list[str]:
@@ -70,12 +72,12 @@ class Resilience:
         path, replay = self._newest_complete()
         self._restore(replay)
         worker.say(f"RESILIENCE: Replayed {replay.entries} entries from recovery log file.")
-        offset = _offset_of(path)
+        offset = worker.recovery.event_log_offset(path)
         self.log = EventLog(path, cfg.application_module, worker.name, self.fingerprint, offset)
-        self.log.dirty = False
 
     def _newest_complete(self) -> tuple[str, Any]:
-        """The newest log file that holds a complete commit (a rotation may have been cut)."""
+        """The newest log file that holds a complete commit (a rotation may have been cut),
+        with a torn final commit cut off."""
         worker = self.worker
         cfg = worker.config
         logs = worker.recovery.event_logs()
@@ -85,7 +87,7 @@ class Resilience:
                 f"(the recovery files say this worker ran with resilience)"
             )
         for path in reversed(logs):
-            replay = read_log(path, cfg.application_module, worker.name, self.fingerprint)
+            replay = recover_log(path, cfg.application_module, worker.name, self.fingerprint)
             if replay.entries or path == logs[0]:
                 for newer in logs[logs.index(path) + 1 :]:
                     os.remove(newer)  # an unfinished rotation: its older file still counts
@@ -115,22 +117,26 @@ class Resilience:
 
     def commit(self) -> None:
         """After a batch: log dirty snapshots and new origins, then fsync (group commit)."""
-        origins = {
-            name: (d.incarnation, d.seq)
-            for name, d in self.worker.dedup.items()
-            if d.incarnation is not None and self.origins.get(name) != (d.incarnation, d.seq)
-        }
+        origins = {n: o for n, o in self._origins().items() if self.origins.get(n) != o}
         if self.log is None or (not self.dirty and not origins):
             return  # nothing to log, or the log is not open yet (no topology)
-        snapshots = self._snapshots(self.dirty)
-        self.dirty.clear()
+        keys, self.dirty = self.dirty, set()
+        snapshots = self._snapshots(keys)
+        if not snapshots and not origins:
+            return  # every serialize raised: nothing to log, the keys stay dirty
         self.log.append(encode_commit(snapshots, origins))
         self.log.sync()
         self.origins.update(origins)
         if self.rotation and self.max_size and self.log.size > self.max_size:
             self.start_rotation()
 
+    def _origins(self) -> dict[str, tuple[int, int]]:
+        """The newest ``(incarnation, seq)`` applied from each upstream worker."""
+        return {n: (d.incarnation, d.seq) for n, d in self.worker.dedup.items()
+                if d.incarnation is not None}  # fmt: skip
+
     def _snapshots(self, keys: Any) -> list[tuple[str, int, bytes]]:
+        """Serialised states of ``keys``; a key whose serialize raised goes back to dirty."""
         worker = self.worker
         serialize = worker.serializers[0]
         out = []
@@ -141,6 +147,7 @@ class Resilience:
                 out.append((state_name, key_index, bytes(data)))
             except Exception as err:
                 # the snapshot is not logged; the state lives on and is logged next time
+                self.dirty.add((state_name, key_index))
                 worker.callbacks.raised(fn_label(serialize), err, state_name, "snapshot")
         return out
 
@@ -151,7 +158,7 @@ class Resilience:
         worker = self.worker
         if not self.rotation:
             worker.say("WARNING: LogRotation requested, but log_rotation is off!")
-        elif not self.log.dirty or self.rotating:
+        elif self.log is None or not self.log.dirty or self.rotating:
             worker.say("Event log does not contain new data. Rotate log request ignored.")
         else:
             self.start_rotation()
@@ -159,47 +166,51 @@ class Resilience:
     def start_rotation(self) -> None:
         if not self.rotating:
             self.rotating = True
-            asyncio.get_running_loop().create_task(self._rotate())
+            self._rotation_task = asyncio.get_running_loop().create_task(self._rotate())
 
     async def _rotate(self) -> None:
         worker, say = self.worker, self.worker.say
         say("Starting event log rotation.")
         say("~~~Stopping message processing for log rotation.~~~")
         worker.pause(ROTATION_PAUSE)
-        await asyncio.sleep(self.stop_pause_s)
-        worker.flush()
-        self.commit()
+        try:
+            await asyncio.sleep(self.stop_pause_s)
+            worker.flush()  # ends with self.commit()
+            self._switch_log()
+            say("Steps snapshotting to new log file complete.")
+            for path in worker.recovery.event_logs():
+                if path != self.log.path:
+                    os.remove(path)
+        except Exception as err:
+            say(f"WARNING: event log rotation failed ({type(err).__name__}: {err}); "
+                f"still logging to {self.log.path}")  # fmt: skip
+        finally:
+            say("~~~Resuming message processing.~~~")
+            self.rotating = False
+            worker.resume(ROTATION_PAUSE)
+
+    def _switch_log(self) -> None:
+        """Log to a new file that starts with a snapshot of every owned key."""
+        worker = self.worker
         keys = [(name, i) for name, states in worker.topology.states.items() for i in states]
-        say(f"Snapshotting {len(keys)} steps to new log file.")
+        worker.say(f"Snapshotting {len(keys)} steps to new log file.")
         old = self.log
         offset = old.offset + old.size
         cfg = worker.config
         new = EventLog(self._path(offset), cfg.application_module, worker.name,
                        self.fingerprint, offset)  # fmt: skip
-        origins = {n: (d.incarnation, d.seq) for n, d in worker.dedup.items()
-                   if d.incarnation is not None}  # fmt: skip
-        new.append(encode_commit(self._snapshots(keys), origins))
-        new.sync()
+        try:
+            new.append(encode_commit(self._snapshots(keys), self._origins()))
+            new.sync()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                new.close()  # its buffer may not flush either (disk full)
+            os.remove(new.path)  # else recovery would prefer it to the old log, still in use
+            raise
         new.dirty = False
         old.close()
         self.log = new
-        say("Steps snapshotting to new log file complete.")
-        for path in worker.recovery.event_logs():
-            if path != new.path:
-                os.remove(path)
-        say("~~~Resuming message processing.~~~")
-        self.rotating = False
-        worker.resume(ROTATION_PAUSE)
 
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
-
-
-def _offset_of(path: str) -> int:
-    stem = os.path.basename(path)[: -len(".evlog")]
-    tail = stem.rsplit("-", 1)[-1]
-    try:
-        return int(tail, 16) if len(tail) == 16 else 0
-    except ValueError:
-        return 0

@@ -497,3 +497,11 @@ def test_event_logs_are_listed_oldest_first_in_a_recovery(tmp_path):
         f"{tmp_path}/app-initializer-0000000000000002.evlog",
         f"{tmp_path}/app-initializer-0000000000000100.evlog",
     )
+
+
+def test_an_event_logs_offset_comes_from_its_name(tmp_path):
+    files = worker_files(tmp_path)
+    assert files.event_log_offset(files.event_log_path(0x1234)) == 0x1234
+    assert files.event_log_offset(files.event_log_path()) == 0
+    with pytest.raises(ValueError, match="not an event log"):
+        files.event_log_offset(str(tmp_path / "app-worker-3-0000000000000010.evlog"))

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import signal
 
 import pytest
 from clusterhelp import Cluster
-from toolhelp import Tool, run_tool, wait_until
+from toolhelp import Tool, closed_port, run_tool, wait_until
+
+from machida.cli import parse_runner_args
+from machida.cluster import rotate_own_log
+from machida.eventlog import encode_commit, read_log
+from machida.loader import load_plan
+from machida.pipeline import LocalTopology
+from machida.recovery import RecoveryFiles
+from machida.worker import Worker
 
 APP_SOURCE = pathlib.Path(__file__).resolve().parent.parent / "sequence_window.py"
 
@@ -189,3 +198,196 @@ def test_the_initializer_restarts_with_its_own_state(tmp_path):
         even = [w for w in cluster.windows() if w[-1] % 2 == 0]
         assert even[1500:] and all(w[0] != 0 for w in even[1500:]), even[1498:1503]
         assert cluster.validate(5_000, "-a").returncode == 0
+
+
+# -- Resilience on its own: the real worker-2, its real log files, no cluster ----------------
+
+STATE = "Sequence Window"  # sequence_window.py's state, keys [0, 1]
+WORKERS = ["initializer", "worker-2"]
+OWNED = 1  # worker-2 owns key index 1 (the odd values) of the two
+IGNORED = "Event log does not contain new data. Rotate log request ignored."
+RESUMING = "~~~Resuming message processing.~~~"
+
+
+def nowhere() -> str:
+    return f"127.0.0.1:{closed_port()}"
+
+
+def new_worker(directory: pathlib.Path, *extra: str) -> Worker:
+    """worker-2 as ``machida`` makes it: its command line, its application, its recovery files.
+
+    Nobody listens at the addresses it is given: its sink and its link to the
+    initializer keep dialling until :func:`stop`.
+    """
+    config = parse_runner_args(["machida", "--application-module", "sequence_window",
+        "--in", nowhere(), "--out", nowhere(), "--metrics", nowhere(), "--control", nowhere(),
+        "--my-control", "127.0.0.1:0", "--my-data", "127.0.0.1:0", "--name", "worker-2",
+        "--run-with-resilience", "--resilience-dir", str(directory), "--stop-pause", "0",
+        *extra])  # fmt: skip
+    module, plan = load_plan(config.application_module, list(config.app_args))
+    worker = Worker(config, module, plan)
+    worker.open_recovery()  # sets worker.recovered when the files of a run are there
+    return worker
+
+
+async def join(worker: Worker) -> Worker:
+    """What worker-2 does once it has joined (Member in machida/cluster.py): its listeners
+    (the recorded ports when recovering), its topology and event log, its recovery files."""
+    await worker.bind("control", worker.config.my_control)
+    await worker.bind("data", worker.config.my_data)
+    worker.build_topology(WORKERS)
+    initializer = (worker.config.control, ("127.0.0.1", closed_port()))
+    mine = (worker.bound["control"], worker.bound["data"])
+    worker.save_topology(WORKERS, {"initializer": initializer, "worker-2": mine})
+    worker.connect_link("initializer", *initializer[1])
+    return worker
+
+
+async def started(directory: pathlib.Path, *extra: str) -> Worker:
+    return await join(new_worker(directory, *extra))
+
+
+async def stop(worker: Worker) -> None:
+    """Close as the runner does at its end; every task it started has ended after this."""
+    worker.close_everything()
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        _, stuck = await asyncio.wait(others, timeout=5)
+        assert not stuck, stuck
+
+
+def deliver(worker: Worker, value: int) -> None:
+    """``value`` for worker-2's key from the initializer, applied, then the batch's flush."""
+    steps = worker.plan.pipelines[0].steps
+    worker.topology.arrival(0, LocalTopology.first_state(steps))(OWNED, value)
+    worker.flush()  # ends with the commit to the event log
+
+
+def window(worker: Worker) -> list[int]:
+    return worker.topology.states[STATE][OWNED].window
+
+
+def logged_window(worker: Worker) -> list[int] | None:
+    """The window of worker-2's key in the newest snapshot of its current event log."""
+    log = read_log(worker.resilience.log.path, "sequence_window", worker.name,
+                   worker.plan.fingerprint(True))  # fmt: skip
+    data = log.snapshots.get((STATE, OWNED))
+    return None if data is None else worker.serializers[1](data).window
+
+
+async def rotate(worker: Worker) -> None:
+    rotate_own_log(worker)  # what an external RotateLog for worker-2 comes to
+    await worker.resilience._rotation_task
+
+
+def test_a_restart_cuts_off_a_torn_commit_so_later_commits_survive(tmp_path, capsys):
+    async def scenario() -> str:
+        first = await started(tmp_path)
+        assert first.recovered is None
+        deliver(first, 1)
+        path = first.resilience.log.path
+        torn = encode_commit(
+            [(STATE, OWNED, first.serializers[0](first.topology.states[STATE][OWNED]))], {}
+        )
+        await stop(first)
+        with open(path, "ab") as file:
+            file.write(torn[:9])  # a crash in the middle of a commit
+        second = await started(tmp_path)
+        assert second.recovered is not None
+        assert window(second) == [0, 0, 0, 1]
+        deliver(second, 3)  # logged and acknowledged upstream
+        await stop(second)
+        capsys.readouterr()
+        third = await started(tmp_path)
+        assert window(third) == [0, 0, 1, 3]
+        await stop(third)
+        return capsys.readouterr().out
+
+    out = asyncio.run(scenario()).splitlines()
+    assert "Recovering from recovery files!" in out
+    replayed = [line for line in out if line.startswith("RESILIENCE:")]
+    assert replayed == ["RESILIENCE: Replayed 2 entries from recovery log file."]
+
+
+def test_a_rotation_request_before_the_log_exists_is_ignored(tmp_path, capsys):
+    async def scenario() -> None:
+        worker = new_worker(tmp_path, "--log-rotation")  # not joined: no topology, no log
+        rotate_own_log(worker)
+        assert not worker.resilience.rotating
+        await stop(worker)
+
+    asyncio.run(scenario())
+    assert capsys.readouterr().out.splitlines() == [IGNORED]
+
+
+def test_a_rotation_starts_a_file_at_the_old_ones_end_and_recovers_from_it(tmp_path, capsys):
+    async def scenario() -> None:
+        worker = await started(tmp_path, "--log-rotation")
+        deliver(worker, 1)
+        size = worker.resilience.log.size
+        await rotate(worker)
+        assert "Steps snapshotting to new log file complete." in capsys.readouterr().out
+        logs = [p.name for p in tmp_path.glob("*.evlog")]
+        assert logs == [f"sequence_window-worker-2-{size:016x}.evlog"]
+        assert worker.pause_reasons == set()
+        await stop(worker)
+        again = await started(tmp_path, "--log-rotation")
+        assert again.recovered is not None
+        assert again.resilience.log.offset == size
+        assert {i: s.window for i, s in again.topology.states[STATE].items()} == {
+            OWNED: [0, 0, 0, 1]
+        }
+        await stop(again)
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_rotation_resumes_and_keeps_logging_to_the_old_file(tmp_path, capsys):
+    async def scenario() -> list[str]:
+        worker = await started(tmp_path, "--log-rotation")
+        old = worker.resilience.log
+        deliver(worker, 1)
+        # the new file cannot be created: its directory is gone
+        worker.recovery = RecoveryFiles(str(tmp_path / "gone"), "sequence_window", worker.name,
+                                        initializer=False)  # fmt: skip
+        capsys.readouterr()
+        await rotate(worker)
+        lines = capsys.readouterr().out.splitlines()
+        assert worker.pause_reasons == set()
+        assert not worker.resilience.rotating
+        assert worker.resilience.log is old
+        deliver(worker, 3)
+        assert logged_window(worker) == [0, 0, 1, 3]
+        await stop(worker)
+        return lines
+
+    lines = asyncio.run(scenario())
+    lines = [line for line in lines if not line.startswith("Waiting for sink at ")]
+    warnings = [line for line in lines if line.startswith("WARNING:")]
+    assert len(warnings) == 1 and "event log rotation failed (FileNotFoundError" in warnings[0]
+    assert lines[-1] == RESUMING
+
+
+def test_a_state_that_failed_to_serialise_is_logged_by_a_later_commit(tmp_path, capsys):
+    async def scenario() -> None:
+        worker = await started(tmp_path)
+        serialize, deserialize = worker.serializers
+        failed = []
+
+        def serialize_once(state):
+            if not failed:
+                failed.append(state)
+                raise ValueError("not yet")
+            return serialize(state)
+
+        worker.serializers = (serialize_once, deserialize)  # the module's serialize, raising once
+        deliver(worker, 1)
+        assert failed and logged_window(worker) is None
+        worker.topology.states[STATE][OWNED].update(3)  # changed, but without persist this time
+        worker.flush()
+        assert logged_window(worker) == [0, 0, 1, 3]
+        assert worker.callbacks.counters  # the failure was reported
+        await stop(worker)
+
+    asyncio.run(scenario())
+    assert "raised ValueError: not yet" in capsys.readouterr().err

@@ -1,0 +1,92 @@
+"""The event log file (machida/eventlog.py): commits, their replay, and a crash mid-commit."""
+
+from __future__ import annotations
+
+import pytest
+
+from machida.eventlog import (
+    EventLog,
+    EventLogError,
+    encode_commit,
+    header,
+    read_log,
+    recover_log,
+)
+
+IDENTITY = ("app", "worker-2", "0123456789abcdef")
+FIRST = encode_commit([("window", 0, b"first")], {"initializer": (1, 10)})
+SECOND = encode_commit([("window", 1, b"second")], {"initializer": (1, 20)})
+THIRD = encode_commit([("window", 2, b"third")], {"other": (2, 30)})
+
+
+def new_log(tmp_path, *commits: bytes) -> str:
+    path = str(tmp_path / "app-worker-2.evlog")
+    log = EventLog(path, *IDENTITY)
+    for commit in commits:
+        log.append(commit)
+    log.sync()
+    log.close()
+    return path
+
+
+def test_commits_round_trip_with_newest_snapshot_and_origin_winning(tmp_path):
+    newer = encode_commit([("window", 0, b"newer"), ("other", 7, b"")], {"initializer": (2, 3)})
+    path = new_log(tmp_path, FIRST, SECOND, newer)
+    replay = read_log(path, *IDENTITY)
+    assert replay.snapshots == {
+        ("window", 0): b"newer",
+        ("window", 1): b"second",
+        ("other", 7): b"",
+    }
+    assert replay.origins == {"initializer": (2, 3)}
+    assert replay.entries == 7
+    assert replay.end == len(header(*IDENTITY)) + len(FIRST) + len(SECOND) + len(newer)
+
+
+def test_a_header_of_another_worker_is_an_error(tmp_path):
+    path = new_log(tmp_path, FIRST)
+    with pytest.raises(EventLogError, match="does not match this worker"):
+        read_log(path, "app", "worker-3", IDENTITY[2])
+
+
+def crash_then_recover_then_append(path: str) -> None:
+    """Recover as Resilience.open does, then log THIRD through a reopened EventLog."""
+    replay = recover_log(path, *IDENTITY)
+    assert replay.snapshots == {("window", 0): b"first"}
+    log = EventLog(path, *IDENTITY)
+    assert log.size == replay.end == len(header(*IDENTITY)) + len(FIRST)
+    log.append(THIRD)
+    log.sync()
+    log.close()
+
+
+@pytest.mark.parametrize("cut", [3, len(SECOND) // 2, len(SECOND) - 1])
+def test_commits_after_a_torn_commit_survive_the_next_recovery(tmp_path, cut):
+    path = new_log(tmp_path, FIRST)
+    with open(path, "ab") as file:
+        file.write(SECOND[:cut])  # the crash came in the middle of this write
+    crash_then_recover_then_append(path)
+    replay = read_log(path, *IDENTITY)
+    assert replay.snapshots == {("window", 0): b"first", ("window", 2): b"third"}
+    assert replay.origins == {"initializer": (1, 10), "other": (2, 30)}
+
+
+def test_a_final_commit_failing_its_crc_is_cut_off_too(tmp_path):
+    path = new_log(tmp_path, FIRST)
+    corrupt = bytearray(SECOND)
+    corrupt[-1] ^= 0xFF
+    with open(path, "ab") as file:
+        file.write(corrupt)
+    crash_then_recover_then_append(path)
+    replay = read_log(path, *IDENTITY)
+    assert replay.snapshots == {("window", 0): b"first", ("window", 2): b"third"}
+    assert replay.origins == {"initializer": (1, 10), "other": (2, 30)}
+
+
+def test_recovering_an_intact_log_leaves_it_alone(tmp_path):
+    path = new_log(tmp_path, FIRST, SECOND)
+    with open(path, "rb") as file:
+        before = file.read()
+    assert recover_log(path, *IDENTITY).entries == 4
+    with open(path, "rb") as file:
+        assert file.read() == before

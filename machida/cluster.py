@@ -31,17 +31,29 @@ POLL_EVERY_S = 0.02
 
 
 class Role:
-    """What both roles share: the worker they steer and the shutdown ending."""
+    """What both roles share: the worker they steer, control messages, the shutdown ending."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.shutting_down = False
 
+    def on_data(self, conn: Conn, data: bytes) -> None:
+        """Each control message goes to ``_on_<type>``; a corrupt one closes the connection."""
+        if conn.state is None:
+            return  # a connection on a member's own control listener: nothing to say
+        for msg in conn.state.feed(data):
+            handler = getattr(self, f"_on_{msg['type']}", None)
+            if handler is not None:
+                handler(conn, msg)
+        if conn.state.error is not None:
+            warn(f"ERROR: control connection with {conn.peer}: {conn.state.error}")
+            conn.close()
+
     async def finish_shutdown(self, deadline_s: float) -> int:
         """Flush sinks, close, remove recovery files; 0 when everything left, else 1."""
         worker = self.worker
         if not await worker.drain_sinks(deadline_s):
-            warn(f"ERROR: clean shutdown could not drain: {worker.leftovers()}")
+            self._not_drained()
             return 1
         worker.close_everything()
         worker.remove_recovery_files()
@@ -49,8 +61,11 @@ class Role:
         return 0
 
     def abort_shutdown(self) -> None:
-        warn(f"ERROR: clean shutdown could not drain: {self.worker.leftovers()}")
+        self._not_drained()
         self.worker.finish(1)
+
+    def _not_drained(self) -> None:
+        warn(f"ERROR: clean shutdown could not drain: {self.worker.leftovers()}")
 
 
 class Initializer(Role):
@@ -69,6 +84,7 @@ class Initializer(Role):
         self.identified = False
         self.initialized = False
         self.replies: dict[str, dict] = {}
+        self.finished: set[str] = set()
         self._poll_round = 0
         self._reply_event = asyncio.Event()
 
@@ -77,12 +93,11 @@ class Initializer(Role):
         say("Single worker topology" if self.expected == 1 else f"{self.expected} worker topology")
         await worker.bind_sources()
         control_addr = worker.config.control or ("127.0.0.1", 0)
-        server = await worker.bind("control", control_addr)
-        data_server = await worker.bind("data", worker.config.data)
+        await worker.bind("control", control_addr)
+        await worker.bind("data", worker.config.data)
         await worker.bind_external()
         me = self.members["initializer"]
         me["control"], me["data"] = list(worker.bound["control"]), list(worker.bound["data"])
-        del server, data_server
         self.started = True
         if worker.recovered is not None:
             self._recover(worker.recovered)
@@ -99,15 +114,6 @@ class Initializer(Role):
     # control connections from workers
     def on_open(self, conn: Conn) -> None:
         conn.state = control.ControlDecoder()
-
-    def on_data(self, conn: Conn, data: bytes) -> None:
-        for msg in conn.state.feed(data):
-            handler = getattr(self, f"_on_{msg['type']}", None)
-            if handler is not None:
-                handler(conn, msg)
-        if conn.state.error is not None:
-            warn(f"ERROR: control connection from {conn.peer}: {conn.state.error}")
-            conn.close()
 
     def on_close(self, conn: Conn) -> None:
         for name, member in self.members.items():
@@ -245,7 +251,7 @@ class Initializer(Role):
                 self._reply_event.set()
 
     def _on_finished(self, conn: Conn, msg: dict) -> None:
-        self.replies[f"finished:{msg.get('name')}"] = msg
+        self.finished.add(str(msg.get("name")))
         self._reply_event.set()
 
     async def _shutdown(self) -> None:
@@ -312,8 +318,8 @@ class Initializer(Role):
 
     async def _wait_finished(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        names = {f"finished:{n}" for n, m in self.members.items() if n != "initializer"}
-        while not names <= set(self.replies) and self._others() and loop.time() < deadline:
+        names = set(self.members) - {"initializer"}
+        while not names <= self.finished and self._others() and loop.time() < deadline:
             self._reply_event.clear()
             await wait_event(self._reply_event, 0.5)
 
@@ -364,14 +370,6 @@ class Member(Role):
             data=[cfg.my_data[0], self.my_data], rejoin=self.rejoin,
             plan=self.worker.plan.fingerprint_parts(cfg.resilience),
         ))  # fmt: skip
-
-    def on_data(self, conn: Conn, data: bytes) -> None:
-        if conn.state is None:
-            return
-        for msg in conn.state.feed(data):
-            handler = getattr(self, f"_on_{msg['type']}", None)
-            if handler is not None:
-                handler(conn, msg)
 
     def on_close(self, conn: Conn) -> None:
         if conn is not self.conn:

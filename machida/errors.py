@@ -2,10 +2,9 @@
 
 ``ApplicationError``: the application module or its action list is wrong;
 nothing can start. ``FrameError``: bytes from a peer cannot be framed; that
-connection is closed and everything else goes on. ``ClusterError``: workers
-disagree (fingerprint, names, placement). ``UserCallbackError``: a user
-callback raised or returned something invalid (the in-process driver raises it
-when asked to). Messages say what was expected and what arrived.
+connection is closed and everything else goes on. ``UserCallbackError``: a
+user callback raised or returned something invalid (the in-process driver
+raises it when asked to). Messages say what was expected and what arrived.
 """
 
 from __future__ import annotations
@@ -21,10 +20,6 @@ class FrameError(Exception):
     def __init__(self, message: str, length: int | None = None) -> None:
         super().__init__(message)
         self.length = length
-
-
-class ClusterError(Exception):
-    """Workers of one cluster disagree about the application or its topology."""
 
 
 class UserCallbackError(Exception):

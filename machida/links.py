@@ -93,17 +93,12 @@ class OutLink:
         self.host, self.port = host, port
         self.me, self.incarnation = me, incarnation
         self.backlog = Backlog()
-        self._decoder = BoundaryDecoder()
         self._on_ack = on_ack
         self._log = log
         self._conn: Conn | None = None
         self._task: asyncio.Task | None = None
         self.closing = False
         self.ever_connected = False
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and not self._conn.closed
 
     def start(self) -> None:
         if self._task is None or self._task.done():

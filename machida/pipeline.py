@@ -35,16 +35,6 @@ ForwardTo = Callable[[str, tuple], Callable[[Any], None]]
 PersistFn = Callable[[str, int, Any], None]
 
 
-def _name_of(obj: Any) -> str:
-    name = getattr(obj, "name", None)
-    if callable(name):
-        try:
-            return str(name())
-        except Exception:
-            return "undefined-name"
-    return "undefined-name"
-
-
 class LocalTopology:
     """The states a worker owns and the compiled steps it runs, for every pipeline."""
 
@@ -412,8 +402,13 @@ class SourceConnection:
 
 def _step_name(obj: Any) -> str:
     """A step's name for metrics: its ``name()`` if it has one (asked once), else its class."""
-    name = _name_of(obj)
-    return type(obj).__name__ if name == "undefined-name" else name
+    name = getattr(obj, "name", None)
+    if callable(name):
+        try:
+            return str(name())
+        except Exception:
+            pass
+    return type(obj).__name__
 
 
 def _as_bytes(data: Any) -> bytes | None:

@@ -88,7 +88,8 @@ class Sink:
             if self._queue:
                 transport.write(b"".join(self._queue))
                 self._queue, self._queued_bytes = [], 0
-                self._update_blocked()
+                # From here the transport reports; asyncio pauses it above HIGH_WATER.
+                self._set_blocked(transport.get_write_buffer_size() > HIGH_WATER)
             self.connected.set()
             return
 
@@ -99,7 +100,8 @@ class Sink:
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
-        self._update_blocked()
+        if self._queued_bytes > HIGH_WATER:
+            self._set_blocked(True)
 
     @property
     def buffered(self) -> int:
@@ -111,12 +113,6 @@ class Sink:
         if blocked != self._blocked:
             self._blocked = blocked
             self._on_blocked(blocked)
-
-    def _update_blocked(self) -> None:
-        if self._queued_bytes > HIGH_WATER:
-            self._set_blocked(True)
-        elif self._queued_bytes < LOW_WATER and self._transport is None:
-            self._set_blocked(False)
 
     def _lost(self, protocol: _SinkProtocol) -> None:
         if protocol is not self._protocol:

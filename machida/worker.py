@@ -66,7 +66,6 @@ class Worker(Inputs):
     def __init__(self, config: Any, module: Any, plan: Any) -> None:
         self.config = config
         self.name = config.name
-        self.module = module
         self.plan = plan
         self.callbacks = Callbacks(self.name)
         self.stats = Stats(self.name)
@@ -142,7 +141,7 @@ class Worker(Inputs):
         for line in removal_lines(self.recovery.remove_all()):
             say(line)
 
-    async def bind(self, kind: str, address: tuple[str, int], owner: Any = None):
+    async def bind(self, kind: str, address: tuple[str, int]):
         """Listen on ``address`` (a recorded one when recovering); failure ends with status 1."""
         if self.recovered is not None and kind in ("control", "data"):
             recorded = self.recovered.control if kind == "control" else self.recovered.data
@@ -150,7 +149,7 @@ class Worker(Inputs):
                 address = recorded
                 say("Restarting a listener ...")
         try:
-            server = await listen(owner or self, kind, *address)
+            server = await listen(self, kind, *address)
         except OSError as err:
             raise BindError(f"Error: unable to listen on {address[0]}:{address[1]} "
                             f"for {kind}: {err.strerror or err}") from err  # fmt: skip
@@ -313,8 +312,8 @@ class Worker(Inputs):
         }
 
     def leftovers(self) -> str:
-        parts = [f"{len(self.source_conns)} source connection(s) still sending"]
-        parts = parts if self.source_conns else []
+        sending = len(self.source_conns)
+        parts = [f"{sending} source connection(s) still sending"] if sending else []
         parts += [f"{link.backlog.unacked} unacknowledged message(s) for {link.peer}"
                  for link in self.links.values() if link.backlog.unacked]  # fmt: skip
         parts += [f"{sink.buffered} byte(s) unsent to sink {sink.address}"

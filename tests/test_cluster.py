@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import struct
@@ -9,7 +10,7 @@ import threading
 import time
 
 from clusterhelp import Cluster
-from toolhelp import DEADLINE, RawListener, Tool, run_tool, wait_until
+from toolhelp import DEADLINE, RawListener, Tool, closed_port, run_tool, wait_until
 
 from machida.metrics import RecordDecoder
 from machida.testing import run
@@ -271,3 +272,32 @@ def test_a_drain_that_cannot_finish_ends_with_an_error_and_keeps_the_files(tmp_p
         for tool in cluster.procs.values():
             assert b"ERROR: clean shutdown could not drain: " in tool.stderr, cluster.report()
         assert list(tmp_path.glob("sequence_window-*.local-topology"))
+
+
+def test_a_corrupt_control_frame_from_the_initializer_is_reported_and_the_worker_redials(tmp_path):
+    """A fake initializer answers a worker's hello with a frame that is not JSON."""
+
+    def hello(conn: socket.socket) -> dict:
+        conn.settimeout(DEADLINE)
+        (length,) = struct.unpack(">I", conn.recv(4, socket.MSG_WAITALL))
+        return json.loads(conn.recv(length, socket.MSG_WAITALL))
+
+    with Cluster(tmp_path) as cluster:
+        cluster.out = f"127.0.0.1:{closed_port()}"
+        host, port = cluster.control.split(":")
+        with socket.create_server((host, int(port))) as fake:
+            fake.settimeout(DEADLINE)
+            worker = cluster.start_worker(1)
+            first, _ = fake.accept()
+            with first:
+                assert hello(first)["rejoin"] is False
+                first.sendall(struct.pack(">I", 5) + b"nope!")
+                worker.wait_stderr(lambda err: b"lost; reconnecting" in err)
+                assert first.recv(1) == b""  # the worker closed it
+            err = worker.stderr.decode()
+            assert f"ERROR: control connection with {cluster.control}: " in err
+            assert "control message is not JSON" in err
+            again, _ = fake.accept()
+            with again:
+                assert hello(again)["rejoin"] is True
+        assert worker.proc.poll() is None, worker.report()

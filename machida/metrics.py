@@ -79,8 +79,9 @@ class Histogram:
 
     __slots__ = ("counts",)
 
-    def __init__(self) -> None:
-        self.counts = [0] * BINS
+    def __init__(self, counts: list[int] | None = None) -> None:
+        """An empty histogram, or one holding a copy of ``counts`` (:data:`BINS` bin counts)."""
+        self.counts = [0] * BINS if counts is None else list(counts)
 
     def add(self, ns: int) -> None:
         """Record one message that took ``ns`` nanoseconds."""
@@ -96,6 +97,11 @@ class Histogram:
         for i, c in enumerate(other.counts):
             counts[i] += c
         return self
+
+    def minus(self, older: Histogram) -> Histogram:
+        """What was counted since ``older``, an earlier state of this histogram: a new histogram
+        of the differences, bin by bin, none below zero."""
+        return Histogram([max(0, a - b) for a, b in zip(self.counts, older.counts)])
 
     @property
     def count(self) -> int:
@@ -121,10 +127,16 @@ class Histogram:
 
     @classmethod
     def from_json(cls, data: dict[str, int]) -> Histogram:
-        """The inverse of :meth:`to_json`, for receivers."""
+        """The inverse of :meth:`to_json`, for receivers; ValueError for a bin that is not 0 to
+        ``BINS - 1`` or a count that is not an int >= 0."""
         h = cls()
         for key, count in data.items():
-            h.counts[min(int(key), BINS - 1)] += int(count)
+            index = int(key)
+            if not 0 <= index < BINS:
+                raise ValueError(f"no latency bin {key!r}")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"not a count: {count!r}")
+            h.counts[index] += count
         return h
 
 

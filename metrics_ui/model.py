@@ -69,36 +69,23 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def _bins(data: Any) -> list[int]:
-    """A sparse ``{"<bin>": count}`` histogram as a list of :data:`BINS` counts."""
-    if not isinstance(data, dict):
-        raise ValueError(f"not a histogram: {data!r}")
-    counts = [0] * BINS
-    for key, value in data.items():
-        index = int(key)
-        if index < 0:
-            raise ValueError(f"negative latency bin {key!r}")
-        counts[min(index, BINS - 1)] += _count(value)
-    return counts
-
-
 @dataclass
 class Step:
     messages_in: int
     messages_out: int
-    latency: list[int]
+    latency: Histogram
 
 
 @dataclass
 class Pipeline:
     counts: dict[str, int]  # the four disjoint counters of docs/metrics.md
-    latency: list[int]
+    latency: Histogram
     steps: dict[str, Step]
 
 
 @dataclass
 class Sample:
-    """One record, checked and normalized: counters as ints, histograms as full bin lists."""
+    """One record, checked and normalized: counters as ints, histograms as :class:`Histogram`."""
 
     worker: str
     pid: int
@@ -107,7 +94,7 @@ class Sample:
     seq: int
     time: float
     counts: dict[str, int]
-    latency: list[int]
+    latency: Histogram
     pipelines: dict[str, Pipeline]
     stream: dict[str, int]
 
@@ -148,9 +135,9 @@ def _pipeline(data: Any) -> Pipeline:
         steps[str(name)] = Step(
             _count(step.get("messages_in", 0)),
             _count(step.get("messages_out", 0)),
-            _bins(step.get("latency", {})),
+            Histogram.from_json(step.get("latency", {})),
         )
-    return Pipeline(counts, _bins(data.get("latency", {})), steps)
+    return Pipeline(counts, Histogram.from_json(data.get("latency", {})), steps)
 
 
 def parse_record(record: dict[str, Any]) -> Sample:
@@ -168,7 +155,7 @@ def parse_record(record: dict[str, Any]) -> Sample:
         seq=_count(record["seq"]),
         time=_number(record.get("time", 0.0)),
         counts={k: _count(totals.get(k, 0)) for k in PIPELINE_COUNTERS},
-        latency=_bins(totals.get("latency", {})),
+        latency=Histogram.from_json(totals.get("latency", {})),
         pipelines={str(k): _pipeline(v) for k, v in record["pipelines"].items()},
         stream={k: _count(v) for k, v in stream.items() if isinstance(v, int)},
     )
@@ -177,22 +164,13 @@ def parse_record(record: dict[str, Any]) -> Sample:
 # -- latency ---------------------------------------------------------------------------------
 
 
-def _add(into: list[int], counts: list[int]) -> list[int]:
-    for i, c in enumerate(counts):
-        into[i] += c
-    return into
-
-
-def _minus(newer: list[int], older: list[int] | None) -> list[int]:
-    if older is None:
-        return list(newer)
-    return [max(0, a - b) for a, b in zip(newer, older)]
+def _minus(newer: Histogram, older: Histogram | None) -> Histogram:
+    return newer if older is None else newer.minus(older)
 
 
 def latency_summary(counts: list[int]) -> dict[str, Any]:
     """Count, p50 / p95 / p99 (upper bin bounds, ns; ``None`` when empty) and sparse bins."""
-    histogram = Histogram()
-    histogram.counts[:] = counts
+    histogram = Histogram(counts)
     summary: dict[str, Any] = {"count": histogram.count}
     for name, q in PERCENTILES:
         summary[name] = histogram.percentile(q)
@@ -377,7 +355,7 @@ class Model:
             recent_total = (
                 _minus(latest.latency, base.latency if base else None)
                 if now - worker.last_arrival <= LATENCY_WINDOW_S
-                else [0] * BINS
+                else Histogram()
             )
             workers[name] = {
                 "messages": latest.messages,
@@ -396,15 +374,15 @@ class Model:
                 "stream": latest.stream,
                 "pipelines": sorted(latest.pipelines),
                 "latency": {
-                    "recent": latency_summary(recent_total),
-                    "total": latency_summary(latest.latency),
+                    "recent": latency_summary(recent_total.counts),
+                    "total": latency_summary(latest.latency.counts),
                 },
             }
             for pname, p in latest.pipelines.items():
                 self._add_pipeline(pipelines, pname, p, worker, rates, base, now)
         for p in pipelines.values():
             for part in [p, *p["steps"].values()]:
-                part["latency"] = {k: latency_summary(v) for k, v in part["latency"].items()}
+                part["latency"] = {k: latency_summary(v.counts) for k, v in part["latency"].items()}
         return {
             "format": "metrics-ui/1",
             "time": wall,
@@ -440,7 +418,7 @@ class Model:
                 "in_rate": None,
                 "out_rate": None,
                 "workers": [],
-                "latency": {"recent": [0] * BINS, "total": [0] * BINS},
+                "latency": {"recent": Histogram(), "total": Histogram()},
                 "steps": {},
             },
         )
@@ -453,9 +431,9 @@ class Model:
             rate = rates.get(("pipeline", name, key))
             if rate is not None:
                 entry[field] = (entry[field] or 0.0) + rate
-        _add(entry["latency"]["total"], p.latency)
+        entry["latency"]["total"].merge(p.latency)
         if recent:
-            _add(entry["latency"]["recent"], _minus(p.latency, base_p.latency if base_p else None))
+            entry["latency"]["recent"].merge(_minus(p.latency, base_p.latency if base_p else None))
         for sname, step in p.steps.items():
             s = entry["steps"].setdefault(
                 sname,
@@ -463,7 +441,7 @@ class Model:
                     "messages_in": 0,
                     "messages_out": 0,
                     "rate": None,
-                    "latency": {"recent": [0] * BINS, "total": [0] * BINS},
+                    "latency": {"recent": Histogram(), "total": Histogram()},
                 },
             )
             s["messages_in"] += step.messages_in
@@ -471,8 +449,8 @@ class Model:
             rate = rates.get(("step", name, sname))
             if rate is not None:
                 s["rate"] = (s["rate"] or 0.0) + rate
-            _add(s["latency"]["total"], step.latency)
+            s["latency"]["total"].merge(step.latency)
             if recent:
                 base_s = base_p.steps.get(sname) if base_p is not None else None
                 older = base_s.latency if base_s is not None else None
-                _add(s["latency"]["recent"], _minus(step.latency, older))
+                s["latency"]["recent"].merge(_minus(step.latency, older))

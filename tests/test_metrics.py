@@ -98,6 +98,25 @@ def test_histogram_merge():
     assert b.to_json() == {"4": 3, "50": 1}
 
 
+@pytest.mark.parametrize(
+    "data", [{"-1": 3}, {str(BINS): 1}, {"x": 1}, {"2": -1}, {"2": 1.0}, {"2": "1"}, {"2": True}]
+)
+def test_histogram_from_json_refuses_bad_bins_and_counts(data):
+    with pytest.raises(ValueError):
+        Histogram.from_json(data)
+
+
+def test_histogram_minus_is_what_was_counted_since():
+    older, newer = Histogram(), Histogram()
+    older.add_many(10, 2)
+    newer.add_many(10, 5)
+    newer.add(2**50)
+    assert newer.minus(older).to_json() == {"4": 3, "50": 1}
+    assert older.minus(newer).count == 0  # never below zero
+    assert newer.to_json() == {"4": 5, "50": 1}  # neither changes
+    assert Histogram(newer.counts).counts == newer.counts
+
+
 # -- stats -----------------------------------------------------------------------------------
 
 

@@ -244,6 +244,31 @@ def test_malformed_records_are_rejected_without_a_trace(change):
     assert model.workers == {} and model.rejected == 1
 
 
+@pytest.mark.parametrize("latency", [{str(BINS): 1}, {"3": -2}, {"3": 0.5}])
+def test_records_with_impossible_latency_bins_are_rejected(latency):
+    model, w = Model(), Worker()
+    w.process(1)
+    record = w.record(1.0)
+    record["pipelines"][P]["steps"][STEP]["latency"] = latency
+    assert model.ingest(record, now=1.0) == "rejected"
+    assert model.workers == {} and model.rejected == 1
+
+
+def test_recent_latency_adds_up_the_workers_and_leaves_their_records_alone():
+    model, a, b = Model(), Worker("a"), Worker("b")
+    for w in (a, b):
+        w.process(5, latency_ns=3000)  # bin 12
+        model.ingest(w.record(100.0), now=100.0)
+    a.process(2, latency_ns=2**20)
+    b.process(3, latency_ns=2**20)
+    for w in (a, b):
+        model.ingest(w.record(100.0 + LATENCY_WINDOW_S), now=100.0 + LATENCY_WINDOW_S)
+    for _ in range(2):  # a second summary sees the same: nothing was merged into a record
+        latency = model.summary(100.0 + LATENCY_WINDOW_S, 0.0)["pipelines"][P]["latency"]
+        assert latency["recent"]["bins"] == {"20": 5}
+        assert latency["total"]["bins"] == {"12": 10, "20": 5}
+
+
 def test_other_formats_are_skipped():
     model, w = Model(), Worker()
     record = w.record(1.0)

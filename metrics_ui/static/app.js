@@ -112,11 +112,11 @@
     chart.data.datasets = lines.map((line) => {
       const dataset = byKey.get(line.key) || {
         key: line.key,
-        label: line.label,
         borderColor: colorFor(line.key),
         backgroundColor: colorFor(line.key),
         borderDash: line.dash ? [6, 3] : [],
       };
+      dataset.label = line.label; // may change: step labels gain their pipeline once there are two
       dataset.data = times.map((t, i) => ({ x: t - now, y: line.values[i] }));
       return dataset;
     });

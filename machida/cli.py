@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from machida.config import RUNNER_OPTIONS, runner_parser
-from machida.options import Option, OptionParser, UsageError, strip_pony_options
+from machida.options import Option, OptionParser, UsageError, parse_host_port, strip_pony_options
 
 _SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 
@@ -85,12 +85,10 @@ class RunnerConfig:
 
 def parse_address(flag: str, text: str) -> tuple[str, int]:
     """``"HOST:PORT"`` → ``(host, port)``; ``[::1]:80`` is accepted for IPv6."""
-    host, colon, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not (colon and host and port.isascii() and port.isdigit() and int(port) <= 0xFFFF):
+    address = parse_host_port(text)
+    if address is None or not address[0]:
         raise ConfigError(f"{flag} expects HOST:PORT, got {text!r}")
-    return host, int(port)
+    return address
 
 
 def wants_help(argv: list[str]) -> bool:

@@ -48,6 +48,29 @@ def parse_int(text: str) -> int:
     return sign * int(cleaned, base)
 
 
+def parse_port(text: str) -> int | None:
+    """A TCP port written in ASCII digits, 0..65535 (not ``²`` or ``+80``); None otherwise."""
+    if text.isascii() and text.isdigit() and int(text) <= 0xFFFF:
+        return int(text)
+    return None
+
+
+def parse_host_port(text: str) -> tuple[str, int] | None:
+    """``"HOST:PORT"`` → ``(host, port)``, or None when there is no :func:`parse_port` port.
+
+    The port follows the last colon and ``[::1]:80`` gives ``("::1", 80)``. The
+    host may be empty: callers that need one, or exactly one colon, check that
+    and print their own words.
+    """
+    host, colon, port_text = text.rpartition(":")
+    port = parse_port(port_text)
+    if not colon or port is None:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
 @dataclass(frozen=True)
 class Option:
     """One option: its long name (without dashes), short letter, and value kind.

@@ -14,7 +14,7 @@ import asyncio
 import signal
 import sys
 
-from machida.options import Option, OptionParser, UsageError, run_cli
+from machida.options import Option, OptionParser, UsageError, parse_host_port, run_cli
 from metrics_ui.server import MetricsUI
 
 USAGE = "Usage: metrics_ui [--listen HOST:PORT] [--http HOST:PORT]"
@@ -38,10 +38,10 @@ OPTIONS = [
 
 
 def parse_address(option: str, text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 0xFFFF:
+    address = parse_host_port(text)
+    if address is None or not address[0]:
         raise UsageError(f"--{option} expects HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    return address
 
 
 def url_host(host: str) -> str:

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wallaroo_tools.loopback import unused_port
+from wallaroo_tools.loopback import tool_cmd, unused_port, wait_for_text
 
 HERE = Path(__file__).resolve().parent
 NEWEST = re.compile(rb",(\d+)\]")
@@ -86,21 +86,27 @@ class Run:
         self.procs: dict[str, subprocess.Popen] = {}
         self.rss_samples: dict[str, list[int]] = {}
         self.peaks: dict[str, int] = {}
+        self.external = ""  # the cluster's external channel, for cluster_shutdown
+
+    def log(self, name: str) -> Path:
+        return self.dir / f"{self.name}-{name}.log"
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.dir / f"{self.name}-{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        with open(self.log(name), "wb") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         self.procs[name] = proc
         return proc
 
     async def wait_line(self, name: str, text: str) -> None:
-        path = self.dir / f"{self.name}-{name}.log"
-        deadline = time.monotonic() + 60
-        while text.encode() not in path.read_bytes():
-            if self.procs[name].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}/{name} never printed {text!r}:\n"
-                                   f"{path.read_text(errors='replace')[-2000:]}")  # fmt: skip
-            await asyncio.sleep(0.02)
+        await asyncio.to_thread(wait_for_text, self.log(name), text, self.procs[name],
+                                time.monotonic() + 60, f"{self.name}/{name}")  # fmt: skip
+
+    def kill(self) -> None:
+        """Kill what is still running (after a failure; a measured process is reaped already)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def sample(self) -> None:
         """RSS now, and the peak so far (VmHWM: wait4's figure would include the fork)."""
@@ -128,11 +134,6 @@ def _memory(pid: int) -> tuple[int, int]:
     return found.get("VmRSS", 0), found.get("VmHWM", 0)
 
 
-def tool(name: str, *args: str) -> list[str]:
-    module = "machida" if name == "machida" else f"wallaroo_tools.{name}"
-    return [sys.executable, "-m", module, *args]
-
-
 async def start_cluster(run: Run, in_port: int, out: str) -> None:
     control, data = unused_port(), unused_port()
     common = ["--application-module", "sequence_window", "--in", f"127.0.0.1:{in_port}",
@@ -141,13 +142,12 @@ async def start_cluster(run: Run, in_port: int, out: str) -> None:
               "--ponythreads=1"]  # fmt: skip
     if run.name == "resilient":
         common.append("--run-with-resilience")
-    run.spawn("initializer", tool("machida", *common, "--data", f"127.0.0.1:{data}",
-              "--external", f"127.0.0.1:{unused_port()}", "--worker-count", "2",
+    run.external = f"127.0.0.1:{unused_port()}"
+    run.spawn("initializer", tool_cmd("machida", *common, "--data", f"127.0.0.1:{data}",
+              "--external", run.external, "--worker-count", "2",
               "--cluster-initializer"))  # fmt: skip
-    run.spawn("worker-2", tool("machida", *common, "--name", "worker-2"))
+    run.spawn("worker-2", tool_cmd("machida", *common, "--name", "worker-2"))
     await run.wait_line("initializer", "Application has successfully initialized.")
-    run.external = run.procs["initializer"].args[run.procs["initializer"].args.index(
-        "--external") + 1]  # fmt: skip
 
 
 async def start_reference(run: Run, in_port: int, out: str) -> None:
@@ -165,26 +165,32 @@ async def measure(name: str, n: int, workdir: Path) -> dict:
     server = await loop.create_server(lambda: Receiver(run), "127.0.0.1", 0)
     out = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     in_port = unused_port()
-    await (start_reference if name == "reference" else start_cluster)(run, in_port, out)
-    sampler = loop.create_task(run.sample_rss())
-    sender = run.spawn("sender", tool("sender", "-h", f"127.0.0.1:{in_port}", "-m", str(n),
-                       "-y", "-g", "12", "-u", "-s", "1000", "-i", "0"))  # fmt: skip
-    await asyncio.wait_for(run.done.wait(), TIMEOUT_S)
-    sampler.cancel()
-    run.sample()
-    usage = {"sender": await loop.run_in_executor(None, _wait4, sender)}
-    if name != "reference":
-        subprocess.run(tool("cluster_shutdown", run.external), check=True, timeout=30)
-    else:
-        for proc in run.procs.values():
+    sampler = None
+    try:
+        await (start_reference if name == "reference" else start_cluster)(run, in_port, out)
+        sampler = loop.create_task(run.sample_rss())
+        sender = run.spawn("sender", tool_cmd("sender", "-h", f"127.0.0.1:{in_port}", "-m",
+                           str(n), "-y", "-g", "12", "-u", "-s", "1000", "-i", "0"))  # fmt: skip
+        await asyncio.wait_for(run.done.wait(), TIMEOUT_S)
+        sampler.cancel()
+        run.sample()
+        usage = {"sender": await loop.run_in_executor(None, _wait4, sender)}
+        if name != "reference":
+            subprocess.run(tool_cmd("cluster_shutdown", run.external), check=True, timeout=30)
+        else:
+            for proc in run.procs.values():
+                if proc is not sender:
+                    proc.send_signal(signal.SIGTERM)
+        for pname, proc in run.procs.items():
             if proc is not sender:
-                proc.send_signal(signal.SIGTERM)
-    for pname, proc in run.procs.items():
-        if proc is not sender:
-            usage[pname] = await loop.run_in_executor(None, _wait4, proc)
+                usage[pname] = await loop.run_in_executor(None, _wait4, proc)
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+        run.kill()
+        server.close()
     for pname, peak in run.peaks.items():
         usage[pname]["peak_rss_mb"] = round(peak / 2**20, 1)
-    server.close()
     return summarise(run, usage)
 
 

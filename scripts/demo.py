@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from wallaroo_tools.loopback import tool_cmd, wait_for_text
+
 DEADLINE_S = 60.0
 
 
@@ -34,26 +36,13 @@ class Proc:
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=logs)
 
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
     def wait_for(self, text: str, deadline: float) -> None:
-        while text not in self.output():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before '{text}'")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not print '{text}' in time")
-            time.sleep(0.05)
+        wait_for_text(self.out_path, text, self.proc, deadline, self.name)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def tool(name: str, *args: str) -> list[str]:
-    module = "machida" if name == "machida" else f"wallaroo_tools.{name}"
-    return [sys.executable, "-m", module, *args]
 
 
 def windows_in(path: Path) -> list[str]:
@@ -85,25 +74,25 @@ def main() -> int:
     try:
         receiver = Proc(
             "data_receiver",
-            tool("data_receiver", "--ponythreads=1", "--ponynoblock", "--listen", addr(7002),
-                 "--framed"),
+            tool_cmd("data_receiver", "--ponythreads=1", "--ponynoblock", "--listen",
+                     addr(7002), "--framed"),
             run_dir, stdout=run_dir / "received.txt",
         )  # fmt: skip
         procs.append(receiver)
         receiver.wait_for("Listening on", deadline)
         initializer_flags = ["--data", addr(6001), "--external", addr(5050),
                              "--worker-count", "2", "--cluster-initializer"]  # fmt: skip
-        init = Proc("initializer", tool("machida", *common, *initializer_flags), run_dir)
+        init = Proc("initializer", tool_cmd("machida", *common, *initializer_flags), run_dir)
         worker_flags = ["--external", addr(5051), "--name", "worker-2"]
-        worker = Proc("worker-2", tool("machida", *common, *worker_flags), run_dir)
+        worker = Proc("worker-2", tool_cmd("machida", *common, *worker_flags), run_dir)
         procs += [init, worker]
         init.wait_for("Application has successfully initialized.", deadline)
 
         start = time.monotonic()
         sent = subprocess.run(
-            tool("sender", "--host", addr(7010), "--batch-size", "10", "--interval",
-                 "10_000_000", "--ponythreads=1", "--binary", "--msg-size", "12", "--no-write",
-                 "--u64", "--messages", str(opts.messages)),
+            tool_cmd("sender", "--host", addr(7010), "--batch-size", "10", "--interval",
+                     "10_000_000", "--ponythreads=1", "--binary", "--msg-size", "12",
+                     "--no-write", "--u64", "--messages", str(opts.messages)),
             capture_output=True, text=True, timeout=DEADLINE_S,
         )  # fmt: skip
         if sent.returncode != 0:
@@ -115,12 +104,12 @@ def main() -> int:
             time.sleep(0.05)
         seconds = time.monotonic() - start
 
-        subprocess.run(tool("cluster_shutdown", addr(5050)), check=True, timeout=10)
+        subprocess.run(tool_cmd("cluster_shutdown", addr(5050)), check=True, timeout=10)
         codes = {p.name: p.proc.wait(timeout=30) for p in (init, worker)}
         receiver.proc.terminate()
         receiver.proc.wait(timeout=10)
         verdict = subprocess.run(
-            tool("validator", "-i", str(received), "-e", str(opts.messages)),
+            tool_cmd("validator", "-i", str(received), "-e", str(opts.messages)),
             capture_output=True, text=True,
         )  # fmt: skip
     except (RuntimeError, subprocess.SubprocessError, OSError) as err:

@@ -6,10 +6,14 @@ cleanly); the speed targets live in the benchmark itself.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
@@ -32,3 +36,25 @@ def test_bench_smoke_run_delivers_every_window(tmp_path):
         assert processes["initializer"]["exit"] == 0 and processes["worker-2"]["exit"] == 0
         assert processes["initializer"]["peak_rss_mb"] > 0
     assert "cluster / reference" in result.stdout and "resilient / cluster" in result.stdout
+
+
+def test_a_failed_start_kills_what_it_started_and_says_why(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    started = []
+
+    async def start_then_fail(run, in_port, out):
+        started.append(run.spawn("idle", [sys.executable, "-c", "import signal; signal.pause()"]))
+        run.spawn("a", [sys.executable, "-c", "raise SystemExit(3)"])
+        await run.wait_line("a", "ready")
+
+    monkeypatch.setattr(bench, "start_reference", start_then_fail)
+    try:
+        with pytest.raises(RuntimeError) as caught:
+            asyncio.run(bench.measure("reference", 10, tmp_path))
+        assert started[0].poll() is not None, "the idle process was left running"
+        assert "reference/a exited (3) before printing 'ready'" in str(caught.value)
+    finally:
+        started[0].kill()
+        started[0].wait()

@@ -322,6 +322,8 @@ ERRORS = [
     ([*INITIALIZER, "-e", "h:70000"], "Error: --external expects HOST:PORT, got 'h:70000'"),
     ([*WORKER, "-c", ":6000"], "Error: --control expects HOST:PORT, got ':6000'"),
     ([*INITIALIZER, "--my-data=h:x"], "Error: --my-data expects HOST:PORT, got 'h:x'"),
+    ([*INITIALIZER, "-e", "h:\u00b2"], "Error: --external expects HOST:PORT, got 'h:\u00b2'"),
+    ([*WORKER, "-c", "[]:6000"], "Error: --control expects HOST:PORT, got '[]:6000'"),
 ]
 
 

@@ -239,6 +239,19 @@ def test_missing_and_malformed_listen():
     assert b"'--listen' argument should be in format: '127.0.0.1:7669\n" in result.stderr
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1:\u00b2", "127.0.0.1:\u0663", "127.0.0.1:65536"])
+def test_a_port_that_is_not_ascii_digits_up_to_65535_is_the_format_error(listen):
+    """'²' passes str.isdigit() but not int(), and '٣' is int 3: neither is a port."""
+    result = run_tool("data_receiver", "-l", listen)
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr == (
+        b"'--listen' argument should be in format: '127.0.0.1:7669\n"
+        b"Usage: data_receiver --listen HOST:PORT [--framed] [--no-write] [--expect N] "
+        b"[--output FILE]\n"
+    )
+    assert parse_config(["-l", ":7002"]).host == ""  # an empty host is still every address
+
+
 def test_bad_flag_prints_error_and_usage():
     result = run_tool("data_receiver", "-l", "127.0.0.1:0", "--bogus")
     assert result.returncode == 1 and result.stdout == b""

@@ -16,7 +16,9 @@ import shutil
 import pytest
 
 from machida.metrics import FORMAT, MetricsClient, Stats, encode_record
+from machida.options import run_cli
 from metrics_ui import vendor
+from metrics_ui.__main__ import USAGE, main_args, parse_address
 from metrics_ui.server import MAX_REQUEST_HEAD, STATIC_DIR, MetricsUI
 
 DEADLINE = 10.0
@@ -210,3 +212,11 @@ def test_a_malformed_record_is_counted_and_logged_once():
 
     run(main())
     assert len(logged) == 1 and "malformed" in logged[0]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:\u00b2", "[::1]:70000", ":4000", "127.0.0.1"])
+def test_a_bad_address_is_one_error_and_the_usage_line(address, capsys):
+    assert run_cli(main_args, ["--listen", address], USAGE) == 1
+    err = capsys.readouterr().err
+    assert err == f"Error: --listen expects HOST:PORT, got {address!r}\n{USAGE}\n"
+    assert parse_address("http", "[::1]:0") == ("::1", 0)

@@ -16,6 +16,7 @@ import struct
 import termios
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -311,6 +312,14 @@ def test_unable_to_connect(tmp_path):
     assert result.stderr.strip() == b"Unable to connect", explain(result)
 
 
+@pytest.mark.parametrize("port", ["\u00b2", "99999"])
+def test_digits_that_are_no_port_cannot_connect(port, tmp_path):
+    """giles only checks for one colon; '²' and 99999 must not crash or wrap to a port."""
+    result = run_tool("sender", "-h", f"127.0.0.1:{port}", "-m", "3", "-w", cwd=tmp_path)
+    assert result.returncode == 1, explain(result)
+    assert result.stderr == b"Unable to connect\n", explain(result)
+
+
 @pytest.mark.parametrize("pacing", [["-i", "0"], ["-s", "5000", "-i", "1_000_000"]])
 def test_back_pressure_holds_the_sender_until_the_peer_reads(pacing, tmp_path):
     """Scenario 11: the peer reads nothing for 2 s; afterwards every record arrives once.
@@ -339,6 +348,22 @@ def test_peer_closing_first_is_an_error_naming_the_count(tmp_path):
     assert result.returncode == 1, explain(result)
     match = re.fullmatch(rb"Error: connection lost after (\d+) records\n", result.stderr)
     assert match and 100 <= int(match.group(1)) < 50_000_000, explain(result)
+
+
+def test_a_reset_while_records_wait_in_the_senders_buffer_is_an_error(tmp_path):
+    """Every record goes in one write, twice what the kernel's buffers can hold (the
+    peer's 4 KiB receive buffer, at most tcp_wmem's maximum to send), so half of it
+    still waits in the sender when the peer resets; that is no clean ending."""
+    send_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    count = 2 * (send_max + 2 * 4096) // 12
+    with RawListener(rcvbuf=4096, reset=True) as listener:
+        result = run_tool("sender", "-h", listener.address, "-m", str(count), "-s", str(count),
+                          "-i", "0", *U64, "-w", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, explain(result)
+    assert result.stdout == b"Connected\n", explain(result)
+    assert result.stderr == f"Error: connection lost after {count} records\n".encode(), explain(
+        result
+    )
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,10 @@ def test_cluster_shutdown_sends_the_six_bytes_then_eof():
     assert received.data == bytes.fromhex("00000002000D")
 
 
-@pytest.mark.parametrize("args", [[], ["127.0.0.1"], ["nohost:port"], ["a:1:2"]])
+@pytest.mark.parametrize(
+    "args",
+    [[], ["127.0.0.1"], ["nohost:port"], ["a:1:2"], ["h:+80"], ["h:\u0663"], ["h:\u00b2"]],
+)
 def test_cluster_shutdown_usage(args):
     """Scenario 24, no or malformed address."""
     result = run_tool("cluster_shutdown", *args)

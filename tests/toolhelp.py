@@ -15,22 +15,16 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 
-from wallaroo_tools.loopback import unused_port
+from wallaroo_tools.loopback import tool_cmd, unused_port
 
 DEADLINE = 30.0
 HOLD_LIMIT = 120.0
-
-
-def tool_cmd(name: str, *args: str) -> list[str]:
-    """How a test starts a command: the runner as ``-m machida``, tools from wallaroo_tools."""
-    module = "machida" if name == "machida" else f"wallaroo_tools.{name}"
-    return [sys.executable, "-m", module, *args]
 
 
 def run_tool(name: str, *args: str, cwd=None, timeout: float = DEADLINE):
@@ -182,10 +176,11 @@ class RawListener:
     client connected at all. ``rcvbuf`` shrinks the receive buffer (inherited
     by accepted sockets) and ``hold`` (an Event) delays reading until set, so a
     test can make a sender meet back-pressure. ``close_after`` closes each
-    connection once that many bytes have arrived.
+    connection once that many bytes have arrived. ``reset`` reads nothing and
+    resets each connection (RST, from an SO_LINGER 0 close) as soon as data waits.
     """
 
-    def __init__(self, accept=True, rcvbuf=None, hold=None, close_after=None) -> None:
+    def __init__(self, accept=True, rcvbuf=None, hold=None, close_after=None, reset=False):
         self.sock = socket.socket()
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -196,6 +191,7 @@ class RawListener:
         self.connections: list[Received] = []
         self.hold = hold
         self.close_after = close_after
+        self.reset = reset
         if accept:
             threading.Thread(target=self._accept, daemon=True).start()
 
@@ -213,6 +209,12 @@ class RawListener:
             threading.Thread(target=self._read, args=(conn, received), daemon=True).start()
 
     def _read(self, conn: socket.socket, received: Received) -> None:
+        if self.reset:
+            select.select([conn], [], [], HOLD_LIMIT)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            received.done.set()
+            return
         if self.hold is not None:
             # longer than any deadline of the runner, so a held peer stays held
             self.hold.wait(HOLD_LIMIT)

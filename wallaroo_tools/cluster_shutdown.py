@@ -15,7 +15,7 @@ import socket
 import sys
 
 from machida import external
-from machida.options import strip_pony_options
+from machida.options import parse_host_port, strip_pony_options
 
 USAGE = "Usage: cluster_shutdown HOST:PORT"
 # Long enough for a loaded machine to accept, short enough that a harness
@@ -25,14 +25,8 @@ CONNECT_TIMEOUT = 10.0
 
 def split_address(text: str) -> tuple[str, int] | None:
     """``"host:port"`` → ``(host, port)``, or None when it is not that shape."""
-    parts = text.split(":")
-    if len(parts) != 2 or not parts[0]:
-        return None
-    try:
-        port = int(parts[1])
-    except ValueError:
-        return None
-    return (parts[0], port) if 0 <= port <= 0xFFFF else None
+    address = parse_host_port(text) if text.count(":") == 1 else None
+    return address if address and address[0] else None
 
 
 def send_once(host: str, port: int, frame: bytes) -> bool:

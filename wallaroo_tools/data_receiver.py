@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import struct
 import sys
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from machida.framing import FrameDecoder
-from machida.options import Option, OptionParser, UsageError, run_cli
+from machida.options import Option, OptionParser, UsageError, parse_host_port, run_cli
+from wallaroo_tools.layouts import GILES_HEADER
 
 USAGE = (
     "Usage: data_receiver --listen HOST:PORT [--framed] [--no-write] [--expect N] [--output FILE]"
@@ -56,8 +56,6 @@ FLUSH_INTERVAL = 0.1
 # Flush early past this many buffered bytes, so memory stays bounded when a
 # fast sender outruns the 100 ms timer; stdout's own pace then throttles reads.
 FLUSH_BYTES = 1 << 20
-
-_GILES_HEADER = struct.Struct(">IQ")
 
 
 @dataclass(frozen=True)
@@ -122,10 +120,10 @@ class Receiver:
     def frames(self, frames: list[bytes]) -> None:
         """One read's complete frames, printed as whole lines in one write."""
         if self.config.write:
-            self.stdout.write(b"\n".join(frames) + b"\n")
+            self.stdout.write(b"\n".join([*frames, b""]))  # one copy of the bytes, not two
         if self.giles is not None:
             ts = time.time_ns()
-            pack = _GILES_HEADER.pack
+            pack = GILES_HEADER.pack
             self.giles.write(b"".join([pack(len(f), ts) + f for f in frames]))
         self._count(len(frames))
 
@@ -206,12 +204,11 @@ def parse_config(argv: list[str]) -> Config | None:
     listen = values["listen"]
     if listen is None:
         raise _Required("Must supply required '--listen' argument")
-    parts = listen.split(":")
-    port = parts[1] if len(parts) == 2 else ""
-    if not port.isdigit() or int(port) > 0xFFFF:
+    address = parse_host_port(listen) if listen.count(":") == 1 else None
+    if address is None:
         raise _Required("'--listen' argument should be in format: '127.0.0.1:7669")
     return Config(
-        parts[0], int(port), bool(values["framed"]), not values["no_write"],
+        *address, bool(values["framed"]), not values["no_write"],
         values["expect"], values["output"],
     )  # fmt: skip
 

@@ -18,11 +18,7 @@ from collections.abc import Callable, Iterable
 
 from machida.options import Option, OptionParser, UsageError, run_cli
 from wallaroo_tools.layouts import GILES, LAYOUTS, encode_records, records
-
-
-def render(window: Iterable[int]) -> bytes:
-    """A window as the application's encoder writes it: ``[a,b,c,d]``."""
-    return ("[" + ",".join(map(str, window)) + "]").encode()
+from wallaroo_tools.validation import format_window
 
 
 class RunRecorder:
@@ -47,7 +43,7 @@ class RunRecorder:
     def write(self, values: Iterable[int]) -> None:
         """Push each value and record the window it produced."""
         for value in values:
-            self.records.append((self.ts, render(self.push(value))))
+            self.records.append((self.ts, format_window(self.push(value)).encode()))
             self.ts += 1
 
     def skip(self, values: Iterable[int]) -> None:

@@ -17,6 +17,8 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
+from machida.framing import HEADER
+
 GILES = "giles"
 FRAMED = "framed"
 LINES = "lines"
@@ -24,8 +26,8 @@ LAYOUTS = (GILES, FRAMED, LINES)
 
 # data_receiver's first line; skipped wherever it appears at a line start.
 LISTENING = b"Listening on "
-_GILES_HEADER = struct.Struct(">IQ")
-_FRAME_HEADER = struct.Struct(">I")
+# A giles record's header: u32be payload length, u64be ts.
+GILES_HEADER = struct.Struct(">IQ")
 # A payload is split on any of "[", " ", "]" and ",": map the first three to ",".
 _DELIMITERS = bytes.maketrans(b"[ ]", b",,,")
 _U64_LIMIT = 2**64
@@ -100,8 +102,6 @@ class RecordDecoder:
     ``lines`` layouts use it as the ts.
     """
 
-    layout = ""
-
     def __init__(self) -> None:
         self._parts: list[bytes] = []
         self._size = 0
@@ -143,13 +143,11 @@ class RecordDecoder:
 class GilesDecoder(RecordDecoder):
     """``u32be L | u64be ts | L payload bytes``; the ts is the record's own."""
 
-    layout = GILES
-
     def _decode(self, buf: bytes) -> tuple[Sequence[int], list[bytes], int, int]:
         stamps: list[int] = []
         payloads: list[bytes] = []
         pos, end = 0, len(buf)
-        unpack = _GILES_HEADER.unpack_from
+        unpack = GILES_HEADER.unpack_from
         while end - pos >= 12:
             length, ts = unpack(buf, pos)
             stop = pos + 12 + length
@@ -164,13 +162,11 @@ class GilesDecoder(RecordDecoder):
 class FramedDecoder(RecordDecoder):
     """``u32be L | L payload bytes``; the ts is the 0-based record index."""
 
-    layout = FRAMED
-
     def _decode(self, buf: bytes) -> tuple[Sequence[int], list[bytes], int, int]:
         payloads: list[bytes] = []
         append = payloads.append
         pos, end = 0, len(buf)
-        unpack = _FRAME_HEADER.unpack_from
+        unpack = HEADER.unpack_from
         need = 4
         while end - pos >= 4:
             stop = pos + 4 + unpack(buf, pos)[0]
@@ -188,8 +184,6 @@ class LinesDecoder(RecordDecoder):
     The ts is the 0-based index among payload lines. A last line without a
     newline is a record too, returned by :meth:`close`.
     """
-
-    layout = LINES
 
     def feed(self, data: bytes) -> Batch:
         if b"\n" in data:
@@ -244,9 +238,9 @@ def records(data: bytes, layout: str) -> Iterator[tuple[int, bytes]]:
 def encode_record(layout: str, ts: int, payload: bytes) -> bytes:
     """One record of ``layout``; ``ts`` is only written by ``giles``."""
     if layout == GILES:
-        return _GILES_HEADER.pack(len(payload), ts) + payload
+        return GILES_HEADER.pack(len(payload), ts) + payload
     if layout == FRAMED:
-        return _FRAME_HEADER.pack(len(payload)) + payload
+        return HEADER.pack(len(payload)) + payload
     if layout == LINES:
         if b"\n" in payload:
             raise ValueError(f"a lines record cannot hold a newline: {payload!r}")

@@ -24,13 +24,13 @@ import array
 import asyncio
 import os
 import random
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from machida.options import Option, OptionParser, UsageError, run_cli
+from machida.framing import HEADER
+from machida.options import Option, OptionParser, UsageError, parse_port, run_cli
 
 USAGE = "Usage: sender --host HOST:PORT --messages N [options]   (sender --help lists them)"
 NOTES = (
@@ -64,8 +64,6 @@ HIGH_WATER = 64 * 1024
 # --vary-by redraws its extra this often, counted in ticks that sent.
 VARY_EVERY = 1000
 U64_MASK = (1 << 64) - 1
-
-_U32 = struct.Struct(">I")
 
 
 # ---------------------------------------------------------------- configuration
@@ -190,7 +188,7 @@ class DecimalRecords:
     def take(self, n: int, want_items: bool = False) -> Batch:
         first, self.next = self.next, self.next + n
         items = [b"%d" % (x & U64_MASK) for x in range(first, first + n)]
-        pack = _U32.pack
+        pack = HEADER.pack
         wire = b"".join([pack(len(item)) + item for item in items])
         return Batch(wire, n, items if want_items else [])
 
@@ -217,7 +215,7 @@ class ItemRecords:
         else:
             self.exhausted = True
         if self.frame:
-            pack = _U32.pack
+            pack = HEADER.pack
             wire = b"".join([pack(len(item)) + item for item in taken])
         else:
             wire = b"".join(taken)
@@ -247,7 +245,7 @@ def variable_payloads(path: str, warn: Callable[[str], None]) -> Iterator[bytes]
     """The payloads of ``u32be(len) | payload`` records; a cut-off record is dropped."""
     with open(path, "rb") as f:
         while header := f.read(4):
-            length = _U32.unpack(header)[0] if len(header) == 4 else -1
+            length = HEADER.unpack(header)[0] if len(header) == 4 else -1
             payload = f.read(length) if length >= 0 else b""
             if len(payload) != length:
                 warn(f"Warning: ignoring a truncated record at the end of '{path}'")
@@ -282,12 +280,12 @@ def make_records(config: SenderConfig, warn: Callable[[str], None]):
             reader, frame = (lambda p: fixed_chunks(p, size, warn)), False
         return ItemRecords(file_items(reader, config.files, config.repeat), frame)
     if config.u64:
-        inner = _U32.pack(8 + len(config.partition))
+        inner = HEADER.pack(8 + len(config.partition))
         if config.binary:
             return CounterRecords(config.start_from, inner, config.partition)
         warn("Warning: --u64 without --binary frames each record twice, as giles did; "
              "sequence_window needs --binary --msg-size 12")  # fmt: skip
-        outer = _U32.pack(12 + len(config.partition))
+        outer = HEADER.pack(12 + len(config.partition))
         return CounterRecords(config.start_from, outer + inner, config.partition, item_offset=4)
     return DecimalRecords(config.start_from)
 
@@ -365,15 +363,13 @@ class SenderProtocol(asyncio.Protocol):
         self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None or not self.finishing:
-            self._gone()
-        self.writable.set()
+        self._gone()
         if not self.closed.done():
             self.closed.set_result(None)
 
     def _gone(self) -> None:
-        if not (self.finishing and self.transport.get_write_buffer_size() == 0):
-            self.lost = True
+        # Once finishing, every record has left our buffer (see :func:`send`).
+        self.lost = self.lost or not self.finishing
         self.writable.set()  # wake a sender waiting for room, so it sees the loss
 
 
@@ -451,10 +447,14 @@ def _progress_bar(total: int):
 async def send(config: SenderConfig) -> int:
     """Connect, send, close; returns the exit status."""
     loop = asyncio.get_running_loop()
-    port: int | str = int(config.port) if config.port.isdigit() else config.port
+    # Like giles, a port may be a service name ("http"); digits that are no port
+    # (99999, ²) cannot connect.
+    port = parse_port(config.port) if config.port.isdigit() else config.port
     # Like giles, sent.txt is truncated before connecting.
     log = SentLog() if config.write else None
     try:
+        if port is None:
+            raise OSError(f"no port {config.port!r}")
         _, proto = await loop.create_connection(SenderProtocol, config.host, port)
     except OSError:
         if log is not None:
@@ -468,8 +468,15 @@ async def send(config: SenderConfig) -> int:
     started = time.perf_counter()
     try:
         await sender.run()
-        proto.finishing = True
-        proto.transport.close()
+        if not proto.lost:
+            # Wait for the buffer to empty: a reset would discard the rest unseen.
+            proto.transport.set_write_buffer_limits(high=0)
+            await proto.writable.wait()
+        if proto.lost:
+            proto.transport.abort()
+        else:
+            proto.finishing = True
+            proto.transport.close()
         await proto.closed
     finally:
         if log is not None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from machida import control
 from machida.aio import wait_event
-from machida.links import Conn
+from machida.runtime.links import Conn
+from machida.wire import control
 from machida.worker import Worker, say, warn
 
 # machida.md §3: a worker retries the initializer every 0.5 s and says so every 10 s.

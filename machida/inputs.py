@@ -15,9 +15,9 @@ import asyncio
 import sys
 import time
 
-from machida.boundary import BoundaryDecoder, Dedup, ack
-from machida.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
-from machida.links import Conn
+from machida.runtime.links import Conn
+from machida.wire.boundary import BoundaryDecoder, Dedup, ack
+from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
 
 # While a sink holds output in user space, an acknowledgement is retried this often.
 ACK_RETRY_S = 0.002

@@ -2,7 +2,7 @@
 
 Wallaroo had no way to test an application without a cluster. This driver
 loads the module and builds its plan exactly as the runner does, then carries
-each input through the same :class:`machida.pipeline.LocalTopology` objects the
+each input through the same :class:`machida.app.pipeline.LocalTopology` objects the
 workers use, one per simulated worker, with keys placed by the runner's rule.
 A message for a key on another simulated worker is round-tripped through the
 module's ``serialize``/``deserialize``, so pickling bugs show up here. There
@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any, NamedTuple
 
-from machida.callbacks import Callbacks
+from machida.app.callbacks import Callbacks
+from machida.app.loader import load_plan, serializers
+from machida.app.pipeline import LocalTopology, SourceConnection
 from machida.errors import UserCallbackError
-from machida.loader import load_plan, serializers
-from machida.pipeline import LocalTopology, SourceConnection
 
 __all__ = ["DEFAULT_ARGS", "Driver", "Output", "UserCallbackError", "run"]
 

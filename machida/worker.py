@@ -5,9 +5,9 @@ loads the application (every process does, as machida did), then runs a
 :class:`Worker` on an asyncio loop. The initializer binds the sources and the
 control and data listeners, admits the other workers (:mod:`machida.cluster`),
 and starts reading its sources once every worker reports ready. Messages flow
-through :class:`machida.pipeline.LocalTopology`; what it forwards to another
-worker goes into that worker's :class:`machida.links.OutLink`, what it emits
-goes into a :class:`machida.sink.Sink`. Incoming bytes are handled in
+through :class:`machida.app.pipeline.LocalTopology`; what it forwards to another
+worker goes into that worker's :class:`machida.runtime.links.OutLink`, what it emits
+goes into a :class:`machida.runtime.sink.Sink`. Incoming bytes are handled in
 :mod:`machida.inputs`. After each socket read the worker flushes: one write
 per sink and one batch per link. Backpressure pauses the
 sources (and incoming links) while a link has too many unacknowledged
@@ -26,16 +26,11 @@ import sys
 from array import array
 from typing import Any, Callable
 
-from machida.boundary import U64_MAX, Dedup
-from machida.callbacks import Callbacks
-from machida.errors import ApplicationError
-from machida.eventlog import EventLogError
-from machida.inputs import Inputs, say, warn
-from machida.links import Conn, OutLink, bound_port, listen
-from machida.loader import BUILD_FAILED, load_plan, serializers
-from machida.metrics import MetricsClient, Stats
-from machida.pipeline import LocalTopology
-from machida.recovery import (
+from machida.app.callbacks import Callbacks
+from machida.app.loader import BUILD_FAILED, load_plan, serializers
+from machida.app.pipeline import LocalTopology
+from machida.durability.eventlog import EventLogError
+from machida.durability.recovery import (
     RECOVERING,
     Expectation,
     Recover,
@@ -44,8 +39,14 @@ from machida.recovery import (
     Topology,
     removal_lines,
 )
-from machida.resilience import Resilience
-from machida.sink import Sink
+from machida.durability.resilience import Resilience
+from machida.errors import ApplicationError
+from machida.inputs import Inputs, say, warn
+from machida.metrics.client import MetricsClient
+from machida.metrics.stats import Stats
+from machida.runtime.links import Conn, OutLink, bound_port, listen
+from machida.runtime.sink import Sink
+from machida.wire.boundary import U64_MAX, Dedup
 
 # machida.md §6.4: pause sources at 16 384 unacknowledged messages on a link, resume below 8 192.
 LINK_HIGH_WATER = 16_384

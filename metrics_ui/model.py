@@ -22,7 +22,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from machida.metrics import BINS, FORMAT, PIPELINE_COUNTERS, Histogram
+from machida.metrics.stats import BINS, PIPELINE_COUNTERS, Histogram
+from machida.wire.records import FORMAT
 
 # How far back the charts reach, and their resolution: 300 points a line.
 HISTORY_S = 300.0

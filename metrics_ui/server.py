@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable
 
 from machida.aio import within
-from machida.metrics import RecordServer, serve_records
+from machida.metrics.receiver import RecordServer, serve_records
 from metrics_ui import vendor
 from metrics_ui.model import TICK_S, Model
 

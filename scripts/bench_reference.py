@@ -20,7 +20,7 @@ import struct
 import sys
 
 sys.path[0:0] = [""]
-from machida.loader import prepare_sys_path  # noqa: E402
+from machida.app.loader import prepare_sys_path  # noqa: E402
 
 prepare_sys_path()
 import sequence_window as app  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from machida.boundary import (
+from machida.wire.boundary import (
     U64_MAX,
     Backlog,
     BoundaryDecoder,

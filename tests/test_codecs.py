@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from machida.framing import FrameDecoder, encode_frame
 from machida.options import Option, OptionParser, UsageError, parse_int, strip_pony_options
-from machida.source import MAX_PAYLOAD, SourceFramer
+from machida.wire.framing import FrameDecoder, encode_frame
+from machida.wire.source import MAX_PAYLOAD, SourceFramer
 
 # -- options ------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toolhelp import Tool, run_tool
 
-from machida.framing import FrameDecoder
+from machida.wire.framing import FrameDecoder
 from wallaroo_tools.data_receiver import parse_config
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from machida.callbacks import INVALID, RAISED, UNKNOWN_KEY
+from machida.app.callbacks import INVALID, RAISED, UNKNOWN_KEY
 from machida.testing import Driver, UserCallbackError, run
 from wallaroo_tools.validation import validate
 from wallaroo_tools.validator import validate_bytes

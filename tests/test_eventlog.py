@@ -1,10 +1,10 @@
-"""The event log file (machida/eventlog.py): commits, their replay, and a crash mid-commit."""
+"""The event log file (machida/durability/eventlog.py): commits, replay, a crash mid-commit."""
 
 from __future__ import annotations
 
 import pytest
 
-from machida.eventlog import (
+from machida.durability.eventlog import (
     EventLog,
     EventLogError,
     encode_commit,

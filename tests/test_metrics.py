@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from machida.metrics import (
     BINS,
     FORMAT,
-    MAX_BUFFERED,
     MAX_RECORD,
     Histogram,
     MetricsClient,
@@ -27,6 +26,7 @@ from machida.metrics import (
     serve_records,
     upper_bound,
 )
+from machida.metrics.client import MAX_BUFFERED
 
 # -- histogram -------------------------------------------------------------------------------
 

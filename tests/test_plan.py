@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
+from machida.app.loader import LIB_DIR, load_plan, prepare_sys_path
+from machida.app.plan import Computation, StatePartition
 from machida.config import app_args
 from machida.errors import ApplicationError
-from machida.loader import LIB_DIR, load_plan, prepare_sys_path
-from machida.plan import Computation, StatePartition
 
 ARGS = ["machida", "--in", "127.0.0.1:7010", "--out", "127.0.0.1:7002"]
 

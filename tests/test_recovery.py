@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from machida import recovery
-from machida.recovery import (
+from machida.durability import recovery
+from machida.durability.recovery import (
     FORMAT,
     MISSING,
     Expectation,

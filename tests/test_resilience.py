@@ -10,12 +10,12 @@ import pytest
 from clusterhelp import Cluster
 from toolhelp import Tool, closed_port, run_tool, wait_until
 
+from machida.app.loader import load_plan
+from machida.app.pipeline import LocalTopology
 from machida.cli import parse_runner_args
 from machida.cluster import rotate_own_log
-from machida.eventlog import encode_commit, read_log
-from machida.loader import load_plan
-from machida.pipeline import LocalTopology
-from machida.recovery import RecoveryFiles
+from machida.durability.eventlog import encode_commit, read_log
+from machida.durability.recovery import RecoveryFiles
 from machida.worker import Worker
 
 APP_SOURCE = pathlib.Path(__file__).resolve().parent.parent / "sequence_window.py"

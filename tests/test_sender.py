@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toolhelp import RawListener, Tool, closed_port, explain, run_tool
 
-from machida.framing import FrameDecoder
+from machida.wire.framing import FrameDecoder
 from wallaroo_tools import sender
 from wallaroo_tools.sender import (
     BatchSizer,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from machida.loader import prepare_sys_path
+from machida.app.loader import prepare_sys_path
 
 prepare_sys_path()
 import sequence_window as sw  # noqa: E402  (needs the runner's wallaroo on sys.path)

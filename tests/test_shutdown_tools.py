@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toolhelp import RawListener, closed_port, explain, run_tool
 
-from machida import external
-from machida.external import ExternalFrameDecoder, encode
+from machida.wire import external
+from machida.wire.external import ExternalFrameDecoder, encode
 
 # ---------------------------------------------------------------- codec
 

@@ -1,11 +1,11 @@
-"""The worker's sink connection against a real loopback receiver (machida.sink)."""
+"""The worker's sink connection against a real loopback receiver (machida.runtime.sink)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from machida.aio import wait_event
-from machida.sink import HIGH_WATER, Sink
+from machida.runtime.sink import HIGH_WATER, Sink
 from wallaroo_tools.loopback import unused_port
 
 CHUNK = 64 * 1024

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from machida.loader import LIB_DIR, prepare_sys_path
+from machida.app.loader import LIB_DIR, prepare_sys_path
 
 prepare_sys_path()
 import wallaroo  # noqa: E402

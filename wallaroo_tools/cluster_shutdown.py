@@ -5,7 +5,7 @@ writes the six-byte CleanShutdown frame ``00 00 00 02 00 0D`` (length 2,
 id 13, no payload), closes the connection and exits 0. It reads no reply:
 the cluster answers by shutting down. Like Wallaroo's tool it takes one
 positional address and no flags; Pony runtime options are ignored. The frame
-comes from :mod:`machida.external`; :func:`send_once` is shared with
+comes from :mod:`machida.wire.external`; :func:`send_once` is shared with
 ``external_sender``.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import socket
 import sys
 
-from machida import external
 from machida.options import parse_host_port, strip_pony_options
+from machida.wire import external
 
 USAGE = "Usage: cluster_shutdown HOST:PORT"
 # Long enough for a loaded machine to accept, short enough that a harness

@@ -21,7 +21,7 @@ Two extensions, compatible with the Pony tool's command line:
   arrived. It is written whether or not ``--no-write`` is given.
 
 The socket side is asyncio Protocols that only feed a per-connection
-:class:`~machida.framing.FrameDecoder` and hand each read's frames, all at
+:class:`~machida.wire.framing.FrameDecoder` and hand each read's frames, all at
 once, to one :class:`Receiver`; lines therefore never interleave.
 """
 
@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from machida.framing import FrameDecoder
 from machida.options import Option, OptionParser, UsageError, parse_host_port, run_cli
+from machida.wire.framing import FrameDecoder
 from wallaroo_tools.layouts import GILES_HEADER
 
 USAGE = (

@@ -4,7 +4,7 @@ Wallaroo's test harnesses used it to print a marker in a worker's log, to
 rotate a worker's event log, or to shut a cluster down, by sending one
 ``u32be(2 + len) | u16be(id) | payload`` frame (2017 ids: print 11,
 rotate-log 12, clean-shutdown 13) and closing. The frame comes from
-:mod:`machida.external`. Like the Pony tool it reports ``Connected...``
+:mod:`machida.wire.external`. Like the Pony tool it reports ``Connected...``
 and ``Sent message!`` on stdout; unlike it, an unknown ``--type`` is an error
 rather than a silent ``print``.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from machida import external
 from machida.options import Option, OptionParser, UsageError, run_cli
+from machida.wire import external
 from wallaroo_tools.cluster_shutdown import send_once, split_address
 
 USAGE = "Usage: external_sender --external HOST:PORT [--type TYPE] [--message TEXT]"

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from machida.framing import HEADER
+from machida.wire.framing import HEADER
 
 GILES = "giles"
 FRAMED = "framed"

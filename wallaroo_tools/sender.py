@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from machida.framing import HEADER
 from machida.options import Option, OptionParser, UsageError, parse_port, run_cli
+from machida.wire.framing import HEADER
 
 USAGE = "Usage: sender --host HOST:PORT --messages N [options]   (sender --help lists them)"
 NOTES = (

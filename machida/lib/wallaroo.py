@@ -2,7 +2,7 @@
 
 An application's ``application_setup(args)`` uses this module to describe its
 pipelines: it returns the list of action tuples that an ``ApplicationBuilder``
-collects. The runner reads that list (see ``machida.plan``); nothing here runs
+collects. The runner reads that list (see ``machida.app.plan``); nothing here runs
 or checks more than the few parameter checks machida's module made. The runner
 puts this file's folder first on ``sys.path``, as machida's PYTHONPATH did; it
 is never installed as a distribution of its own.

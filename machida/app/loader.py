@@ -19,8 +19,8 @@ from types import ModuleType
 from typing import Any, Callable
 
 import machida.lib
+from machida.app.plan import AppPlan, build_plan
 from machida.errors import ApplicationError
-from machida.plan import AppPlan, build_plan
 
 LIB_DIR = os.path.dirname(os.path.abspath(machida.lib.__file__))
 WALLAROO_FILE = os.path.join(LIB_DIR, "wallaroo.py")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from machida.callbacks import label
-from machida.framing import Carry
+from machida.app.callbacks import label
+from machida.wire.framing import Carry
 
 # The largest payload a source accepts (16 MiB), as Wallaroo's framed readers.
 MAX_PAYLOAD = 16 * 1024 * 1024

@@ -10,7 +10,7 @@ owned by another worker goes to the sender ``forward_to(owner, route)`` gave
 for that key (the runner gives a list's ``append``, so a forward is one C
 call); one arriving from another worker enters through
 :meth:`LocalTopology.arrive`. Encoded output goes to ``sink_for(pipeline)``.
-Failures of user code go to :class:`machida.callbacks.Callbacks`.
+Failures of user code go to :class:`machida.app.callbacks.Callbacks`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-from machida.callbacks import Callbacks, fn_label, label
+from machida.app.callbacks import Callbacks, fn_label, label
+from machida.app.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
 from machida.errors import ApplicationError
-from machida.metrics import Stats
-from machida.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
-from machida.source import SourceFramer
+from machida.metrics.stats import Stats
+from machida.wire.source import SourceFramer
 
 # sink_for(pipeline_index) -> out: where a pipeline's encoded output goes. With
 # sink_values, out(value_given_to_encoder, bytes_or_None) is called for every

@@ -37,7 +37,7 @@ from array import array
 from collections import deque
 
 from machida.errors import FrameError
-from machida.framing import FrameDecoder
+from machida.wire.framing import FrameDecoder
 
 HELLO = 0x48  # "H"
 BATCH = 0x4D  # "M"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from machida.boundary import Backlog, BoundaryDecoder, hello
+from machida.wire.boundary import Backlog, BoundaryDecoder, hello
 
 # machida.md §6.1: a lost link is retried every second, with no time limit.
 LINK_RETRY_S = 1.0

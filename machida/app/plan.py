@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from machida.callbacks import label
+from machida.app.callbacks import label
 from machida.errors import ApplicationError
 
 _SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}

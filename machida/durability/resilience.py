@@ -20,9 +20,9 @@ import contextlib
 import os
 from typing import Any
 
-from machida.boundary import Dedup
-from machida.callbacks import fn_label
-from machida.eventlog import EventLog, EventLogError, encode_commit, recover_log
+from machida.app.callbacks import fn_label
+from machida.durability.eventlog import EventLog, EventLogError, encode_commit, recover_log
+from machida.wire.boundary import Dedup
 
 ROTATION_PAUSE = "log rotation"
 

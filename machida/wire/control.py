@@ -29,7 +29,7 @@ import json
 from typing import Any
 
 from machida.errors import FrameError
-from machida.framing import FrameDecoder, encode_frame
+from machida.wire.framing import FrameDecoder, encode_frame
 
 # Control messages are small; anything near this size means a confused peer.
 MAX_CONTROL_FRAME = 1024 * 1024

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 
 from machida.errors import FrameError
-from machida.framing import FrameDecoder
+from machida.wire.framing import FrameDecoder
 
 PRINT = 11
 ROTATE_LOG = 12

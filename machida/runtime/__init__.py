@@ -1,0 +1,1 @@
+"""The runtime of one worker process: sockets in, the application's calls, sockets out."""

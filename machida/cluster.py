@@ -17,9 +17,10 @@ import asyncio
 import time
 
 from machida.aio import wait_event
+from machida.console import say, warn
 from machida.runtime.links import Conn
 from machida.wire import control
-from machida.worker import Worker, say, warn
+from machida.worker import Worker
 
 # machida.md §3: a worker retries the initializer every 0.5 s and says so every 10 s.
 CONTROL_RETRY_S = 0.5

@@ -12,9 +12,9 @@ log is fsync'd); external messages are Print, RotateLog and CleanShutdown.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 
+from machida.console import say, warn
 from machida.runtime.links import Conn
 from machida.wire.boundary import BoundaryDecoder, Dedup, ack
 from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
@@ -23,16 +23,6 @@ from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFra
 ACK_RETRY_S = 0.002
 # Frames of one source read carried through between two flushes (a read holds up to 256 KiB).
 SOURCE_SLICE = 2048
-
-
-def say(line: str) -> None:
-    """A console line (stdout): harnesses wait for these."""
-    print(line, flush=True)
-
-
-def warn(line: str) -> None:
-    """A diagnostic (stderr), already prefixed with Error:/WARNING:/ERROR:."""
-    print(line, file=sys.stderr, flush=True)
 
 
 class Inbound:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from machida.app.callbacks import Callbacks
 from machida.app.loader import BUILD_FAILED, load_plan, serializers
 from machida.app.pipeline import LocalTopology
+from machida.console import say, warn
 from machida.durability.eventlog import EventLogError
 from machida.durability.recovery import (
     RECOVERING,
@@ -41,7 +42,7 @@ from machida.durability.recovery import (
 )
 from machida.durability.resilience import Resilience
 from machida.errors import ApplicationError
-from machida.inputs import Inputs, say, warn
+from machida.inputs import Inputs
 from machida.metrics.client import MetricsClient
 from machida.metrics.stats import Stats
 from machida.runtime.links import Conn, OutLink, bound_port, listen

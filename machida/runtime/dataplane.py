@@ -1,0 +1,314 @@
+"""The data plane of one worker, with no I/O: bytes read in, bytes to write out.
+
+Everything a worker does with a message between two socket calls is here:
+
+* a **source read** is framed whole (:class:`~machida.app.pipeline.SourceConnection`)
+  and carried through the application's objects in slices of
+  :data:`SOURCE_SLICE` frames, each followed by a flush;
+* what the compiled pipeline emits waits in one buffer per pipeline, what it
+  forwards to another worker in the **outbox** (one list per route, filled by
+  ``list.append``); :meth:`DataPlane.flush` turns them into one sink write per
+  pipeline and one numbered batch per downstream worker, kept in that
+  worker's :class:`~machida.wire.boundary.Backlog` until acknowledged;
+* a **boundary read** (from an upstream worker) is decoded, de-duplicated per
+  upstream incarnation, applied, flushed, and then owes an acknowledgement,
+  which the shell sends once the output has left (:class:`Inbound`);
+* an acknowledgement read on a link to a downstream worker frees its backlog
+  (:class:`Outbound`); a reconnection re-sends the backlog.
+
+The plane writes through the two callables it is given (``write_sink(p,
+data)`` and ``write_link(peer, frame)``) and tells :class:`FlowControl` when a
+backlog passes its water marks. The runner's process shell gives it sockets;
+the in-process driver joins several planes in memory.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from array import array
+from typing import Any, Callable
+
+from machida.app.callbacks import Callbacks
+from machida.app.pipeline import LocalTopology, SinkFor, SourceConnection
+from machida.app.plan import AppPlan
+from machida.errors import FrameError
+from machida.metrics.stats import Stats
+from machida.runtime.flow import FlowControl
+from machida.wire.boundary import U64_MAX, Backlog, BoundaryDecoder, Dedup, ack, hello
+
+# Frames of one source read carried through between two flushes (a read holds up to 256 KiB):
+# the other workers start on their share early and acknowledgements come back sooner.
+SOURCE_SLICE = 2048
+
+WriteSink = Callable[[int, bytes], None]
+WriteLink = Callable[[str, bytes], None]
+
+
+class Inbound:
+    """The receiving end of one incoming data link: who sends on it, what it applied and acked."""
+
+    __slots__ = ("acked", "applied", "decoder", "upstream")
+
+    def __init__(self) -> None:
+        self.decoder = BoundaryDecoder()
+        self.upstream: str | None = None
+        self.applied = 0  # highest sequence number applied from this link
+        self.acked = 0  # highest sequence number acknowledged on it
+
+    @property
+    def owes_ack(self) -> bool:
+        return self.applied > self.acked
+
+    def take_ack(self) -> bytes:
+        """The acknowledgement of everything applied so far (the shell writes it)."""
+        self.acked = self.applied
+        return ack(self.applied)
+
+
+class Outbound:
+    """The sending end towards one downstream worker: its backlog and the acks coming back."""
+
+    __slots__ = ("backlog", "decoder", "peer")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.backlog = Backlog()
+        self.decoder = BoundaryDecoder()
+
+
+class DataPlane:
+    """One worker's message flow: sources and boundaries in, sinks and boundaries out."""
+
+    def __init__(
+        self,
+        plan: AppPlan,
+        name: str,
+        serializers: tuple[Callable, Callable],
+        flow: FlowControl,
+        write_sink: WriteSink,
+        write_link: WriteLink,
+        callbacks: Callbacks | None = None,
+        stats: Stats | None = None,
+        incarnation: int | None = None,
+    ) -> None:
+        self.plan = plan
+        self.name = name
+        self.serializers = serializers
+        self.ints_travel_raw = ints_round_trip(serializers)
+        self.flow = flow
+        self.callbacks = callbacks if callbacks is not None else Callbacks(name)
+        self.stats = stats if stats is not None else Stats(name)
+        self.pstats = [self.stats.pipeline(p.name) for p in plan.pipelines]
+        self.incarnation = random.getrandbits(63) if incarnation is None else incarnation
+        self._write_sink, self._write_link = write_sink, write_link
+        self.topology: LocalTopology | None = None
+        self._sink_pending: list[list[bytes]] = [[] for _ in plan.pipelines]
+        self._outbox: dict[str, list[tuple[tuple, list]]] = {}
+        self.outbound: dict[str, Outbound] = {}
+        self.dedup: dict[str, Dedup] = {}
+        self.applied_total = 0
+        # Hooks: after each state call (resilience's persist) and at the end of each flush,
+        # before anything is acknowledged (resilience's commit, the driver's delivery).
+        self.persist: Callable[[str, int, Any], None] | None = None
+        self.after_flush: Callable[[], None] | None = None
+
+    # -- building -------------------------------------------------------------------------
+
+    def build(self, workers: list[str], sink_for: SinkFor | None = None, values: bool = False):
+        """This worker's topology for a member list in join order; incoming links may be read.
+
+        By default what a pipeline emits is buffered until :meth:`flush`;
+        ``sink_for`` (with ``values``: ``out(value, data)``) replaces that.
+        """
+        self.topology = LocalTopology(
+            self.plan, self.name, self.plan.placement(workers), self.callbacks,
+            sink_for=sink_for or (lambda p: self._sink_pending[p].append),
+            forward_to=self._outbound, serializers=self.serializers, stats=self.stats,
+            sink_values=values, persist=self.persist,
+        )  # fmt: skip
+        self.flow.open_links()
+        return self.topology
+
+    def _outbound(self, owner: str, route: tuple) -> Callable[[Any], None]:
+        """Where the topology puts messages for ``route`` on ``owner``: a list, until flush."""
+        pending: list = []
+        self._outbox.setdefault(owner, []).append((route, pending))
+        self.link(owner)
+        return pending.append
+
+    def link(self, peer: str) -> Outbound:
+        """The sending end towards ``peer`` (made on first use)."""
+        out = self.outbound.get(peer)
+        if out is None:
+            out = self.outbound[peer] = Outbound(peer)
+        return out
+
+    @property
+    def states(self) -> dict[str, dict[int, Any]]:
+        """The states this worker owns, by state name and key index (none before build)."""
+        return self.topology.states if self.topology is not None else {}
+
+    # -- sources --------------------------------------------------------------------------
+
+    def open_source(self, p: int, peer: str) -> SourceConnection:
+        """A new source connection of pipeline ``p``, with its own stateless step instances."""
+        return self.topology.source_connection(p, peer)
+
+    def source_read(self, source: SourceConnection, data: bytes, slice_size: int = SOURCE_SLICE):
+        """Carry one source read through, flushing after each slice; False once the framing
+        broke (the shell closes the connection)."""
+        start = time.perf_counter_ns()
+        counts = self.pstats[source.p]
+        payloads = source.frames(data)
+        for at in range(0, len(payloads), slice_size):
+            before = counts.messages_in
+            source.push_payloads(payloads[at : at + slice_size])
+            self.flush()
+            counts.latency.add_many(time.perf_counter_ns() - start, counts.messages_in - before)
+        source.report_bad_frame()
+        return not source.failed
+
+    # -- flushing -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """After a batch: one write per sink, one batch per downstream worker, then the hook."""
+        for p, pending in enumerate(self._sink_pending):
+            if pending:
+                self.pstats[p].messages_out += len(pending)
+                self._write_sink(p, b"".join(pending))
+                pending.clear()
+        for owner, routes in self._outbox.items():
+            backlog = self.outbound[owner].backlog
+            for route, pending in routes:
+                if pending:
+                    self._queue_run(backlog, route, pending)
+                    pending.clear()
+            frame = backlog.take_batch()
+            if frame is not None:
+                self._write_link(owner, frame)
+                self.flow.link_backlog(owner, backlog.unacked)
+        if self.after_flush is not None:
+            self.after_flush()
+
+    def _queue_run(self, backlog: Backlog, route: tuple, messages: list) -> None:
+        """Messages for one key of another worker: as u64s when they are plain ints."""
+        self.pstats[route[0]].messages_forwarded += len(messages)
+        if self.ints_travel_raw and set(map(type, messages)) == {int}:
+            try:
+                backlog.add(route, True, array("Q", messages))
+                return
+            except OverflowError:
+                pass  # some int outside 0..2**64-1: serialise them all
+        hop_out, p = self.topology.hop_out, route[0]
+        data = [d for d in map(hop_out, messages, [p] * len(messages)) if d is not None]
+        self.pstats[p].messages_forwarded -= len(messages) - len(data)
+        if data:
+            backlog.add(route, False, data)
+
+    # -- the receiving end of a boundary --------------------------------------------------
+
+    def boundary_read(self, inbound: Inbound, data: bytes) -> FrameError | None:
+        """Apply what an upstream worker sent, then flush; the error if the bytes broke."""
+        start = time.perf_counter_ns()
+        before = [counts.messages_arrived for counts in self.pstats]
+        ready = self.topology is not None
+        for event in inbound.decoder.feed(data):
+            if event[0] == "hello":
+                inbound.upstream = event[1]
+                self.dedup.setdefault(event[1], Dedup()).start(event[2])
+            elif event[0] == "batch" and inbound.upstream is not None and ready:
+                self._apply_batch(inbound, event[1], event[2])
+        self.flush()
+        took = time.perf_counter_ns() - start
+        for counts, earlier in zip(self.pstats, before):
+            if counts.messages_arrived > earlier:
+                counts.latency.add_many(took, counts.messages_arrived - earlier)
+        return inbound.decoder.error
+
+    def _apply_batch(self, inbound: Inbound, first: int, runs: list) -> None:
+        dedup = self.dedup[inbound.upstream]
+        total = sum(len(run[4]) for run in runs)
+        skip = skipped = dedup.skip(first, total)
+        topology, pstats = self.topology, self.pstats
+        for p, pos, key_index, is_int, values in runs:
+            if skip:
+                if skip >= len(values):
+                    skip -= len(values)
+                    continue
+                values, skip = values[skip:], 0
+            pstats[p].messages_arrived += len(values)
+            apply = topology.arrival(p, pos)
+            if is_int:
+                for msg in values:
+                    apply(key_index, msg)
+                continue
+            for data in values:
+                ok, msg = topology.hop_in(data, p)
+                if ok:
+                    apply(key_index, msg)
+        self.applied_total += total - skipped
+        dedup.applied(first + total - 1)
+        inbound.applied = dedup.seq
+
+    # -- the sending end of a boundary ----------------------------------------------------
+
+    def link_opened(self, peer: str) -> list[bytes]:
+        """A (re)connection to ``peer``: the frames to send first (hello, then the backlog)."""
+        out = self.link(peer)
+        out.decoder = BoundaryDecoder()
+        return [hello(self.name, self.incarnation), *out.backlog.replay()]
+
+    def link_read(self, peer: str, data: bytes) -> FrameError | None:
+        """Acknowledgements from ``peer``; the error if the bytes broke."""
+        out = self.outbound[peer]
+        events = out.decoder.feed(data)
+        for event in events:
+            if event[0] == "ack":
+                out.backlog.ack(event[1])
+        if events:
+            for other in self.outbound.values():
+                self.flow.link_backlog(other.peer, other.backlog.unacked)
+        return out.decoder.error
+
+    # -- counts ---------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """What the initializer compares to know that nothing is in flight."""
+        backlogs = [out.backlog for out in self.outbound.values()]
+        return {
+            "sent": sum(backlog.sent_total for backlog in backlogs),
+            "applied": self.applied_total,
+            "backlog": sum(backlog.unacked for backlog in backlogs),
+        }
+
+    def leftovers(self) -> list[str]:
+        return [f"{out.backlog.unacked} unacknowledged message(s) for {out.peer}"
+                for out in self.outbound.values() if out.backlog.unacked]  # fmt: skip
+
+    def origins(self) -> dict[str, tuple[int, int]]:
+        """The newest ``(incarnation, seq)`` applied from each upstream worker."""
+        return {n: (d.incarnation, d.seq) for n, d in self.dedup.items()
+                if d.incarnation is not None}  # fmt: skip
+
+    def restore_origins(self, origins: dict[str, tuple[int, int]]) -> None:
+        """What a recovered worker's event log says it applied from each upstream worker."""
+        for upstream, (incarnation, seq) in origins.items():
+            dedup = self.dedup.setdefault(upstream, Dedup())
+            dedup.incarnation, dedup.seq = incarnation, seq
+
+
+def ints_round_trip(pair: tuple) -> bool:
+    """Whether plain ints may cross workers as u64s: the module's pair gives them back as is.
+
+    machida serialised every message; sending an int as 8 bytes is only allowed
+    when the result is identical, which a few probes of the pair confirm.
+    """
+    serialize, deserialize = pair
+    try:
+        return all(
+            (back := deserialize(serialize(v))) == v and back.__class__ is int
+            for v in (0, 1, 12, 2**32 + 5, 2**63, U64_MAX)
+        )
+    except Exception:
+        return False

@@ -41,7 +41,12 @@ def encode(kind: str, **fields: Any) -> bytes:
 
 
 class ControlDecoder:
-    """Turns control-channel bytes into message dicts (each has a ``type``)."""
+    """Turns control-channel bytes into message dicts (each has a ``type``).
+
+    A frame that is too long, not JSON, or not an object with a string ``type``
+    sets :attr:`error`; the messages before it are still returned, and later
+    feeds return nothing.
+    """
 
     __slots__ = ("_frames", "error")
 
@@ -50,6 +55,8 @@ class ControlDecoder:
         self.error: FrameError | None = None
 
     def feed(self, data: bytes) -> list[dict]:
+        if self.error is not None:
+            return []
         messages = []
         for frame in self._frames.feed(data):
             try:

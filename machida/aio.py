@@ -6,6 +6,7 @@ the cancellation is dropped (bpo-42130). A retry loop around it then runs on
 after ``task.cancel()``, and whoever awaits that task, such as the ending of
 a worker process, waits forever. :func:`within` and :func:`wait_event` behave
 like ``wait_for`` except that a cancellation of the caller always wins.
+:func:`close_loop` ends a loop even when one of its tasks will not stop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from machida.console import warn
+
 T = TypeVar("T")
+# At exit, tasks still running are cancelled and given this long to end.
+END_TASKS_S = 5.0
 
 
 async def within(awaitable: Awaitable[T], timeout: float) -> T:
@@ -41,3 +46,22 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     with contextlib.suppress(asyncio.TimeoutError):
         await within(event.wait(), timeout)
     return event.is_set()
+
+
+def close_loop(loop: asyncio.AbstractEventLoop, grace_s: float = END_TASKS_S) -> None:
+    """Cancel the loop's remaining tasks, wait up to ``grace_s`` for them, and close it.
+
+    Unlike ``asyncio.run``, a task that ignores its cancellation cannot keep the
+    process alive after the worker has finished: it is named on stderr and left.
+    """
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=grace_s))
+        if stuck:
+            names = ", ".join(sorted(task.get_coro().__qualname__ for task in stuck))
+            warn(f"WARNING: exiting although {len(stuck)} task(s) did not stop: {names}")
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    asyncio.set_event_loop(None)
+    loop.close()

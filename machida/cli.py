@@ -4,7 +4,7 @@ This is the first thing a runner process does, before it imports anything or
 binds a port. :func:`parse_runner_args` turns the command line into a frozen
 :class:`RunnerConfig` and enforces every rule of machida.md §2 with its exact
 message; :func:`main` prints the help or one ``Error:`` line (exit 1), or
-hands the config to ``machida.worker.run``.
+hands the config to ``machida.runtime.process.run``.
 
 Checks run in this order and the first failure wins:
 
@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any
 
-from machida.config import RUNNER_OPTIONS, runner_parser
+from machida.config import RUNNER_OPTIONS, RunnerConfig, runner_parser
 from machida.options import Option, OptionParser, UsageError, parse_host_port, strip_pony_options
-
-_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 
 INITIALIZER_NAME = "initializer"
 HELP_WORDS = ("-h", "--help")
@@ -50,37 +47,6 @@ RULE = "-" * 73
 
 class ConfigError(Exception):
     """The command line parses but breaks a rule of machida.md §2; str is the one-line message."""
-
-
-@dataclass(frozen=True, **_SLOTS)
-class RunnerConfig:
-    """Everything the command line says, checked; addresses are ``(host, port)``.
-
-    ``control`` is None only on an initializer of one worker (it then listens
-    on an ephemeral port). ``data`` is None on every worker. ``worker_count``
-    is the cluster size on the initializer and 0 on a worker, which learns it
-    from the initializer. ``log_rotation`` is the effective setting: off
-    without ``resilience``. ``notices`` are ``WARNING:`` lines for stderr at
-    start, one per ignored option.
-    """
-
-    application_module: str
-    metrics: tuple[str, int]
-    control: tuple[str, int] | None
-    data: tuple[str, int] | None
-    my_control: tuple[str, int]
-    my_data: tuple[str, int]
-    external: tuple[str, int] | None
-    worker_count: int
-    initializer: bool
-    name: str
-    resilience_dir: str
-    resilience: bool
-    log_rotation: bool
-    event_log_file_size: int | None
-    stop_pause_ns: int
-    app_args: tuple[str, ...]
-    notices: tuple[str, ...]
 
 
 def parse_address(flag: str, text: str) -> tuple[str, int]:
@@ -262,6 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as err:
         print(error_line(err), file=sys.stderr)
         return 1
-    from machida import worker
+    import machida.runtime.process  # loaded only now: --help and errors stay fast
 
-    return worker.run(config)
+    return machida.runtime.process.run(config)

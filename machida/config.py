@@ -5,12 +5,18 @@ spec's order, with the help text ``machida --help`` shows. Whatever is not in
 it (``--in``, ``--out``, an application's own flags) is left, in its original
 order, for ``application_setup(args)``; the Pony runtime's options are removed
 first, as the Pony runtime did before machida saw its argv. The rules that
-need more than one option at a time live in :mod:`machida.cli`.
+need more than one option at a time live in :mod:`machida.cli`, which turns a
+command line into the checked :class:`RunnerConfig` defined here.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+
 from machida.options import Option, OptionParser
+
+_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 
 DEFAULT_STOP_PAUSE_NS = 2_000_000_000
 
@@ -117,3 +123,34 @@ def app_args(argv: list[str]) -> list[str]:
     """
     parsed = runner_parser().parse(argv[1:])
     return [argv[0], *parsed.rest]
+
+
+@dataclass(frozen=True, **_SLOTS)
+class RunnerConfig:
+    """Everything the command line says, checked; addresses are ``(host, port)``.
+
+    ``control`` is None only on an initializer of one worker (it then listens
+    on an ephemeral port). ``data`` is None on every worker. ``worker_count``
+    is the cluster size on the initializer and 0 on a worker, which learns it
+    from the initializer. ``log_rotation`` is the effective setting: off
+    without ``resilience``. ``notices`` are ``WARNING:`` lines for stderr at
+    start, one per ignored option.
+    """
+
+    application_module: str
+    metrics: tuple[str, int]
+    control: tuple[str, int] | None
+    data: tuple[str, int] | None
+    my_control: tuple[str, int]
+    my_data: tuple[str, int]
+    external: tuple[str, int] | None
+    worker_count: int
+    initializer: bool
+    name: str
+    resilience_dir: str
+    resilience: bool
+    log_rotation: bool
+    event_log_file_size: int | None
+    stop_pause_ns: int
+    app_args: tuple[str, ...]
+    notices: tuple[str, ...]

@@ -9,9 +9,8 @@ import socket
 
 import pytest
 
-from machida.aio import wait_event, within
+from machida.aio import close_loop, wait_event, within
 from machida.metrics import MetricsClient, Stats
-from machida.worker import close_loop
 
 
 async def _cancel_as_it_completes(waiting) -> asyncio.Task:

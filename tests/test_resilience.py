@@ -10,13 +10,14 @@ import pytest
 from clusterhelp import Cluster
 from toolhelp import Tool, closed_port, run_tool, wait_until
 
-from machida.app.loader import load_plan
+from machida.app.loader import load_plan, serializers
 from machida.app.pipeline import LocalTopology
 from machida.cli import parse_runner_args
-from machida.cluster import rotate_own_log
 from machida.durability.eventlog import encode_commit, read_log
-from machida.durability.recovery import RecoveryFiles
-from machida.worker import Worker
+from machida.durability.recovery import Expectation, Recover, RecoveryFiles, Topology
+from machida.durability.resilience import Resilience, Settings
+from machida.runtime.dataplane import DataPlane
+from machida.runtime.flow import FlowControl
 
 APP_SOURCE = pathlib.Path(__file__).resolve().parent.parent / "sequence_window.py"
 
@@ -37,8 +38,11 @@ def stream(cluster: Cluster, count: int = STREAM) -> Tool:
 
 def finish_and_check(cluster: Cluster, sender: Tool, count: int = STREAM) -> list[list[int]]:
     assert sender.wait(120) == 0, sender.report()
-    wait_until(lambda: {count - 1, count} <= {w[-1] for w in cluster.windows()}, 60,
-               "both final windows")  # fmt: skip
+    try:
+        wait_until(lambda: {count - 1, count} <= {w[-1] for w in cluster.windows()}, 60,
+                   "both final windows")  # fmt: skip
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{cluster.report()}") from None
     windows = cluster.windows()
     verdict = cluster.validate(count, "-a")
     assert verdict.returncode == 0, verdict.stderr.decode() + cluster.report()
@@ -200,7 +204,7 @@ def test_the_initializer_restarts_with_its_own_state(tmp_path):
         assert cluster.validate(5_000, "-a").returncode == 0
 
 
-# -- Resilience on its own: the real worker-2, its real log files, no cluster ----------------
+# -- Resilience on its own: worker-2's data plane, its real log files, no sockets ------------
 
 STATE = "Sequence Window"  # sequence_window.py's state, keys [0, 1]
 WORKERS = ["initializer", "worker-2"]
@@ -209,185 +213,170 @@ IGNORED = "Event log does not contain new data. Rotate log request ignored."
 RESUMING = "~~~Resuming message processing.~~~"
 
 
-def nowhere() -> str:
-    return f"127.0.0.1:{closed_port()}"
+class Worker2:
+    """worker-2 as ``machida`` makes it, without its sockets: its command line, its
+    application, its data plane and flow control, its recovery files and event log."""
 
+    def __init__(self, directory: pathlib.Path, *extra: str) -> None:
+        nowhere = f"127.0.0.1:{closed_port()}"
+        config = parse_runner_args(["machida", "--application-module", "sequence_window",
+            "--in", nowhere, "--out", nowhere, "--metrics", nowhere, "--control", nowhere,
+            "--name", "worker-2", "--run-with-resilience", "--resilience-dir", str(directory),
+            "--stop-pause", "0", *extra])  # fmt: skip
+        module, self.plan = load_plan(config.application_module, list(config.app_args))
+        self.flow = FlowControl()
+        self.sink: list[bytes] = []
+        self.plane = DataPlane(
+            self.plan,
+            "worker-2",
+            serializers(module),
+            self.flow,
+            lambda p, data: self.sink.append(data),
+            lambda peer, frame: None,
+        )
+        self.files = RecoveryFiles(str(directory), "sequence_window", "worker-2", False)
+        fingerprint = self.plan.fingerprint(True)
+        decision = self.files.inspect(Expectation(fingerprint=fingerprint, resilience=True))
+        self.recovering = isinstance(decision, Recover)
+        self.resilience = Resilience(Settings.of(config, fingerprint), self.files, self.plane,
+                                     self.flow)  # fmt: skip
+        self.plane.persist = self.resilience.persist
+        self.plane.after_flush = self.resilience.commit
 
-def new_worker(directory: pathlib.Path, *extra: str) -> Worker:
-    """worker-2 as ``machida`` makes it: its command line, its application, its recovery files.
+    def join(self) -> Worker2:
+        """What worker-2 does once it has the member list: topology, event log, files."""
+        self.plane.build(WORKERS)
+        self.resilience.open(self.recovering)
+        here = ("127.0.0.1", closed_port())
+        self.files.write(Topology(
+            module="sequence_window", worker="worker-2", fingerprint=self.plan.fingerprint(True),
+            worker_count=2, workers=tuple(WORKERS), resilience=True,
+            owned_keys=self.plan.placement(WORKERS).owned_by("worker-2"), control=here,
+            data=here, peers={"initializer": {"control": here, "data": here}},
+        ))  # fmt: skip
+        return self
 
-    Nobody listens at the addresses it is given: its sink and its link to the
-    initializer keep dialling until :func:`stop`.
-    """
-    config = parse_runner_args(["machida", "--application-module", "sequence_window",
-        "--in", nowhere(), "--out", nowhere(), "--metrics", nowhere(), "--control", nowhere(),
-        "--my-control", "127.0.0.1:0", "--my-data", "127.0.0.1:0", "--name", "worker-2",
-        "--run-with-resilience", "--resilience-dir", str(directory), "--stop-pause", "0",
-        *extra])  # fmt: skip
-    module, plan = load_plan(config.application_module, list(config.app_args))
-    worker = Worker(config, module, plan)
-    worker.open_recovery()  # sets worker.recovered when the files of a run are there
-    return worker
+    def deliver(self, value: int) -> None:
+        """``value`` for worker-2's key from the initializer, applied, then the batch's flush."""
+        steps = self.plan.pipelines[0].steps
+        self.plane.topology.arrival(0, LocalTopology.first_state(steps))(OWNED, value)
+        self.plane.flush()  # ends with the commit to the event log
 
+    def window(self) -> list[int]:
+        return self.plane.states[STATE][OWNED].window
 
-async def join(worker: Worker) -> Worker:
-    """What worker-2 does once it has joined (Member in machida/cluster.py): its listeners
-    (the recorded ports when recovering), its topology and event log, its recovery files."""
-    await worker.bind("control", worker.config.my_control)
-    await worker.bind("data", worker.config.my_data)
-    worker.build_topology(WORKERS)
-    initializer = (worker.config.control, ("127.0.0.1", closed_port()))
-    mine = (worker.bound["control"], worker.bound["data"])
-    worker.save_topology(WORKERS, {"initializer": initializer, "worker-2": mine})
-    worker.connect_link("initializer", *initializer[1])
-    return worker
+    def logged_window(self) -> list[int] | None:
+        """The window of worker-2's key in the newest snapshot of its current event log."""
+        log = read_log(self.resilience.log.path, "sequence_window", "worker-2",
+                       self.plan.fingerprint(True))  # fmt: skip
+        data = log.snapshots.get((STATE, OWNED))
+        return None if data is None else self.plane.serializers[1](data).window
 
+    async def rotate(self) -> None:
+        self.resilience.request_rotation()  # what an external RotateLog for worker-2 comes to
+        await self.resilience.rotation_task
 
-async def started(directory: pathlib.Path, *extra: str) -> Worker:
-    return await join(new_worker(directory, *extra))
-
-
-async def stop(worker: Worker) -> None:
-    """Close as the runner does at its end; every task it started has ended after this."""
-    worker.close_everything()
-    others = asyncio.all_tasks() - {asyncio.current_task()}
-    if others:
-        _, stuck = await asyncio.wait(others, timeout=5)
-        assert not stuck, stuck
-
-
-def deliver(worker: Worker, value: int) -> None:
-    """``value`` for worker-2's key from the initializer, applied, then the batch's flush."""
-    steps = worker.plan.pipelines[0].steps
-    worker.topology.arrival(0, LocalTopology.first_state(steps))(OWNED, value)
-    worker.flush()  # ends with the commit to the event log
-
-
-def window(worker: Worker) -> list[int]:
-    return worker.topology.states[STATE][OWNED].window
-
-
-def logged_window(worker: Worker) -> list[int] | None:
-    """The window of worker-2's key in the newest snapshot of its current event log."""
-    log = read_log(worker.resilience.log.path, "sequence_window", worker.name,
-                   worker.plan.fingerprint(True))  # fmt: skip
-    data = log.snapshots.get((STATE, OWNED))
-    return None if data is None else worker.serializers[1](data).window
-
-
-async def rotate(worker: Worker) -> None:
-    rotate_own_log(worker)  # what an external RotateLog for worker-2 comes to
-    await worker.resilience._rotation_task
+    def stop(self) -> None:
+        self.resilience.close()
 
 
 def test_a_restart_cuts_off_a_torn_commit_so_later_commits_survive(tmp_path, capsys):
-    async def scenario() -> str:
-        first = await started(tmp_path)
-        assert first.recovered is None
-        deliver(first, 1)
-        path = first.resilience.log.path
-        torn = encode_commit(
-            [(STATE, OWNED, first.serializers[0](first.topology.states[STATE][OWNED]))], {}
-        )
-        await stop(first)
-        with open(path, "ab") as file:
-            file.write(torn[:9])  # a crash in the middle of a commit
-        second = await started(tmp_path)
-        assert second.recovered is not None
-        assert window(second) == [0, 0, 0, 1]
-        deliver(second, 3)  # logged and acknowledged upstream
-        await stop(second)
-        capsys.readouterr()
-        third = await started(tmp_path)
-        assert window(third) == [0, 0, 1, 3]
-        await stop(third)
-        return capsys.readouterr().out
-
-    out = asyncio.run(scenario()).splitlines()
-    assert "Recovering from recovery files!" in out
+    first = Worker2(tmp_path).join()
+    assert not first.recovering
+    first.deliver(1)
+    path = first.resilience.log.path
+    serialize = first.plane.serializers[0]
+    torn = encode_commit([(STATE, OWNED, serialize(first.plane.states[STATE][OWNED]))], {})
+    first.stop()
+    with open(path, "ab") as file:
+        file.write(torn[:9])  # a crash in the middle of a commit
+    second = Worker2(tmp_path).join()
+    assert second.recovering
+    assert second.window() == [0, 0, 0, 1]
+    second.deliver(3)  # logged and acknowledged upstream
+    second.stop()
+    capsys.readouterr()
+    third = Worker2(tmp_path).join()
+    assert third.window() == [0, 0, 1, 3]
+    third.stop()
+    out = capsys.readouterr().out.splitlines()
     replayed = [line for line in out if line.startswith("RESILIENCE:")]
     assert replayed == ["RESILIENCE: Replayed 2 entries from recovery log file."]
 
 
 def test_a_rotation_request_before_the_log_exists_is_ignored(tmp_path, capsys):
-    async def scenario() -> None:
-        worker = new_worker(tmp_path, "--log-rotation")  # not joined: no topology, no log
-        rotate_own_log(worker)
-        assert not worker.resilience.rotating
-        await stop(worker)
-
-    asyncio.run(scenario())
+    worker = Worker2(tmp_path, "--log-rotation")  # not joined: no topology, no log
+    worker.resilience.request_rotation()
+    assert not worker.resilience.rotating
+    worker.stop()
     assert capsys.readouterr().out.splitlines() == [IGNORED]
 
 
 def test_a_rotation_starts_a_file_at_the_old_ones_end_and_recovers_from_it(tmp_path, capsys):
     async def scenario() -> None:
-        worker = await started(tmp_path, "--log-rotation")
-        deliver(worker, 1)
+        worker = Worker2(tmp_path, "--log-rotation").join()
+        worker.deliver(1)
         size = worker.resilience.log.size
-        await rotate(worker)
+        paused = []
+        worker.flow._on_change = lambda flow: paused.append(flow.paused)
+        await worker.rotate()
+        assert paused == [True, False]  # the inputs were held during the rotation, then not
         assert "Steps snapshotting to new log file complete." in capsys.readouterr().out
         logs = [p.name for p in tmp_path.glob("*.evlog")]
         assert logs == [f"sequence_window-worker-2-{size:016x}.evlog"]
-        assert worker.pause_reasons == set()
-        await stop(worker)
-        again = await started(tmp_path, "--log-rotation")
-        assert again.recovered is not None
+        worker.stop()
+        again = Worker2(tmp_path, "--log-rotation").join()
+        assert again.recovering
         assert again.resilience.log.offset == size
-        assert {i: s.window for i, s in again.topology.states[STATE].items()} == {
-            OWNED: [0, 0, 0, 1]
-        }
-        await stop(again)
+        assert {i: s.window for i, s in again.plane.states[STATE].items()} == {OWNED: [0, 0, 0, 1]}
+        again.stop()
 
     asyncio.run(scenario())
 
 
 def test_a_failed_rotation_resumes_and_keeps_logging_to_the_old_file(tmp_path, capsys):
     async def scenario() -> list[str]:
-        worker = await started(tmp_path, "--log-rotation")
+        worker = Worker2(tmp_path, "--log-rotation").join()
         old = worker.resilience.log
-        deliver(worker, 1)
+        worker.deliver(1)
         # the new file cannot be created: its directory is gone
-        worker.recovery = RecoveryFiles(str(tmp_path / "gone"), "sequence_window", worker.name,
-                                        initializer=False)  # fmt: skip
+        worker.resilience.files = RecoveryFiles(str(tmp_path / "gone"), "sequence_window",
+                                                "worker-2", initializer=False)  # fmt: skip
         capsys.readouterr()
-        await rotate(worker)
+        await worker.rotate()
         lines = capsys.readouterr().out.splitlines()
-        assert worker.pause_reasons == set()
+        assert worker.flow.reasons == set()
         assert not worker.resilience.rotating
         assert worker.resilience.log is old
-        deliver(worker, 3)
-        assert logged_window(worker) == [0, 0, 1, 3]
-        await stop(worker)
+        worker.deliver(3)
+        assert worker.logged_window() == [0, 0, 1, 3]
+        worker.stop()
         return lines
 
     lines = asyncio.run(scenario())
-    lines = [line for line in lines if not line.startswith("Waiting for sink at ")]
     warnings = [line for line in lines if line.startswith("WARNING:")]
     assert len(warnings) == 1 and "event log rotation failed (FileNotFoundError" in warnings[0]
     assert lines[-1] == RESUMING
 
 
 def test_a_state_that_failed_to_serialise_is_logged_by_a_later_commit(tmp_path, capsys):
-    async def scenario() -> None:
-        worker = await started(tmp_path)
-        serialize, deserialize = worker.serializers
-        failed = []
+    worker = Worker2(tmp_path).join()
+    plane = worker.plane
+    serialize, deserialize = plane.serializers
+    failed = []
 
-        def serialize_once(state):
-            if not failed:
-                failed.append(state)
-                raise ValueError("not yet")
-            return serialize(state)
+    def serialize_once(state):
+        if not failed:
+            failed.append(state)
+            raise ValueError("not yet")
+        return serialize(state)
 
-        worker.serializers = (serialize_once, deserialize)  # the module's serialize, raising once
-        deliver(worker, 1)
-        assert failed and logged_window(worker) is None
-        worker.topology.states[STATE][OWNED].update(3)  # changed, but without persist this time
-        worker.flush()
-        assert logged_window(worker) == [0, 0, 1, 3]
-        assert worker.callbacks.counters  # the failure was reported
-        await stop(worker)
-
-    asyncio.run(scenario())
+    plane.serializers = (serialize_once, deserialize)  # the module's serialize, raising once
+    worker.deliver(1)
+    assert failed and worker.logged_window() is None
+    plane.states[STATE][OWNED].update(3)  # changed, but without persist this time
+    plane.flush()
+    assert worker.logged_window() == [0, 0, 1, 3]
+    assert plane.callbacks.counters  # the failure was reported
+    worker.stop()
     assert "raised ValueError: not yet" in capsys.readouterr().err

@@ -18,38 +18,85 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
-from machida.app.callbacks import fn_label
-from machida.durability.eventlog import EventLog, EventLogError, encode_commit, recover_log
-from machida.wire.boundary import Dedup
+from machida.app.callbacks import Callbacks, fn_label
+from machida.console import say
+from machida.durability.eventlog import EventLog, EventLogError, Replay, encode_commit, recover_log
+from machida.durability.recovery import RecoveryFiles
 
 ROTATION_PAUSE = "log rotation"
+
+
+class ResilienceHost(Protocol):
+    """What resilience needs of the worker's data plane."""
+
+    serializers: tuple[Callable[[Any], Any], Callable[[Any], Any]]
+    callbacks: Callbacks
+
+    @property
+    def states(self) -> dict[str, dict[int, Any]]:
+        """The states this worker owns, by state name and key index."""
+
+    def origins(self) -> dict[str, tuple[int, int]]:
+        """The newest ``(incarnation, seq)`` applied from each upstream worker."""
+
+    def restore_origins(self, origins: dict[str, tuple[int, int]]) -> None:
+        """What a recovered log says was applied from each upstream worker."""
+
+    def flush(self) -> None:
+        """Send what is buffered; it ends with :meth:`Resilience.commit`."""
+
+
+class Pausable(Protocol):
+    """Whatever holds the worker's inputs (its flow control)."""
+
+    def pause(self, reason: str) -> None: ...
+
+    def resume(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resilience flags of the command line, and what names this worker's log."""
+
+    module: str
+    worker: str
+    fingerprint: str
+    rotation: bool = False
+    max_size: int | None = None
+    stop_pause_s: float = 0.0
+
+    @classmethod
+    def of(cls, config: Any, fingerprint: str) -> Settings:
+        return cls(config.application_module, config.name, fingerprint, config.log_rotation,
+                   config.event_log_file_size, config.stop_pause_ns / 1e9)  # fmt: skip
+
+
+def banners(config: Any) -> list[str]:
+    """The lines a worker in resilience mode prints at start (machida.md §9.4)."""
+    return [
+        "****RESILIENCE MODE is active****",
+        f"||| Resilience directory: {config.resilience_dir}|||",
+        f"||| Log-rotation: {'true' if config.log_rotation else 'false'}|||",
+    ]
 
 
 class Resilience:
     """The event log of one worker and what it takes to write and replay it."""
 
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
-        cfg = worker.config
-        self.rotation = cfg.log_rotation
-        self.max_size = cfg.event_log_file_size
-        self.stop_pause_s = cfg.stop_pause_ns / 1e9
-        self.fingerprint = worker.plan.fingerprint(True)
+    def __init__(self, settings: Settings, files: RecoveryFiles, host: ResilienceHost,
+                 inputs: Pausable) -> None:  # fmt: skip
+        self.settings = settings
+        self.files = files
+        self.host = host
+        self.inputs = inputs
         self.dirty: set[tuple[str, int]] = set()
         self.origins: dict[str, tuple[int, int]] = {}
         self.log: EventLog | None = None
         self.rotating = False
-        self._rotation_task: asyncio.Task | None = None
-
-    @staticmethod
-    def banners(cfg: Any) -> list[str]:
-        return [
-            "****RESILIENCE MODE is active****",
-            f"||| Resilience directory: {cfg.resilience_dir}|||",
-            f"||| Log-rotation: {'true' if cfg.log_rotation else 'false'}|||",
-        ]
+        self.rotation_task: asyncio.Task | None = None
 
     def persist(self, state_name: str, key_index: int, flag: Any) -> None:
         """The hook after each state call: a ``bool`` persist means snapshot this key."""
@@ -59,46 +106,44 @@ class Resilience:
     # -- opening and recovering ------------------------------------------------------------
 
     def _path(self, offset: int) -> str:
-        return self.worker.recovery.event_log_path(offset if self.rotation else None)
+        return self.files.event_log_path(offset if self.settings.rotation else None)
+
+    def _open_log(self, path: str, offset: int = 0) -> EventLog:
+        s = self.settings
+        return EventLog(path, s.module, s.worker, s.fingerprint, offset)
 
     def open(self, recovering: bool) -> None:
         """Open the log; when recovering, restore states and origins from it first."""
-        worker = self.worker
-        cfg = worker.config
         if not recovering:
-            self.log = EventLog(self._path(0), cfg.application_module, worker.name,
-                                self.fingerprint)  # fmt: skip
+            self.log = self._open_log(self._path(0))
             return
         path, replay = self._newest_complete()
         self._restore(replay)
-        worker.say(f"RESILIENCE: Replayed {replay.entries} entries from recovery log file.")
-        offset = worker.recovery.event_log_offset(path)
-        self.log = EventLog(path, cfg.application_module, worker.name, self.fingerprint, offset)
+        say(f"RESILIENCE: Replayed {replay.entries} entries from recovery log file.")
+        self.log = self._open_log(path, self.files.event_log_offset(path))
 
-    def _newest_complete(self) -> tuple[str, Any]:
+    def _newest_complete(self) -> tuple[str, Replay]:
         """The newest log file that holds a complete commit (a rotation may have been cut),
         with a torn final commit cut off."""
-        worker = self.worker
-        cfg = worker.config
-        logs = worker.recovery.event_logs()
+        s = self.settings
+        logs = self.files.event_logs()
         if not logs:
             raise EventLogError(
                 f"Error: event log missing: expected {self._path(0)} "
                 f"(the recovery files say this worker ran with resilience)"
             )
         for path in reversed(logs):
-            replay = recover_log(path, cfg.application_module, worker.name, self.fingerprint)
+            replay = recover_log(path, s.module, s.worker, s.fingerprint)
             if replay.entries or path == logs[0]:
                 for newer in logs[logs.index(path) + 1 :]:
                     os.remove(newer)  # an unfinished rotation: its older file still counts
                 return path, replay
         raise AssertionError("unreachable")
 
-    def _restore(self, replay: Any) -> None:
-        worker = self.worker
-        deserialize = worker.serializers[1]
+    def _restore(self, replay: Replay) -> None:
+        deserialize = self.host.serializers[1]
         for (state_name, key_index), data in replay.snapshots.items():
-            states = worker.topology.states.get(state_name, {})
+            states = self.host.states.get(state_name, {})
             if key_index not in states:
                 continue
             try:
@@ -108,16 +153,14 @@ class Resilience:
                     f"Error: event log snapshot of state '{state_name}' key index {key_index} "
                     f"cannot be deserialised: {type(err).__name__}: {err}"
                 ) from err
-        for upstream, (incarnation, seq) in replay.origins.items():
-            dedup = worker.dedup.setdefault(upstream, Dedup())
-            dedup.incarnation, dedup.seq = incarnation, seq
+        self.host.restore_origins(replay.origins)
         self.origins = dict(replay.origins)
 
     # -- writing ---------------------------------------------------------------------------
 
     def commit(self) -> None:
         """After a batch: log dirty snapshots and new origins, then fsync (group commit)."""
-        origins = {n: o for n, o in self._origins().items() if self.origins.get(n) != o}
+        origins = {n: o for n, o in self.host.origins().items() if self.origins.get(n) != o}
         if self.log is None or (not self.dirty and not origins):
             return  # nothing to log, or the log is not open yet (no topology)
         keys, self.dirty = self.dirty, set()
@@ -127,58 +170,52 @@ class Resilience:
         self.log.append(encode_commit(snapshots, origins))
         self.log.sync()
         self.origins.update(origins)
-        if self.rotation and self.max_size and self.log.size > self.max_size:
+        s = self.settings
+        if s.rotation and s.max_size and self.log.size > s.max_size:
             self.start_rotation()
-
-    def _origins(self) -> dict[str, tuple[int, int]]:
-        """The newest ``(incarnation, seq)`` applied from each upstream worker."""
-        return {n: (d.incarnation, d.seq) for n, d in self.worker.dedup.items()
-                if d.incarnation is not None}  # fmt: skip
 
     def _snapshots(self, keys: Any) -> list[tuple[str, int, bytes]]:
         """Serialised states of ``keys``; a key whose serialize raised goes back to dirty."""
-        worker = self.worker
-        serialize = worker.serializers[0]
+        serialize = self.host.serializers[0]
+        states = self.host.states
         out = []
         for state_name, key_index in sorted(keys):
-            state = worker.topology.states[state_name][key_index]
+            state = states[state_name][key_index]
             try:
                 data = serialize(state)
                 out.append((state_name, key_index, bytes(data)))
             except Exception as err:
                 # the snapshot is not logged; the state lives on and is logged next time
                 self.dirty.add((state_name, key_index))
-                worker.callbacks.raised(fn_label(serialize), err, state_name, "snapshot")
+                self.host.callbacks.raised(fn_label(serialize), err, state_name, "snapshot")
         return out
 
     # -- rotation --------------------------------------------------------------------------
 
     def request_rotation(self) -> None:
         """An external RotateLog for this worker."""
-        worker = self.worker
-        if not self.rotation:
-            worker.say("WARNING: LogRotation requested, but log_rotation is off!")
+        if not self.settings.rotation:
+            say("WARNING: LogRotation requested, but log_rotation is off!")
         elif self.log is None or not self.log.dirty or self.rotating:
-            worker.say("Event log does not contain new data. Rotate log request ignored.")
+            say("Event log does not contain new data. Rotate log request ignored.")
         else:
             self.start_rotation()
 
     def start_rotation(self) -> None:
         if not self.rotating:
             self.rotating = True
-            self._rotation_task = asyncio.get_running_loop().create_task(self._rotate())
+            self.rotation_task = asyncio.get_running_loop().create_task(self._rotate())
 
     async def _rotate(self) -> None:
-        worker, say = self.worker, self.worker.say
         say("Starting event log rotation.")
         say("~~~Stopping message processing for log rotation.~~~")
-        worker.pause(ROTATION_PAUSE)
+        self.inputs.pause(ROTATION_PAUSE)
         try:
-            await asyncio.sleep(self.stop_pause_s)
-            worker.flush()  # ends with self.commit()
+            await asyncio.sleep(self.settings.stop_pause_s)
+            self.host.flush()  # ends with self.commit()
             self._switch_log()
             say("Steps snapshotting to new log file complete.")
-            for path in worker.recovery.event_logs():
+            for path in self.files.event_logs():
                 if path != self.log.path:
                     os.remove(path)
         except Exception as err:
@@ -187,20 +224,17 @@ class Resilience:
         finally:
             say("~~~Resuming message processing.~~~")
             self.rotating = False
-            worker.resume(ROTATION_PAUSE)
+            self.inputs.resume(ROTATION_PAUSE)
 
     def _switch_log(self) -> None:
         """Log to a new file that starts with a snapshot of every owned key."""
-        worker = self.worker
-        keys = [(name, i) for name, states in worker.topology.states.items() for i in states]
-        worker.say(f"Snapshotting {len(keys)} steps to new log file.")
+        keys = [(name, i) for name, states in self.host.states.items() for i in states]
+        say(f"Snapshotting {len(keys)} steps to new log file.")
         old = self.log
         offset = old.offset + old.size
-        cfg = worker.config
-        new = EventLog(self._path(offset), cfg.application_module, worker.name,
-                       self.fingerprint, offset)  # fmt: skip
+        new = self._open_log(self._path(offset), offset)
         try:
-            new.append(encode_commit(self._snapshots(keys), self._origins()))
+            new.append(encode_commit(self._snapshots(keys), self.host.origins()))
             new.sync()
         except BaseException:
             with contextlib.suppress(OSError):

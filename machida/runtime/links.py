@@ -1,101 +1,54 @@
-"""asyncio plumbing: listeners, connections and the boundary links between workers.
+"""The sending side of the boundaries: one dialled connection to each other worker.
 
-Nothing here parses or decides: :class:`Conn` hands every read to its owner's
-``on_data`` and reports the close to ``on_close``; :class:`OutLink` keeps one
-boundary's connection up (dialling the peer, re-sending the backlog after a
-reconnection) and feeds acknowledgements back to its :class:`Backlog`.
+:class:`OutLink` keeps the connection to one peer up: it dials the peer's data
+address until it answers (again after a drop, or at a new address once the
+peer rejoined elsewhere), and on every (re)connection writes what the data
+plane gives it first, the hello and then the whole unacknowledged backlog.
+What comes back is acknowledgements, handed to the data plane. :class:`Links`
+is the set of them, keyed by peer name; the data plane writes its batches
+through :meth:`Links.write`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
 
-from machida.wire.boundary import Backlog, BoundaryDecoder, hello
+from machida.console import warn
+from machida.runtime.channels import Channel
+from machida.runtime.dataplane import DataPlane
 
 # machida.md §6.1: a lost link is retried every second, with no time limit.
 LINK_RETRY_S = 1.0
 
 
-class Conn(asyncio.Protocol):
-    """One accepted or dialled connection; bytes go to ``owner.on_data(conn, data)``.
+class LinkChannel(Channel):
+    """The connection of an :class:`OutLink`; acknowledgements come back on it."""
 
-    ``state`` is free for the owner (a codec, a source connection, ...).
-    """
+    def __init__(self, link: OutLink) -> None:
+        super().__init__()
+        self.link = link
 
-    def __init__(self, owner: Any, kind: str) -> None:
-        self.owner = owner
-        self.kind = kind
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.state: Any = None
-        self.closed = False
-        self.last_read = 0.0  # loop-independent monotonic time of the last read, for idling
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = f"{peer[0]}:{peer[1]}"
-        self.owner.on_open(self)
+    def opened(self) -> None:
+        self.link.opened(self)
 
     def data_received(self, data: bytes) -> None:
-        self.owner.on_data(self, data)
+        error = self.link.plane.link_read(self.link.peer, data)
+        if error is not None:
+            warn(f"ERROR: data link to {self.link.peer}: {error}; reconnecting")
+            self.close()
 
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.owner.on_close(self)
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def pause(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
-
-async def listen(owner: Any, kind: str, host: str, port: int) -> asyncio.base_events.Server:
-    """Listen on ``host:port``; each connection is a :class:`Conn` of ``owner``."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: Conn(owner, kind), host, port)
-
-
-def bound_port(server: asyncio.base_events.Server) -> int:
-    return server.sockets[0].getsockname()[1]
+    def lost(self) -> None:
+        self.link.lost(self)
 
 
 class OutLink:
-    """The sending side of the boundary from this worker to ``peer``."""
+    """The boundary from this worker to ``peer``: dialling, re-dialling, writing."""
 
-    def __init__(
-        self,
-        peer: str,
-        host: str,
-        port: int,
-        me: str,
-        incarnation: int,
-        on_ack: Callable[[], None],
-        log: Callable[[str], None],
-    ) -> None:
+    def __init__(self, plane: DataPlane, peer: str, host: str, port: int) -> None:
+        self.plane = plane
         self.peer = peer
         self.host, self.port = host, port
-        self.me, self.incarnation = me, incarnation
-        self.backlog = Backlog()
-        self._on_ack = on_ack
-        self._log = log
-        self._conn: Conn | None = None
+        self._channel: LinkChannel | None = None
         self._task: asyncio.Task | None = None
         self.closing = False
         self.ever_connected = False
@@ -108,62 +61,80 @@ class OutLink:
         """The peer came back on another address; dial there from now on."""
         if (host, port) != (self.host, self.port):
             self.host, self.port = host, port
-            if self._conn is not None:
-                self._conn.close()
+            if self._channel is not None:
+                self._channel.close()
 
     async def _dial(self) -> None:
         loop = asyncio.get_running_loop()
         warned = False
         while not self.closing:
             try:
-                await loop.create_connection(lambda: Conn(self, "out"), self.host, self.port)
+                await loop.create_connection(lambda: LinkChannel(self), self.host, self.port)
                 return
             except OSError as err:
                 if self.ever_connected and not warned:
                     where = f"{self.peer} at {self.host}:{self.port}"
-                    self._log(f"WARNING: data link to {where} is down "
-                              f"({err.strerror or err}); retrying every second")  # fmt: skip
+                    warn(f"WARNING: data link to {where} is down "
+                         f"({err.strerror or err}); retrying every second")  # fmt: skip
                     warned = True
                 await asyncio.sleep(LINK_RETRY_S)
 
-    def on_open(self, conn: Conn) -> None:
-        self._conn = conn
-        self._decoder = BoundaryDecoder()
+    def opened(self, channel: LinkChannel) -> None:
+        self._channel = channel
         self.ever_connected = True
-        conn.write(hello(self.me, self.incarnation))
-        for frame in self.backlog.replay():
-            conn.write(frame)
+        for frame in self.plane.link_opened(self.peer):
+            channel.write(frame)
 
-    def on_data(self, conn: Conn, data: bytes) -> None:
-        events = self._decoder.feed(data)
-        for event in events:
-            if event[0] == "ack":
-                self.backlog.ack(event[1])
-        if events:
-            self._on_ack()
-        if self._decoder.error is not None:
-            self._log(f"ERROR: data link to {self.peer}: {self._decoder.error}; reconnecting")
-            conn.close()
-
-    def on_close(self, conn: Conn) -> None:
-        if conn is not self._conn:
+    def lost(self, channel: LinkChannel) -> None:
+        if channel is not self._channel:
             return
-        self._conn = None
+        self._channel = None
         if not self.closing:
-            self._log(f"WARNING: data link to {self.peer} lost; "
-                      f"{self.backlog.unacked} message(s) kept for re-sending")  # fmt: skip
-            loop = asyncio.get_running_loop()
-            loop.call_later(LINK_RETRY_S, self.start)
+            unacked = self.plane.link(self.peer).backlog.unacked
+            warn(f"WARNING: data link to {self.peer} lost; "
+                 f"{unacked} message(s) kept for re-sending")  # fmt: skip
+            asyncio.get_running_loop().call_later(LINK_RETRY_S, self.start)
 
-    def flush(self) -> None:
-        """Number the queued records and send them as one batch (kept until acked)."""
-        frame = self.backlog.take_batch()
-        if frame is not None and self._conn is not None:
-            self._conn.write(frame)
+    def write(self, frame: bytes) -> None:
+        """A batch from the data plane (kept in its backlog: if the link is down, it is
+        re-sent on the next connection)."""
+        if self._channel is not None:
+            self._channel.write(frame)
 
     def close(self) -> None:
         self.closing = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._conn is not None:
-            self._conn.close()
+        if self._channel is not None:
+            self._channel.close()
+
+
+class Links:
+    """This worker's links to the other workers, by peer name."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.links: dict[str, OutLink] = {}
+
+    def connect(self, peer: str, host: str, port: int) -> None:
+        """Dial ``peer`` at ``host:port`` (or at this new address, if already linked)."""
+        link = self.links.get(peer)
+        if link is None:
+            link = self.links[peer] = OutLink(self.plane, peer, host, port)
+            link.start()
+        else:
+            link.retarget(host, port)
+
+    def write(self, peer: str, frame: bytes) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            link.write(frame)
+
+    def quiet(self) -> None:
+        """The cluster is stopping: links that drop now are neither reported nor redialled."""
+        for link in self.links.values():
+            link.closing = True
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()

@@ -15,6 +15,9 @@ import asyncio
 import time
 from typing import Callable
 
+from machida.app.plan import AppPlan
+from machida.console import say
+
 # machida.md §6.4: pause inputs above 1 MiB of unsent sink output, resume below 256 KiB.
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
@@ -140,3 +143,47 @@ class Sink:
             self._task.cancel()
         if self._transport is not None:
             self._transport.close()
+
+
+class Sinks:
+    """A worker's sink connections, one per pipeline with a sink (``None`` for the others)."""
+
+    def __init__(self, plan: AppPlan, on_blocked: Callable[[bool], None]) -> None:
+        self.plan = plan
+        self._on_blocked = on_blocked
+        self.sinks: list[Sink | None] = []
+
+    def start(self) -> None:
+        for pipeline in self.plan.pipelines:
+            sink = None
+            if pipeline.sink is not None:
+                sink = Sink(pipeline.sink.host, int(pipeline.sink.port), self._on_blocked, say)
+                sink.start()
+            self.sinks.append(sink)
+
+    def write(self, p: int, data: bytes) -> None:
+        self.sinks[p].write(data)
+
+    def _open(self) -> list[Sink]:
+        return [sink for sink in self.sinks if sink is not None]
+
+    def busy(self) -> bool:
+        """Whether any sink still holds bytes in user space."""
+        return any(sink.buffered for sink in self._open())
+
+    async def connected(self) -> None:
+        for sink in self._open():
+            await sink.connected.wait()
+
+    async def drain(self, seconds: float) -> bool:
+        """Wait until every sink has handed its bytes to the kernel; False after ``seconds``."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        return all([await sink.drain(deadline) for sink in self._open()])
+
+    def leftovers(self) -> list[str]:
+        return [f"{sink.buffered} byte(s) unsent to sink {sink.address}"
+                for sink in self._open() if sink.buffered]  # fmt: skip
+
+    def close(self) -> None:
+        for sink in self._open():
+            sink.close()

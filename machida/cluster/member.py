@@ -1,0 +1,149 @@
+"""A worker's side of the control plane: joining the cluster and leaving it.
+
+A worker (:class:`Member`) binds its own listeners, then dials the
+initializer's ``--control`` address until it answers (saying so every 10 s),
+and says ``hello``. On ``topology`` it builds its share of the application,
+writes its recovery files, dials the other workers' data addresses and, once
+its sinks are connected, reports ``ready``. If the control connection drops it
+dials again and rejoins. It answers the initializer's shutdown ``poll`` with
+its counters, and ``finish`` or ``abort`` ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any, Callable
+
+from machida.cluster.node import Address, ControlLink, Node
+from machida.cluster.role import DRAIN_DEADLINE_S, Role
+from machida.console import say, warn
+from machida.wire import control
+
+# machida.md §3: a worker retries the initializer every 0.5 s and says so every 10 s.
+CONTROL_RETRY_S = 0.5
+WAITING_EVERY_S = 10.0
+
+# dial(role, host, port): open a control connection whose messages go to ``role``;
+# OSError when nobody answers.
+Dial = Callable[[Any, str, int], Awaitable[Any]]
+
+
+class Member(Role):
+    """A worker's role: dial the initializer, build when told, answer polls."""
+
+    def __init__(self, node: Node, initializer: Address, dial: Dial) -> None:
+        super().__init__(node)
+        self.initializer = initializer
+        self._dial_once = dial
+        self.conn: ControlLink | None = None
+        self.members: dict[str, dict] = {}
+        self.built = False
+        self.rejoin = False
+        self.my_control: Address | None = None
+        self.my_data: Address | None = None
+
+    async def start(self) -> None:
+        self.my_control, self.my_data = await self.node.listen(self)
+        self.rejoin = self.node.recovered is not None
+        asyncio.get_running_loop().create_task(self._dial())
+
+    async def _dial(self) -> None:
+        host, port = self.initializer
+        last_line = -WAITING_EVERY_S
+        while not self.shutting_down:
+            try:
+                await self._dial_once(self, host, port)
+                return
+            except OSError:
+                now = time.monotonic()
+                if now - last_line >= WAITING_EVERY_S:
+                    say(f"Waiting for initializer at {host}:{port}")
+                    last_line = now
+                await asyncio.sleep(CONTROL_RETRY_S)
+
+    def on_open(self, conn: ControlLink) -> None:
+        self.conn = conn
+        conn.write(control.encode(
+            "hello", name=self.node.name, control=list(self.my_control),
+            data=list(self.my_data), rejoin=self.rejoin, plan=self.node.fingerprint_parts(),
+        ))  # fmt: skip
+
+    def on_close(self, conn: ControlLink) -> None:
+        if conn is not self.conn:
+            return
+        self.conn = None
+        if not self.shutting_down and self.node.running:
+            warn("WARNING: control channel to the initializer lost; reconnecting")
+            self.rejoin = True
+            asyncio.get_running_loop().create_task(self._dial())
+
+    def _on_refused(self, conn: ControlLink, msg: dict) -> None:
+        warn(f"Error: the initializer refused this worker: {msg.get('reason')}")
+        self.node.finish(1)
+
+    def _on_topology(self, conn: ControlLink, msg: dict) -> None:
+        workers = msg["workers"]
+        self.members = {w["name"]: w for w in workers}
+        node = self.node
+        if not self.built:
+            self.built = True
+            names = [w["name"] for w in workers]
+            node.build(names)
+            node.save_topology(names, {w["name"]: (w["control"], w["data"]) for w in workers})
+        asyncio.get_running_loop().create_task(self._report_ready())
+        for w in workers:
+            if w["name"] != node.name:
+                node.connect(w["name"], w["data"][0], int(w["data"][1]))
+
+    async def _report_ready(self) -> None:
+        await self.node.sinks_connected()
+        if self.conn is not None:
+            self.conn.write(control.encode("ready", name=self.node.name))
+            self.node.recovery_complete()
+
+    def _on_poll(self, conn: ControlLink, msg: dict) -> None:
+        self.shutting_down = True
+        self.node.flush()
+        conn.write(control.encode("counts", round=msg["round"], **self.node.counts()))
+
+    def _on_finish(self, conn: ControlLink, msg: dict) -> None:
+        asyncio.get_running_loop().create_task(self._finish())
+
+    async def _finish(self) -> None:
+        self.node.quiet_links()
+        code = await self.finish_shutdown(DRAIN_DEADLINE_S)
+        if self.conn is not None:
+            self.conn.write(control.encode("finished", name=self.node.name, code=code))
+        self.node.finish(code)
+
+    def _on_abort(self, conn: ControlLink, msg: dict) -> None:
+        self.abort_shutdown()
+
+    def request_shutdown(self, text: str) -> None:
+        if self.conn is not None:
+            self.conn.write(control.encode("shutdown_request", reason=text))
+        else:
+            warn("WARNING: clean shutdown requested while the initializer is unreachable")
+
+    def rotate_log(self, target: str) -> None:
+        if target == self.node.name:
+            self.node.rotate_log()
+        elif target in self.members and self.conn is not None:
+            self.conn.write(control.encode("rotate_log", worker=target))
+        else:
+            warn(f"WARNING: RotateLog requested for unknown worker '{target}'")
+
+    def _on_rotate_log(self, conn: ControlLink, msg: dict) -> None:
+        if msg.get("worker") == self.node.name:
+            self.node.rotate_log()
+
+    HANDLERS = {
+        "refused": _on_refused,
+        "topology": _on_topology,
+        "poll": _on_poll,
+        "finish": _on_finish,
+        "abort": _on_abort,
+        "rotate_log": _on_rotate_log,
+    }

@@ -1,0 +1,93 @@
+"""What the control plane may ask of a worker, declared as protocols.
+
+The cluster roles steer a worker through :class:`Node` only, and talk to other
+workers through :class:`ControlLink` connections only. The runtime's process
+(:class:`machida.runtime.process.Process`) implements :class:`Node`; tests use
+small fakes of both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from machida.durability.recovery import Topology
+
+Address = tuple[str, int]
+
+
+class ControlLink(Protocol):
+    """One control connection, as a role sees it."""
+
+    peer: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Node(Protocol):
+    """The worker a role steers."""
+
+    name: str
+    # The topology recorded by an earlier run when this one restarted from recovery files;
+    # None on a fresh start, and again once recovery is complete.
+    recovered: Topology | None
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker's process has not been told to finish yet."""
+
+    def fingerprint_parts(self) -> list[str]:
+        """The lines of this worker's topology fingerprint, compared at admission."""
+
+    async def listen(self, role: Any) -> tuple[Address, Address | None]:
+        """Bind this worker's listeners (control connections go to ``role``); the bound
+        control and data addresses."""
+
+    def build(self, workers: list[str]) -> None:
+        """The member list in join order is known: topology, sinks, event log."""
+
+    def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
+        """Write the recovery files for this member list and these addresses."""
+
+    def connect(self, peer: str, host: str, port: int) -> None:
+        """Dial the data link to ``peer`` (or re-dial it at a new address)."""
+
+    async def sinks_connected(self) -> None:
+        """Wait until every sink connection is up."""
+
+    def start_sources(self) -> None:
+        """The cluster is ready: read the source connections."""
+
+    def stop_sources(self) -> None:
+        """Stop accepting source connections."""
+
+    def close_idle_sources(self, idle_s: float) -> int:
+        """Close source connections idle for ``idle_s``; how many are still open."""
+
+    def flush(self) -> None:
+        """Send what the data plane holds (before counting)."""
+
+    def counts(self) -> dict[str, int]:
+        """``sent``, ``applied`` and unacknowledged ``backlog`` of the data links."""
+
+    def leftovers(self) -> str:
+        """What is still in flight here, for a shutdown that could not drain."""
+
+    async def drain_sinks(self, seconds: float) -> bool:
+        """Wait until every sink has handed its bytes to the kernel."""
+
+    def quiet_links(self) -> None:
+        """Links that drop from now on are neither reported nor redialled."""
+
+    def close(self, clean: bool) -> None:
+        """Close every connection; a clean close also removes the recovery files."""
+
+    def rotate_log(self) -> None:
+        """An external RotateLog for this worker."""
+
+    def recovery_complete(self) -> None:
+        """This worker, restarted, is back in the cluster."""
+
+    def finish(self, code: int) -> None:
+        """End the process with exit status ``code``."""

@@ -1,0 +1,52 @@
+"""What the initializer and a member share: control-message dispatch and the shutdown ending."""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+from machida.cluster.node import ControlLink, Node
+from machida.console import say, warn
+
+# machida.md §8.1: a clean shutdown that has not drained by then gives up.
+DRAIN_DEADLINE_S = 30.0
+
+Handler = Callable[["Role", ControlLink, dict], None]
+
+
+class Role:
+    """A cluster role steering ``node``; each control message goes to its handler."""
+
+    # message type -> handler; a type a role does not handle is ignored
+    HANDLERS: ClassVar[dict[str, Handler]] = {}
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.shutting_down = False
+
+    def on_open(self, conn: ControlLink) -> None:
+        """A control connection is up."""
+
+    def on_close(self, conn: ControlLink) -> None:
+        """A control connection is gone."""
+
+    def on_message(self, conn: ControlLink, message: dict) -> None:
+        handler = self.HANDLERS.get(message["type"])
+        if handler is not None:
+            handler(self, conn, message)
+
+    async def finish_shutdown(self, deadline_s: float) -> int:
+        """Flush sinks, close, remove recovery files; 0 when everything left, else 1."""
+        node = self.node
+        if not await node.drain_sinks(deadline_s):
+            self._not_drained()
+            return 1
+        node.close(clean=True)
+        say("Connections: Finished shutdown procedure.")
+        return 0
+
+    def abort_shutdown(self) -> None:
+        self._not_drained()
+        self.node.finish(1)
+
+    def _not_drained(self) -> None:
+        warn(f"ERROR: clean shutdown could not drain: {self.node.leftovers()}")

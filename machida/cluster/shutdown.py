@@ -1,0 +1,119 @@
+"""The initializer's clean-shutdown coordinator.
+
+On CleanShutdown the initializer stops accepting source connections and reads
+the open ones until their clients close them or they idle for
+:data:`SOURCE_IDLE_S`. It then polls every worker's counters until
+:class:`~machida.cluster.quiescence.Quiescence` says nothing is in flight,
+tells every worker to ``finish`` (flush its sinks, remove its recovery files,
+exit 0), waits for their ``finished`` and finishes itself. If that has not
+happened within :data:`~machida.cluster.role.DRAIN_DEADLINE_S`, everyone is
+told to ``abort``: each reports what is left and exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Callable
+
+from machida.aio import wait_event
+from machida.cluster.membership import INITIALIZER, Membership
+from machida.cluster.node import Node
+from machida.cluster.quiescence import Quiescence
+from machida.cluster.role import DRAIN_DEADLINE_S
+from machida.wire import control
+
+# machida.md §8.1: source connections are read until idle this long.
+SOURCE_IDLE_S = 0.5
+# How often the drain looks at the sources and the polling rounds repeat (asyncio has no event
+# for "a connection has been idle this long" or for "the counters stopped moving").
+SOURCES_EVERY_S = 0.05
+POLL_EVERY_S = 0.02
+# How long one polling round waits for a member that does not answer.
+REPLY_WAIT_S = 0.5
+
+
+class ShutdownCoordinator:
+    """Drains the sources, polls until quiescent, and ends every worker."""
+
+    def __init__(self, node: Node, membership: Membership) -> None:
+        self.node = node
+        self.membership = membership
+        self.replies: dict[str, dict] = {}
+        self.done: set[str] = set()
+        self.poll_round = 0
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something a waiting step may be waiting for happened (a reply, a lost member)."""
+        self._event.set()
+
+    def counts(self, name: str, msg: dict) -> None:
+        if msg.get("round") == self.poll_round:
+            self.replies[name] = msg
+            self.wake()
+
+    def finished(self, name: str) -> None:
+        self.done.add(name)
+        self.wake()
+
+    async def run(self, finish_self: Callable[[float], Awaitable[int]]) -> int | None:
+        """The whole shutdown; this process's exit status, or None when it must abort."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_DEADLINE_S
+        self.node.stop_sources()
+        if not await self._drain_sources(deadline) or not await self._quiescent(deadline):
+            self._tell_others("abort", reason="drain deadline passed")
+            return None
+        self.node.quiet_links()
+        self._tell_others("finish")
+        await self._wait_finished(deadline)
+        return await finish_self(max(0.1, deadline - loop.time()))
+
+    def _tell_others(self, kind: str, **fields: object) -> None:
+        message = control.encode(kind, **fields)
+        for member in self.membership.others():
+            member.conn.write(message)
+
+    async def _drain_sources(self, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        while self.node.close_idle_sources(SOURCE_IDLE_S):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(SOURCES_EVERY_S)
+        return True
+
+    async def _quiescent(self, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        quiescence = Quiescence()
+        expected_replies = self.membership.expected - 1
+        while loop.time() < deadline:
+            self.node.flush()
+            others = await self._poll(deadline)
+            complete = len(self.replies) == len(others) == expected_replies
+            if quiescence.round([self.node.counts(), *self.replies.values()], complete):
+                return True
+            await asyncio.sleep(POLL_EVERY_S)
+        return False
+
+    async def _poll(self, deadline: float) -> list:
+        """One polling round: ask every connected member, wait for their answers."""
+        loop = asyncio.get_running_loop()
+        self.poll_round += 1
+        self.replies = {}
+        others = self.membership.others()
+        message = control.encode("poll", round=self.poll_round)
+        for member in others:
+            member.conn.write(message)
+        while len(self.replies) < len(others) and loop.time() < deadline:
+            self._event.clear()
+            if not await wait_event(self._event, REPLY_WAIT_S):
+                break
+        return others
+
+    async def _wait_finished(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        names = set(self.membership.names) - {INITIALIZER}
+        while not names <= self.done and self.membership.others() and loop.time() < deadline:
+            self._event.clear()
+            await wait_event(self._event, REPLY_WAIT_S)

@@ -1,0 +1,234 @@
+"""One asyncio protocol per channel a worker reads: sources, boundaries, external, control.
+
+asyncio only moves bytes here. Each ``data_received`` feeds the channel's codec
+and makes one call: a source read goes to
+:meth:`~machida.runtime.dataplane.DataPlane.source_read`, a boundary read to
+:meth:`~machida.runtime.dataplane.DataPlane.boundary_read` (then the
+acknowledgement), an external message to the worker's handler, a control
+message to the cluster role. :class:`Inputs` holds the connections that
+flow control pauses and resumes together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+from machida.app.pipeline import SourceConnection
+from machida.console import warn
+from machida.runtime.dataplane import DataPlane, Inbound
+from machida.runtime.flow import FlowControl
+from machida.wire.control import ControlDecoder
+from machida.wire.external import ExternalFrameDecoder
+
+# While a sink holds output in user space, an acknowledgement is retried this often
+# (asyncio has no event for "the transport's buffer is empty", so this polls).
+ACK_RETRY_S = 0.002
+
+
+class Channel(asyncio.Protocol):
+    """A connection: its transport and peer; writes, pauses and closes that are safe after
+    the connection is gone."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.opened()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.lost()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def opened(self) -> None:
+        """The connection is up (override)."""
+
+    def lost(self) -> None:
+        """The connection is gone (override)."""
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+
+class Inputs:
+    """The connections a worker reads from, paused and resumed as flow control says."""
+
+    def __init__(self, flow: FlowControl) -> None:
+        self.flow = flow
+        self.sources: set[SourceChannel] = set()
+        self.links: set[BoundaryIn] = set()
+
+    def add(self, channel: SourceChannel | BoundaryIn) -> None:
+        group, reading = self._group(channel)
+        group.add(channel)
+        if not reading:
+            channel.pause()
+
+    def discard(self, channel: SourceChannel | BoundaryIn) -> None:
+        self._group(channel)[0].discard(channel)
+
+    def _group(self, channel: Any) -> tuple[set, bool]:
+        if isinstance(channel, SourceChannel):
+            return self.sources, self.flow.reading_sources
+        return self.links, self.flow.reading_links
+
+    def apply(self) -> None:
+        """Pause or resume every connection as flow control now says."""
+        for group, reading in ((self.sources, self.flow.reading_sources),
+                               (self.links, self.flow.reading_links)):  # fmt: skip
+            for channel in group:
+                (channel.resume if reading else channel.pause)()
+
+    def idle_sources(self, idle_s: float) -> int:
+        """Close source connections idle for ``idle_s`` (paused time is not idle); how many
+        are still open."""
+        now = time.monotonic()
+        for channel in list(self.sources):
+            if self.flow.paused:
+                channel.last_read = now
+            if now - channel.last_read >= idle_s:
+                channel.close()
+        return len(self.sources)
+
+    def close(self) -> None:
+        for channel in (*self.sources, *self.links):
+            channel.close()
+
+
+class SourceChannel(Channel):
+    """A client of a source (``--in``): giles sender frames, carried through the data plane."""
+
+    def __init__(self, plane: DataPlane, inputs: Inputs, p: int) -> None:
+        super().__init__()
+        self.plane, self.inputs, self.p = plane, inputs, p
+        self.source: SourceConnection | None = None
+        self.last_read = time.monotonic()  # for idling out at clean shutdown
+
+    def opened(self) -> None:
+        self.inputs.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
+        if self.source is None:
+            self.source = self.plane.open_source(self.p, self.peer)
+        if not self.plane.source_read(self.source, data):
+            self.close()
+
+    def lost(self) -> None:
+        self.inputs.discard(self)
+        if self.source is not None:
+            self.source.close()
+
+
+class BoundaryIn(Channel):
+    """A data link another worker dialled to this one: batches in, acknowledgements out.
+
+    One acknowledgement per read, once the output of what was applied has left
+    for the kernel; while a sink still holds bytes the acknowledgement waits,
+    which is what holds the upstream back.
+    """
+
+    def __init__(self, plane: DataPlane, inputs: Inputs, sinks_busy: Callable[[], bool]) -> None:
+        super().__init__()
+        self.plane, self.inputs, self.sinks_busy = plane, inputs, sinks_busy
+        self.inbound = Inbound()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def opened(self) -> None:
+        self.inputs.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        error = self.plane.boundary_read(self.inbound, data)
+        self.acknowledge()
+        if error is not None:
+            warn(f"ERROR: data link from {self.peer}: {error}; connection closed")
+            self.close()
+
+    def acknowledge(self) -> None:
+        if not self.inbound.owes_ack or self._timer is not None or self.closed:
+            return
+        if self.sinks_busy():
+            self._timer = asyncio.get_running_loop().call_later(ACK_RETRY_S, self._retry)
+            return
+        self.write(self.inbound.take_ack())
+
+    def _retry(self) -> None:
+        self._timer = None
+        self.acknowledge()
+
+    def lost(self) -> None:
+        self.inputs.discard(self)
+
+
+class ExternalChannel(Channel):
+    """A client of the external channel (``--external``): ``on_message(msg_id, text)``."""
+
+    def __init__(self, on_message: Callable[[int, str], None]) -> None:
+        super().__init__()
+        self.on_message = on_message
+        self.decoder = ExternalFrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        for msg_id, text in self.decoder.feed(data):
+            self.on_message(msg_id, text)
+        if self.decoder.error is not None:
+            warn(f"ERROR: external connection from {self.peer}: {self.decoder.error}; "
+                 f"connection closed")  # fmt: skip
+            self.close()
+
+    def lost(self) -> None:
+        if self.decoder.pending:
+            warn(f"WARNING: external connection from {self.peer} closed in the middle of a "
+                 f"frame; {self.decoder.pending} byte(s) discarded")  # fmt: skip
+
+
+class ControlChannel(Channel):
+    """A control connection: each message goes to the cluster role; a corrupt one closes it."""
+
+    def __init__(self, role: Any) -> None:
+        super().__init__()
+        self.role = role
+        self.decoder = ControlDecoder()
+
+    def opened(self) -> None:
+        self.role.on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        for message in self.decoder.feed(data):
+            self.role.on_message(self, message)
+        if self.decoder.error is not None:
+            warn(f"ERROR: control connection with {self.peer}: {self.decoder.error}")
+            self.close()
+
+    def lost(self) -> None:
+        self.role.on_close(self)
+
+
+class Ignored(Channel):
+    """A connection on a listener that has nothing to say (a worker's own control address)."""
+
+    def data_received(self, data: bytes) -> None:
+        pass

@@ -1,0 +1,68 @@
+"""A worker's listening sockets: sources, control, data and the external channel.
+
+A worker restarted from recovery files binds the control and data addresses
+it recorded (``Restarting a listener ...``), so the others find it where it
+was. A listener that cannot be bound ends the process with one line naming
+the address and the reason (:class:`BindError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from machida.console import say
+
+Address = tuple[str, int]
+
+
+class BindError(Exception):
+    """A listener could not be bound; the message is the line to print."""
+
+
+class Listeners:
+    """The servers of one worker, and the addresses they are bound to."""
+
+    def __init__(self) -> None:
+        self.sources: list[asyncio.base_events.Server] = []
+        self.servers: list[asyncio.base_events.Server] = []
+        self.bound: dict[str, Address] = {}
+
+    async def bind(self, kind: str, address: Address, factory: Callable,
+                   recorded: Address | None = None) -> Address:  # fmt: skip
+        """Listen on ``address`` (``recorded`` instead, when recovering); the bound address."""
+        if recorded is not None:
+            address = recorded
+            say("Restarting a listener ...")
+        try:
+            server = await _listen(factory, address)
+        except OSError as err:
+            raise BindError(f"Error: unable to listen on {address[0]}:{address[1]} "
+                            f"for {kind}: {err.strerror or err}") from err  # fmt: skip
+        self.servers.append(server)
+        self.bound[kind] = (address[0], _port(server))
+        return self.bound[kind]
+
+    async def bind_source(self, name: str, address: Address, factory: Callable) -> None:
+        try:
+            server = await _listen(factory, address)
+        except OSError as err:
+            raise BindError(f"{name} source is unable to listen") from err
+        self.sources.append(server)
+        say(f"{name} source listening on {address[0]}:{_port(server)}")
+
+    def stop_sources(self) -> None:
+        for server in self.sources:
+            server.close()
+
+    def close(self) -> None:
+        for server in (*self.sources, *self.servers):
+            server.close()
+
+
+async def _listen(factory: Callable, address: Address) -> asyncio.base_events.Server:
+    return await asyncio.get_running_loop().create_server(factory, *address)
+
+
+def _port(server: asyncio.base_events.Server) -> int:
+    return server.sockets[0].getsockname()[1]

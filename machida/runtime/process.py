@@ -1,0 +1,364 @@
+"""One worker process: the shell around the data plane, and the worker its cluster role steers.
+
+:func:`run` is what ``machida`` calls once its command line is checked. It
+loads the application (every process does, as machida did) and runs a
+:class:`Process` on an asyncio loop: the event loop, the signals, the
+listeners, the sink and data-link connections, the metrics client and the
+recovery files are here, and nowhere else. Messages are handled by the
+:class:`~machida.runtime.dataplane.DataPlane` (no I/O), which this shell
+feeds through the per-channel protocols of :mod:`machida.runtime.channels`;
+:class:`~machida.runtime.flow.FlowControl` says which inputs may be read. The
+cluster role (:mod:`machida.cluster`) steers the process through the verbs of
+:class:`machida.cluster.node.Node`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import os
+import signal
+import sys
+from typing import Any
+
+from machida.aio import close_loop
+from machida.app.callbacks import Callbacks
+from machida.app.loader import BUILD_FAILED, load_plan, serializers
+from machida.app.plan import AppPlan
+from machida.cluster.initializer import Initializer
+from machida.cluster.member import Member
+from machida.config import RunnerConfig
+from machida.console import say, warn
+from machida.durability.eventlog import EventLogError
+from machida.durability.recovery import (
+    RECOVERING,
+    Expectation,
+    Recover,
+    RecoveryError,
+    RecoveryFiles,
+    Topology,
+    removal_lines,
+)
+from machida.durability.resilience import Resilience, Settings, banners
+from machida.errors import ApplicationError
+from machida.metrics.client import MetricsClient
+from machida.metrics.stats import Stats
+from machida.runtime.channels import (
+    BoundaryIn,
+    ControlChannel,
+    ExternalChannel,
+    Ignored,
+    Inputs,
+    SourceChannel,
+)
+from machida.runtime.dataplane import DataPlane
+from machida.runtime.flow import FlowControl
+from machida.runtime.links import Links
+from machida.runtime.listeners import BindError, Listeners
+from machida.runtime.sink import Sinks
+from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG
+
+# A pause of the inputs that lasts this long is reported once (an operator should know).
+PAUSE_REPORT_S = 1.0
+# Allocations between two young-generation collections (CPython's default is 700).
+GC_THRESHOLD = 20_000
+# How often repeated user-callback failures are summarised on stderr.
+SUMMARY_EVERY_S = 10.0
+
+
+class Process:
+    """One worker process; implements :class:`machida.cluster.node.Node` for its role."""
+
+    def __init__(self, config: RunnerConfig, module: Any, plan: AppPlan) -> None:
+        self.config, self.name, self.plan = config, config.name, plan
+        self.stats = Stats(self.name)
+        self.flow = FlowControl(self._flow_changed)
+        self.sinks = Sinks(plan, self.flow.sink_blocked)
+        self.plane = DataPlane(
+            plan, self.name, serializers(module), self.flow, self.sinks.write,
+            lambda peer, frame: self.links.write(peer, frame), Callbacks(self.name), self.stats,
+        )  # fmt: skip
+        self.links = Links(self.plane)
+        self.inputs = Inputs(self.flow)
+        self.listeners = Listeners()
+        self.recovery = RecoveryFiles(config.resilience_dir, config.application_module,
+                                      self.name, config.initializer)  # fmt: skip
+        self.recovered: Topology | None = None
+        self.resilience: Resilience | None = None
+        if config.resilience:
+            settings = Settings.of(config, plan.fingerprint(True))
+            self.resilience = Resilience(settings, self.recovery, self.plane, self.flow)
+            self.plane.persist, self.plane.after_flush = (
+                self.resilience.persist,
+                self.resilience.commit,
+            )
+        self.role: Initializer | Member = (
+            Initializer(self, config.worker_count) if config.initializer
+            else Member(self, config.control, _dial_control)
+        )  # fmt: skip
+        self.finished: asyncio.Future | None = None
+        self._pause_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
+
+    # -- starting -------------------------------------------------------------------------
+
+    def open_recovery(self) -> None:
+        """Read this worker's recovery files (machida.md §9.2); sets :attr:`recovered`."""
+        decision = self.recovery.inspect(_expectation(self.config, self.plan))
+        if isinstance(decision, Recover):
+            say(RECOVERING)
+            self.recovered = decision.topology
+        else:
+            for line in decision.notices:
+                say(line)
+
+    @property
+    def running(self) -> bool:
+        return self.finished is not None and not self.finished.done()
+
+    def fingerprint_parts(self) -> list[str]:
+        return self.plan.fingerprint_parts(self.config.resilience)
+
+    async def listen(self, role: Any) -> tuple[tuple, tuple]:
+        cfg, listeners, recorded = self.config, self.listeners, self.recovered
+        if cfg.initializer:
+            for p, pipeline in enumerate(self.plan.pipelines):
+                address = (pipeline.source.host, int(pipeline.source.port))
+                factory = functools.partial(SourceChannel, self.plane, self.inputs, p)
+                await listeners.bind_source(pipeline.name, address, factory)
+        control, factory = (
+            (cfg.control or ("127.0.0.1", 0), functools.partial(ControlChannel, role))
+            if cfg.initializer
+            else (cfg.my_control, Ignored)
+        )  # fmt: skip
+        bound_control = await listeners.bind("control", control, factory,
+                                             recorded and recorded.control)  # fmt: skip
+        bound_data = await listeners.bind(
+            "data", cfg.data if cfg.initializer else cfg.my_data,
+            functools.partial(BoundaryIn, self.plane, self.inputs, self.sinks.busy),
+            recorded and recorded.data,
+        )  # fmt: skip
+        if cfg.external is not None:
+            factory = functools.partial(ExternalChannel, self.on_external)
+            host, port = await listeners.bind("external", cfg.external, factory)
+            say(f"{self.name} external: listening on {host}:{port}")
+        return bound_control, bound_data
+
+    def build(self, workers: list[str]) -> None:
+        """The local topology for a member list in join order, its event log and sinks."""
+        self.plane.build(workers)
+        if self.resilience is not None:
+            try:
+                self.resilience.open(recovering=self.recovered is not None)
+            except EventLogError as err:
+                warn(str(err))
+                self.finish(1)
+        self.sinks.start()
+
+    def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
+        bound = self.listeners.bound
+        self.recovery.write(_topology(self.config, self.plan, workers, addresses, bound))
+
+    def connect(self, peer: str, host: str, port: int) -> None:
+        self.links.connect(peer, host, int(port))
+
+    async def sinks_connected(self) -> None:
+        await self.sinks.connected()
+
+    def start_sources(self) -> None:
+        self.flow.open_sources()
+
+    def recovery_complete(self) -> None:
+        """Once a recovering worker is back in the cluster (resilience mode), say so once."""
+        if self.recovered is not None and self.resilience is not None:
+            say("|~~ - Recovery COMPLETE - ~~|")
+            self.recovered = None
+
+    # -- the flow of messages -------------------------------------------------------------
+
+    def _flow_changed(self, flow: FlowControl) -> None:
+        self.inputs.apply()
+        if flow.paused and self._pause_timer is None:
+            loop = asyncio.get_running_loop()
+            self._pause_timer = loop.call_later(PAUSE_REPORT_S, self._report_pause)
+        elif not flow.paused and self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+
+    def _report_pause(self) -> None:
+        reasons = ", ".join(sorted(self.flow.reasons))
+        warn(f"WARNING: {self.name} has paused its inputs for over {PAUSE_REPORT_S:g} s "
+             f"(backpressure: {reasons})")  # fmt: skip
+
+    def flush(self) -> None:
+        self.plane.flush()
+
+    def counts(self) -> dict[str, int]:
+        return self.plane.counts()
+
+    def on_external(self, msg_id: int, text: str) -> None:
+        if msg_id == PRINT:
+            say(f"$$$ ExternalPrint: {text} $$$")
+        elif msg_id == CLEAN_SHUTDOWN:
+            say("External Clean Shutdown received." if not text else
+                f"External Clean Shutdown received: {text}")  # fmt: skip
+            self.role.request_shutdown(text)
+        elif msg_id == ROTATE_LOG:
+            self.role.rotate_log(text)
+        else:
+            say("Incoming External Message type not handled by external channel.")
+
+    def rotate_log(self) -> None:
+        """RotateLog for this worker. Event logs exist only with resilience."""
+        if self.resilience is None:
+            say("WARNING: LogRotation requested, but log_rotation is off!")
+        else:
+            self.resilience.request_rotation()
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop_sources(self) -> None:
+        self.listeners.stop_sources()
+
+    def close_idle_sources(self, idle_s: float) -> int:
+        return self.inputs.idle_sources(idle_s)
+
+    def leftovers(self) -> str:
+        sending = len(self.inputs.sources)
+        parts = [f"{sending} source connection(s) still sending"] if sending else []
+        parts += [*self.plane.leftovers(), *self.sinks.leftovers()]
+        return ", ".join(parts) or "nothing"
+
+    async def drain_sinks(self, seconds: float) -> bool:
+        return await self.sinks.drain(seconds)
+
+    def quiet_links(self) -> None:
+        self.links.quiet()
+
+    def close(self, clean: bool = False) -> None:
+        """Close every listener and connection; a clean close removes the recovery files."""
+        self.listeners.close()
+        self.inputs.close()
+        self.links.close()
+        self.sinks.close()
+        if self.resilience is not None:
+            self.resilience.close()
+        if clean:
+            for line in removal_lines(self.recovery.remove_all()):
+                say(line)
+
+    def finish(self, code: int) -> None:
+        """End the process's main loop with exit status ``code``."""
+        if self.running:
+            self.finished.set_result(code)
+
+    def on_signal(self) -> None:
+        """SIGTERM/SIGINT: stop this process only, keeping its recovery files."""
+        if self._stopping:
+            os._exit(0)  # a second signal forces the exit
+        self._stopping = True
+        asyncio.get_running_loop().create_task(self._stop_on_signal())
+
+    async def _stop_on_signal(self) -> None:
+        self.flow.open_sources(False)
+        await self.sinks.drain(1.0)
+        self.finish(0)
+
+
+async def _dial_control(role: Any, host: str, port: int) -> None:
+    """A member's control connection to the initializer (OSError when nobody answers)."""
+    loop = asyncio.get_running_loop()
+    await loop.create_connection(functools.partial(ControlChannel, role), host, port)
+
+
+def _expectation(config: RunnerConfig, plan: AppPlan) -> Expectation:
+    return Expectation(
+        fingerprint=plan.fingerprint(config.resilience),
+        resilience=config.resilience,
+        worker_count=config.worker_count if config.initializer else None,
+    )
+
+
+def _topology(config: RunnerConfig, plan: AppPlan, workers: list[str],
+              addresses: dict[str, tuple], bound: dict[str, tuple]) -> Topology:  # fmt: skip
+    """The recovery files' record of this worker once the member list is known."""
+    peers = {
+        name: {"control": tuple(addr[0]), "data": tuple(addr[1])}
+        for name, addr in addresses.items()
+        if name != config.name
+    }
+    return Topology(
+        module=config.application_module, worker=config.name,
+        fingerprint=plan.fingerprint(config.resilience),
+        worker_count=len(workers), workers=tuple(workers),
+        owned_keys=plan.placement(workers).owned_by(config.name),
+        resilience=config.resilience,
+        control=bound["control"], data=bound.get("data"), peers=peers,
+    )  # fmt: skip
+
+
+async def _main(config: RunnerConfig, module: Any, plan: AppPlan) -> int:
+    process = Process(config, module, plan)
+    loop = asyncio.get_running_loop()
+    process.finished = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, process.on_signal)
+    callbacks = process.plane.callbacks
+    summary = loop.create_task(_summaries(callbacks))
+    metrics = MetricsClient(*config.metrics, process.stats)
+    metrics.start()
+    try:
+        process.open_recovery()
+        await process.role.start()
+    except (BindError, RecoveryError) as err:
+        warn(str(err))
+        process.close()
+        await metrics.stop()
+        return 1
+    code = await process.finished
+    summary.cancel()
+    await metrics.stop()
+    callbacks.summarise(force=True)
+    process.close()
+    await asyncio.sleep(0)  # let transports run their close callbacks
+    return code
+
+
+async def _summaries(callbacks: Callbacks) -> None:
+    while True:
+        await asyncio.sleep(SUMMARY_EVERY_S)
+        callbacks.summarise()
+
+
+def run(config: RunnerConfig) -> int:
+    """Run one worker process to its end; returns the exit status."""
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)
+    for line in config.notices:
+        warn(line)
+    if config.resilience:
+        for line in banners(config):
+            say(line)
+    try:
+        module, plan = load_plan(config.application_module, list(config.app_args), warn=warn)
+    except ApplicationError as err:
+        text = str(err)
+        warn(text if text.startswith("Error:") or "\n" in text else f"Error: {text}")
+        if "Could not load module" not in text:
+            warn(BUILD_FAILED)
+        return 1
+    # The application's objects and the runner's live for the whole run: keep the
+    # cyclic collector from scanning them again and again, and let it run less
+    # often (messages make short-lived lists and tuples, freed by refcounting).
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_main(config, module, plan))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        close_loop(loop)

@@ -1,13 +1,15 @@
 """Run a machida application in-process: a list goes in, a list comes out.
 
 Wallaroo had no way to test an application without a cluster. This driver
-loads the module and builds its plan exactly as the runner does, then carries
-each input through the same :class:`machida.app.pipeline.LocalTopology` objects the
-workers use, one per simulated worker, with keys placed by the runner's rule.
-A message for a key on another simulated worker is round-tripped through the
-module's ``serialize``/``deserialize``, so pickling bugs show up here. There
-are no sockets and no threads, and each input is carried to completion before
-the next, so the output is deterministic.
+loads the module and builds its plan exactly as the runner does, then runs one
+:class:`machida.runtime.dataplane.DataPlane` per simulated worker, the very
+object each worker process runs, with keys placed by the runner's rule. The
+planes are joined in memory: a message for a key on another simulated worker
+crosses in a numbered batch, through the module's ``serialize`` and
+``deserialize`` (plain ints as u64s when the pair gives them back unchanged,
+as in the runner), and is acknowledged. There are no sockets and no threads,
+and each input is carried to completion, on every worker, before the next, so
+the output is deterministic.
 
     >>> from machida.testing import run
     >>> run("sequence_window", [1, 2], workers=2)
@@ -17,15 +19,17 @@ the next, so the output is deterministic.
 from __future__ import annotations
 
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from machida.app.callbacks import Callbacks
 from machida.app.loader import load_plan, serializers
-from machida.app.pipeline import LocalTopology, SourceConnection
+from machida.app.pipeline import SourceConnection
 from machida.errors import UserCallbackError
+from machida.runtime.dataplane import DataPlane, Inbound
+from machida.runtime.flow import FlowControl
 
 __all__ = ["DEFAULT_ARGS", "Driver", "Output", "UserCallbackError", "run"]
 
@@ -68,28 +72,28 @@ class Driver:
         self.placement = self.plan.placement(names)
         self.outputs: list[Output] = []
         pair = serializers(self.module)
-        self._workers = {
-            name: LocalTopology(
-                self.plan,
-                name,
-                self.placement,
-                Callbacks(name, errors),
-                sink_for=self._sink_for(name),
-                forward_to=self._forward_from(name),
-                serializers=pair,
-                sink_values=True,
-            )
-            for name in names
-        }
-        self._initializer = self._workers[names[0]]
+        self._wire: deque[tuple[str, str, bytes]] = deque()  # frames not yet delivered
+        self._delivering = False
+        self._planes: dict[str, DataPlane] = {}
+        for name in names:
+            plane = _EagerPlane(self.plan, name, pair, FlowControl(), _no_sink_writes,
+                                self._link_from(name), Callbacks(name, errors))  # fmt: skip
+            plane.build(names, sink_for=self._sink_for(name), values=True)
+            plane.after_flush = self._deliver
+            self._planes[name] = plane
+        self._inbound = {(a, b): Inbound() for a in names for b in names if a != b}
+        for a, b in self._inbound:
+            self._wire += [(a, b, frame) for frame in self._planes[a].link_opened(b)]
+        self._deliver()
+        self._initializer = self._planes[names[0]]
         self._sources: dict[int, SourceConnection] = {}
 
     @property
     def counters(self) -> Counter:
         """Dropped messages keyed by ``(reason, "<Class>.<method>")``, over all workers."""
         total: Counter = Counter()
-        for topology in self._workers.values():
-            total.update(topology.callbacks.counters)
+        for plane in self._planes.values():
+            total.update(plane.callbacks.counters)
         return total
 
     def feed(self, values: Iterable[Any], pipeline: int = 0) -> list[Output]:
@@ -106,8 +110,7 @@ class Driver:
         start = len(self.outputs)
         chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
         for chunk in chunks:
-            source.feed(bytes(chunk))
-            if source.failed:
+            if not self._initializer.source_read(source, bytes(chunk)):
                 break
         return self.outputs[start:]
 
@@ -121,7 +124,7 @@ class Driver:
         """The live state object of ``key`` (on whichever worker owns it)."""
         index = self._key_index(state_name, key)
         owner = self.placement.owner(state_name, index)
-        return self._workers[owner].states[state_name][index]
+        return self._planes[owner].states[state_name][index]
 
     def owner(self, state_name: str, key: Any) -> str:
         """The name of the worker that owns ``key`` of ``state_name``."""
@@ -142,7 +145,7 @@ class Driver:
                 f"pipeline {pipeline} does not exist; the app has {len(self.plan.pipelines)}"
             )
         if pipeline not in self._sources:
-            self._sources[pipeline] = self._initializer.source_connection(pipeline, DRIVER_PEER)
+            self._sources[pipeline] = self._initializer.open_source(pipeline, DRIVER_PEER)
         return self._sources[pipeline]
 
     def _sink_for(self, worker: str):
@@ -156,24 +159,29 @@ class Driver:
 
         return sink_for
 
-    def _forward_from(self, worker: str):
-        """Messages to another simulated worker: through serialize/deserialize, at once."""
+    def _link_from(self, worker: str):
+        """Frames one simulated worker writes for another, kept until delivered."""
 
-        def forward_to(owner: str, route: tuple):
-            p, pos, key_index = route
+        def write_link(peer: str, frame: bytes) -> None:
+            self._wire.append((worker, peer, frame))
 
-            def send(msg: Any) -> None:
-                data = self._workers[worker].hop_out(msg, p)
-                if data is None:
-                    return
-                target = self._workers[owner]
-                ok, copy = target.hop_in(data, p)
-                if ok:
-                    target.arrive(p, pos, key_index, copy)
+        return write_link
 
-            return send
-
-        return forward_to
+    def _deliver(self) -> None:
+        """After a flush: every frame reaches its worker, which acknowledges it; what that
+        worker then sends is delivered too, until nothing is in flight."""
+        if self._delivering:
+            return  # a flush during delivery: its frames join the queue being delivered
+        self._delivering = True
+        try:
+            while self._wire:
+                src, dst, frame = self._wire.popleft()
+                inbound = self._inbound[(src, dst)]
+                self._planes[dst].boundary_read(inbound, frame)
+                if inbound.owes_ack:
+                    self._planes[src].link_read(dst, inbound.take_ack())
+        finally:
+            self._delivering = False
 
 
 def run(
@@ -197,3 +205,25 @@ def run(
 
 def _warn(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+class _EagerPlane(DataPlane):
+    """A data plane that sends each forwarded message at once, in a batch of its own.
+
+    The runner's plane batches what a read forwards; the driver's sends every
+    message as it is forwarded, so that the output order does not depend on
+    the number of simulated workers.
+    """
+
+    def _outbound(self, owner: str, route: tuple) -> Callable[[Any], None]:
+        append = super()._outbound(owner, route)
+
+        def send(msg: Any) -> None:
+            append(msg)
+            self.flush()
+
+        return send
+
+
+def _no_sink_writes(p: int, data: bytes) -> None:
+    raise AssertionError("the driver records its outputs itself; nothing is buffered for sinks")

@@ -250,11 +250,9 @@ def test_repeated_failures_print_once_then_are_summarised(make_app, capsys):
     assert [o.value for o in driver.outputs] == [[0, 0, 0, 1]]
     err = capsys.readouterr().err
     assert err.count("ERROR: D.decode() raised error") == 1
-    topology = driver._workers["initializer"]
-    assert topology.callbacks.summary_lines() == [
-        "machida: 2 message(s) dropped: raised (D.decode)"
-    ]
-    assert topology.callbacks.summary_lines() == []
+    callbacks = driver._planes["initializer"].callbacks
+    assert callbacks.summary_lines() == ["machida: 2 message(s) dropped: raised (D.decode)"]
+    assert callbacks.summary_lines() == []
 
 
 def test_invalid_payload_length_closes_the_connection(make_app, capsys):
@@ -285,21 +283,41 @@ def test_system_exit_from_user_code_names_the_callback(make_app, capsys):
     assert "P.partition() raised SystemExit(3)" in capsys.readouterr().err
 
 
-def test_serialize_failure_on_a_hop_drops_that_message(make_app, capsys):
+def test_serialize_failure_on_a_hop_drops_that_message(make_app, test_apps, capsys):
+    name = make_app(
+        "from word_lengths import *\n"
+        "from word_lengths import application_setup\n"
+        "import pickle\n"
+        "def serialize(o):\n"
+        "    if o == 'banana': raise TypeError('cannot pickle bananas')\n"
+        "    return pickle.dumps(o)\n"
+        "def deserialize(b):\n"
+        "    return pickle.loads(b)\n"
+    )
+    driver = Driver(name, workers=2, errors="log")
+    assert driver.owner("totals", "b") == "worker1"  # so "banana" must cross to worker1
+    driver.feed(["apple banana cherry"])
+    assert [o.data for o in driver.outputs] == [b"a:5 #1\n", b"c:6 #2\n"]
+    assert driver.counters == {(RAISED, f"{name}.serialize"): 1}
+    assert "cannot pickle bananas" in capsys.readouterr().err
+
+
+def test_plain_ints_hop_as_in_the_runner_without_serialize(make_app):
     name = make_app(
         "from sequence_window import *\n"
         "from sequence_window import application_setup\n"
+        "import pickle\n"
+        "calls = []\n"
         "def serialize(o):\n"
-        "    if o == 5: raise TypeError('cannot pickle five')\n"
-        "    import pickle; return pickle.dumps(o)\n"
+        "    calls.append(o)\n"
+        "    return pickle.dumps(o)\n"
         "def deserialize(b):\n"
-        "    import pickle; return pickle.loads(b)\n"
+        "    return pickle.loads(b)\n"
     )
-    driver = Driver(name, workers=2, errors="log")
-    driver.feed(range(1, 9))
-    assert [o.value[-1] for o in driver.outputs] == [1, 2, 3, 4, 6, 7, 8]
-    assert driver.counters == {(RAISED, f"{name}.serialize"): 1}
-    assert "cannot pickle five" in capsys.readouterr().err
+    driver = Driver(name, workers=2)
+    probes = len(driver.module.calls)  # the runner's start-up check that ints come back as ints
+    assert [o.value[-1] for o in driver.feed(range(1, 9))] == list(range(1, 9))
+    assert len(driver.module.calls) == probes  # the odd values crossed as u64s
 
 
 @settings(max_examples=50, deadline=None)

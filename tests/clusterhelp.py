@@ -83,7 +83,10 @@ class Cluster:
         return self
 
     def wait_ready(self, timeout: float = DEADLINE) -> None:
-        self.procs["initializer"].wait_stdout(lambda out: READY in out, timeout)
+        try:
+            self.procs["initializer"].wait_stdout(lambda out: READY in out, timeout)
+        except AssertionError:
+            raise AssertionError(f"the cluster never became ready\n{self.report()}") from None
 
     # -- driving it -------------------------------------------------------------------------
 

@@ -241,9 +241,9 @@ def test_sigterm_stops_each_process_keeping_its_files_and_the_same_commands_reco
         cluster.start_worker(1)
         cluster.wait_ready()
         for name in ("initializer", "worker-2"):
-            out = cluster.procs[name].stdout.decode()
+            # the lines were printed before the cluster was ready; wait for their reader
+            out = cluster.wait_for(name, b"Restarting a listener ...").decode()
             assert "Recovering from recovery files!" in out
-            assert "Restarting a listener ..." in out
         cluster.send(100, "-s", "100", "-i", "0", start_from=100)
         windows = cluster.wait_windows(200)
         assert {199, 200} <= {w[-1] for w in windows}

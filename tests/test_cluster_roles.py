@@ -14,13 +14,17 @@ import itertools
 
 import pytest
 
+from machida.app.loader import load_plan
+from machida.cli import parse_runner_args
 from machida.cluster import shutdown
 from machida.cluster.initializer import Initializer
 from machida.cluster.member import Member
 from machida.cluster.membership import Membership
+from machida.cluster.node import Node
 from machida.cluster.quiescence import Quiescence
 from machida.durability.recovery import Peer, Topology
 from machida.runtime.channels import ControlChannel
+from machida.runtime.process import Process
 
 PLAN = ["module=app", "app=App", "resilience=False", "pipeline=P"]
 INITIALIZER_AT = ("10.0.0.1", 6000)
@@ -392,3 +396,14 @@ def test_quiescence_needs_two_equal_complete_rounds_with_nothing_unacknowledged(
     assert not q.round([busy], True) and not q.round([busy], True)
     moved = {"sent": 11, "applied": 11, "backlog": 0}
     assert not q.round([row], True) and not q.round([moved], True)
+
+
+def test_the_process_offers_every_verb_the_control_plane_may_use(tmp_path):
+    verbs = {name for name in dir(Node) if not name.startswith("_")} | set(Node.__annotations__)
+    assert {"listen", "build", "connect", "finish", "recovered"} <= verbs
+    config = parse_runner_args(["machida", "--application-module", "sequence_window", "--in",
+        "127.0.0.1:1", "--out", "127.0.0.1:2", "--metrics", "127.0.0.1:3", "--control",
+        "127.0.0.1:4", "--name", "worker-2", "--resilience-dir", str(tmp_path)])  # fmt: skip
+    process = Process(config, *load_plan("sequence_window", list(config.app_args)))
+    assert sorted(verbs - set(dir(process))) == []
+    assert sorted(verbs - set(dir(FakeNode("x")))) == []

@@ -1,9 +1,25 @@
 """A machida-compatible runner for Wallaroo's class-based Python API (October 2017).
 
 The package loads an application module written for machida, turns its
-``application_setup(args)`` into a frozen plan (:mod:`machida.app.plan`), and
-carries messages through the user's objects (:mod:`machida.app.pipeline`), either
-in-process (:mod:`machida.testing`) or on a cluster of worker processes.
+``application_setup(args)`` into a frozen plan, and carries messages through
+the user's objects, either in-process (:mod:`machida.testing`) or on a
+cluster of worker processes (the ``machida`` command). Its layers, each
+importing only from the ones above it:
+
+* :mod:`machida.wire`: the byte formats (sources, boundaries, control,
+  external channel, metrics records), sans-I/O codecs;
+* :mod:`machida.app`: the application model: loader, plan, the compiled
+  pipeline that calls the user's objects, and their error policy;
+* :mod:`machida.metrics`: counters (no I/O) and the ``--metrics`` stream;
+* :mod:`machida.durability`: recovery files, the event log, resilience;
+* :mod:`machida.runtime`: one worker process: its data plane and flow
+  control (no I/O), the asyncio protocols around them, and the process shell;
+* :mod:`machida.cluster`: the control plane: forming the cluster and taking
+  it down, steering the process through a declared interface;
+* :mod:`machida.cli`: the command line; :mod:`machida.testing`: the
+  in-process driver, on the same data plane as the workers.
+
+``machida/lib/wallaroo.py`` is the ``wallaroo`` API module applications import.
 """
 
 __all__ = ["__version__"]

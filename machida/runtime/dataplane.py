@@ -76,6 +76,19 @@ class Outbound:
         self.backlog = Backlog()
         self.decoder = BoundaryDecoder()
 
+    def opened(self, me: str, incarnation: int) -> list[bytes]:
+        """A new connection: a fresh decoder; the hello, then the whole unacknowledged backlog."""
+        self.decoder = BoundaryDecoder()
+        return [hello(me, incarnation), *self.backlog.replay()]
+
+    def read(self, data: bytes) -> bool:
+        """Acknowledgements in; whether any arrived."""
+        events = self.decoder.feed(data)
+        for event in events:
+            if event[0] == "ack":
+                self.backlog.ack(event[1])
+        return bool(events)
+
 
 class DataPlane:
     """One worker's message flow: sources and boundaries in, sinks and boundaries out."""
@@ -134,15 +147,8 @@ class DataPlane:
         """Where the topology puts messages for ``route`` on ``owner``: a list, until flush."""
         pending: list = []
         self._outbox.setdefault(owner, []).append((route, pending))
-        self.link(owner)
+        self.outbound.setdefault(owner, Outbound(owner))
         return pending.append
-
-    def link(self, peer: str) -> Outbound:
-        """The sending end towards ``peer`` (made on first use)."""
-        out = self.outbound.get(peer)
-        if out is None:
-            out = self.outbound[peer] = Outbound(peer)
-        return out
 
     @property
     def states(self) -> dict[str, dict[int, Any]]:
@@ -255,18 +261,13 @@ class DataPlane:
 
     def link_opened(self, peer: str) -> list[bytes]:
         """A (re)connection to ``peer``: the frames to send first (hello, then the backlog)."""
-        out = self.link(peer)
-        out.decoder = BoundaryDecoder()
-        return [hello(self.name, self.incarnation), *out.backlog.replay()]
+        out = self.outbound.setdefault(peer, Outbound(peer))
+        return out.opened(self.name, self.incarnation)
 
     def link_read(self, peer: str, data: bytes) -> FrameError | None:
         """Acknowledgements from ``peer``; the error if the bytes broke."""
         out = self.outbound[peer]
-        events = out.decoder.feed(data)
-        for event in events:
-            if event[0] == "ack":
-                out.backlog.ack(event[1])
-        if events:
+        if out.read(data):
             for other in self.outbound.values():
                 self.flow.link_backlog(other.peer, other.backlog.unacked)
         return out.decoder.error

@@ -90,7 +90,7 @@ class OutLink:
             return
         self._channel = None
         if not self.closing:
-            unacked = self.plane.link(self.peer).backlog.unacked
+            unacked = self.plane.outbound[self.peer].backlog.unacked
             warn(f"WARNING: data link to {self.peer} lost; "
                  f"{unacked} message(s) kept for re-sending")  # fmt: skip
             asyncio.get_running_loop().call_later(LINK_RETRY_S, self.start)

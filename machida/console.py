@@ -10,6 +10,7 @@ processes of a cluster test read these streams while the worker runs.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -21,3 +22,9 @@ def say(line: str) -> None:
 def warn(line: str) -> None:
     """A diagnostic (stderr), already prefixed with Error:/WARNING:/ERROR:."""
     print(line, file=sys.stderr, flush=True)
+
+
+def os_reason(err: OSError) -> str:
+    """The operating system's words for ``err`` ("Address already in use"), without the
+    wrapping asyncio adds ("error while attempting to bind on address ...")."""
+    return os.strerror(err.errno) if err.errno else str(err)

@@ -195,7 +195,10 @@ def test_source_port_in_use_is_a_clear_error(tmp_path):
         cluster.out = f"127.0.0.1:{closed_port()}"
         result = run_tool("machida", *cluster.initializer_args(), cwd=tmp_path)
     assert result.returncode == 1
-    assert b"Sequence Window source is unable to listen" in result.stderr
+    lines = result.stderr.decode().splitlines()
+    where = f"127.0.0.1:{cluster.in_port}"
+    assert lines == [f"Error: Sequence Window source is unable to listen on {where}: "
+                     f"Address already in use"]  # fmt: skip
 
 
 def test_external_channel_bad_frame_unknown_id_and_print(tmp_path):

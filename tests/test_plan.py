@@ -144,12 +144,22 @@ def test_a_foreign_wallaroo_module_is_refused(make_app, monkeypatch):
     )
 
 
-def test_module_not_found():
+@pytest.mark.parametrize("name", ["no_such_module_here", "no_such_package.app"])
+def test_a_module_that_is_not_there_is_one_line(name):
     with pytest.raises(ApplicationError) as err:
-        load_plan("no_such_module_here", ARGS)
+        load_plan(name, ARGS)
     text = str(err.value)
-    assert "ModuleNotFoundError" in text and "Traceback" in text
-    assert text.endswith("Could not load module 'no_such_module_here'")
+    assert "\n" not in text and "Traceback" not in text
+    assert text.startswith(f"Could not load module '{name}': no module of that name in ")
+
+
+def test_a_module_whose_own_import_is_missing_shows_its_traceback(make_app):
+    name = make_app("import no_such_dependency\n")
+    with pytest.raises(ApplicationError) as err:
+        load_plan(name, ARGS)
+    text = str(err.value)
+    assert "Traceback" in text and "No module named 'no_such_dependency'" in text
+    assert text.endswith(f"Could not load module '{name}'")
 
 
 def test_module_that_raises_on_import(make_app):

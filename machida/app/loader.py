@@ -45,6 +45,14 @@ def import_application(name: str) -> ModuleType:
     prepare_sys_path()
     try:
         module = importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and name.startswith(err.name) and name[len(err.name) :][:1] in ".":
+            # the module itself is missing (not something it imports): a wrong name or place
+            raise ApplicationError(
+                f"Could not load module '{name}': no module of that name in "
+                f"{os.getcwd()} or on the Python path"
+            ) from err
+        raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err
     except Exception as err:
         raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err
     check_wallaroo()

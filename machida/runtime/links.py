@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
-from machida.console import warn
+from machida.console import os_reason, warn
 from machida.runtime.channels import Channel
 from machida.runtime.dataplane import DataPlane
 
@@ -75,7 +75,7 @@ class OutLink:
                 if self.ever_connected and not warned:
                     where = f"{self.peer} at {self.host}:{self.port}"
                     warn(f"WARNING: data link to {where} is down "
-                         f"({err.strerror or err}); retrying every second")  # fmt: skip
+                         f"({os_reason(err)}); retrying every second")  # fmt: skip
                     warned = True
                 await asyncio.sleep(LINK_RETRY_S)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from machida.console import say
+from machida.console import os_reason, say
 
 Address = tuple[str, int]
 
@@ -38,7 +38,7 @@ class Listeners:
             server = await _listen(factory, address)
         except OSError as err:
             raise BindError(f"Error: unable to listen on {address[0]}:{address[1]} "
-                            f"for {kind}: {err.strerror or err}") from err  # fmt: skip
+                            f"for {kind}: {os_reason(err)}") from err  # fmt: skip
         self.servers.append(server)
         self.bound[kind] = (address[0], _port(server))
         return self.bound[kind]
@@ -47,7 +47,8 @@ class Listeners:
         try:
             server = await _listen(factory, address)
         except OSError as err:
-            raise BindError(f"{name} source is unable to listen") from err
+            raise BindError(f"Error: {name} source is unable to listen on "
+                            f"{address[0]}:{address[1]}: {os_reason(err)}") from err  # fmt: skip
         self.sources.append(server)
         say(f"{name} source listening on {address[0]}:{_port(server)}")
 

@@ -144,3 +144,16 @@ def test_any_records_any_batching_any_split_round_trip(records, cuts, step):
 def test_random_bytes_never_raise(data):
     decoder = BoundaryDecoder()
     decoder.feed(data)
+
+
+def test_dedup_refuses_a_gap_once_it_knows_an_incarnation():
+    dedup = Dedup()
+    dedup.start(7)
+    assert not dedup.gap(5000)  # nothing known yet: a replay may start anywhere
+    dedup.applied(5009)
+    assert not dedup.gap(5010) and not dedup.gap(4000) and dedup.gap(5011)
+    dedup.start(8)  # a new incarnation of the upstream starts from nothing
+    assert not dedup.gap(1) and dedup.seq == 0
+    restored = Dedup()
+    restored.restore(7, 100)  # from an event log: known at once
+    assert restored.gap(102) and not restored.gap(101)

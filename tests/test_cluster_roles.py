@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 
 import pytest
 
@@ -25,6 +26,7 @@ from machida.cluster.quiescence import Quiescence
 from machida.durability.recovery import Peer, Topology
 from machida.runtime.channels import ControlChannel
 from machida.runtime.process import Process
+from machida.wire.framing import encode_frame
 
 PLAN = ["module=app", "app=App", "resilience=False", "pipeline=P"]
 INITIALIZER_AT = ("10.0.0.1", 6000)
@@ -155,6 +157,16 @@ def pipe(dialler: ControlChannel, acceptor: ControlChannel, dialler_at: tuple, a
     acceptor.connection_made(b)
     dialler.connection_made(a)
     return a
+
+
+class Silent:
+    """The role of a dialling end that only sends what the test writes."""
+
+    def on_open(self, conn) -> None: ...
+
+    def on_message(self, conn, message) -> None: ...
+
+    def on_close(self, conn) -> None: ...
 
 
 def dialler_for(node: FakeNode):
@@ -407,3 +419,26 @@ def test_the_process_offers_every_verb_the_control_plane_may_use(tmp_path):
     process = Process(config, *load_plan("sequence_window", list(config.app_args)))
     assert sorted(verbs - set(dir(process))) == []
     assert sorted(verbs - set(dir(FakeNode("x")))) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "why"),
+    [({"type": "topology_please"}, "unexpected message type 'topology_please'"),
+     ({"type": "hello", "name": "w", "plan": PLAN}, "malformed 'hello' message (KeyError"),
+     ({"type": "hello", "name": "w", "plan": PLAN, "control": 5, "data": [1, 2]},
+      "malformed 'hello' message (TypeError")],
+)  # fmt: skip
+def test_a_control_message_the_initializer_cannot_take_closes_its_connection(message, why, capsys):
+    async def scenario():
+        LISTENING.clear()
+        init = FakeNode("initializer")
+        role = Initializer(init, 2)
+        await role.start()
+        end = pipe(ControlChannel(Silent()), ControlChannel(role), ("10.0.0.7", 4000),
+                   INITIALIZER_AT)  # fmt: skip
+        end.write(encode_frame(json.dumps(message).encode()))
+        await until(lambda: end.closed)
+        assert role.membership.names == ["initializer"]
+
+    asyncio.run(scenario())
+    assert f"ERROR: control connection with 10.0.0.7:4000: {why}" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,10 +21,11 @@ from machida.app.loader import load_plan, serializers
 from machida.runtime.dataplane import SOURCE_SLICE, DataPlane, Inbound
 from machida.runtime.flow import LINK_HIGH_WATER, FlowControl
 from machida.testing import DEFAULT_ARGS, run
-from machida.wire.boundary import BoundaryDecoder
+from machida.wire.boundary import BoundaryDecoder, encode_batch
 
 WORKERS = ["initializer", "worker-2"]
 FRAME = struct.Struct(">IQ")
+STATE_STEP = 1  # sequence_window: the state partition follows one stateless step
 
 
 def framed(values) -> bytes:
@@ -260,3 +262,33 @@ def test_any_mix_of_losses_and_replays_delivers_every_window_exactly_once(steps)
     assert pair.windows("initializer") == expected(sent, 0)
     assert pair.windows("worker-2") == expected(sent, 1)
     assert pair.planes["initializer"].counts()["backlog"] == 0
+
+
+def test_a_batch_that_jumps_ahead_is_refused_and_nothing_of_it_applied():
+    pair = Pair()
+    pair.send(framed([1, 3]))
+    pair.deliver()
+    forged = encode_batch(2**62, [[(0, STATE_STEP, 1), True, [99]]])
+    inbound = pair.inbound[("initializer", "worker-2")]
+    error = pair.planes["worker-2"].boundary_read(inbound, forged)
+    assert "starts at record 4611686018427387904, but 3 was next" in str(error)
+    pair.send(framed([5]))
+    pair.connect("initializer", "worker-2")  # the refused link was closed; the real one redials
+    pair.deliver()
+    assert [w[-1] for w in pair.windows("worker-2")] == [1, 3, 5]
+
+
+@pytest.mark.parametrize(
+    ("route", "why"),
+    [((0, STATE_STEP, 0), "key index 0, which this worker does not own"),
+     ((0, STATE_STEP, 7), "key index 7, which this worker does not own"),
+     ((3, 1, 1), "pipeline 3, step 1, key index 1")],
+)  # fmt: skip
+def test_a_batch_for_a_route_this_worker_does_not_own_is_refused(route, why, capsys):
+    pair = Pair()
+    pair.deliver()
+    inbound = pair.inbound[("initializer", "worker-2")]
+    error = pair.planes["worker-2"].boundary_read(inbound, encode_batch(1, [[route, True, [2]]]))
+    assert why in str(error)
+    assert pair.windows("worker-2") == [] and pair.planes["worker-2"].counts()["applied"] == 0
+    assert capsys.readouterr().err == ""  # not reported as a failure of the user's callbacks

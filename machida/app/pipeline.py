@@ -68,6 +68,7 @@ class LocalTopology:
         self.states: dict[str, dict[int, Any]] = {}
         self._build_states()
         self._arrivals: dict[tuple[int, int], Callable[[int, Any], None]] = {}
+        self._owned: dict[tuple[int, int], dict[int, Any]] = {}  # (p, pos) -> its owned states
         self._worker_chains = [self._compile_worker_part(i) for i in range(len(plan.pipelines))]
 
     # -- states ---------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class LocalTopology:
     def _state_step(self, p: int, pos: int, step: StatePartition, nxt: Callable) -> Callable:
         apply = self._state_apply(p, step, nxt)
         self._arrivals[(p, pos)] = apply
+        self._owned[(p, pos)] = self.states[step.state_name]
         owners = dict(self.placement.owners)[step.state_name]
         me, cb = self.worker, self.callbacks
         pname = self.plan.pipelines[p].name
@@ -292,6 +294,11 @@ class LocalTopology:
     def arrive(self, p: int, pos: int, key_index: int, msg: Any) -> None:
         """A message for a key this worker owns, from another worker."""
         self._arrivals[(p, pos)](key_index, msg)
+
+    def owns(self, p: int, pos: int, key_index: int) -> bool:
+        """Whether key ``key_index`` of the state step at ``pos`` of pipeline ``p`` is here."""
+        owned = self._owned.get((p, pos))
+        return owned is not None and key_index in owned
 
     def arrival(self, p: int, pos: int) -> Callable[[int, Any], None]:
         """``apply(key_index, msg)`` of the state step at ``pos``: for a run of arrivals."""

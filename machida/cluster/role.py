@@ -16,7 +16,7 @@ Handler = Callable[["Role", ControlLink, dict], None]
 class Role:
     """A cluster role steering ``node``; each control message goes to its handler."""
 
-    # message type -> handler; a type a role does not handle is ignored
+    # message type -> handler; a type a role does not handle ends the connection
     HANDLERS: ClassVar[dict[str, Handler]] = {}
 
     def __init__(self, node: Node) -> None:
@@ -30,9 +30,21 @@ class Role:
         """A control connection is gone."""
 
     def on_message(self, conn: ControlLink, message: dict) -> None:
-        handler = self.HANDLERS.get(message["type"])
-        if handler is not None:
+        """Dispatch one message; one this role does not expect, or one whose fields are
+        wrong, ends the connection with one line."""
+        kind = message["type"]
+        handler = self.HANDLERS.get(kind)
+        if handler is None:
+            return self._refuse(conn, f"unexpected message type {kind!r}")
+        try:
             handler(self, conn, message)
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            self._refuse(conn, f"malformed {kind!r} message ({type(err).__name__}: {err})")
+
+    @staticmethod
+    def _refuse(conn: ControlLink, why: str) -> None:
+        warn(f"ERROR: control connection with {conn.peer}: {why}; connection closed")
+        conn.close()
 
     async def finish_shutdown(self, deadline_s: float) -> int:
         """Flush sinks, close, remove recovery files; 0 when everything left, else 1."""

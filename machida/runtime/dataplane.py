@@ -224,7 +224,10 @@ class DataPlane:
                 inbound.upstream = event[1]
                 self.dedup.setdefault(event[1], Dedup()).start(event[2])
             elif event[0] == "batch" and inbound.upstream is not None and ready:
-                self._apply_batch(inbound, event[1], event[2])
+                refused = self._apply_batch(inbound, event[1], event[2])
+                if refused is not None:
+                    inbound.decoder.error = refused  # nothing more is read from this link
+                    break
         self.flush()
         took = time.perf_counter_ns() - start
         for counts, earlier in zip(self.pstats, before):
@@ -232,11 +235,18 @@ class DataPlane:
                 counts.latency.add_many(took, counts.messages_arrived - earlier)
         return inbound.decoder.error
 
-    def _apply_batch(self, inbound: Inbound, first: int, runs: list) -> None:
+    def _apply_batch(self, inbound: Inbound, first: int, runs: list) -> FrameError | None:
         dedup = self.dedup[inbound.upstream]
+        topology, pstats = self.topology, self.pstats
+        if dedup.gap(first):
+            return FrameError(f"a batch from {inbound.upstream} starts at record {first}, but "
+                              f"{dedup.seq + 1} was next: records would be skipped")  # fmt: skip
+        for p, pos, key_index, _, _ in runs:
+            if not topology.owns(p, pos, key_index):
+                return FrameError(f"a batch has records for pipeline {p}, step {pos}, key index "
+                                  f"{key_index}, which this worker does not own")  # fmt: skip
         total = sum(len(run[4]) for run in runs)
         skip = skipped = dedup.skip(first, total)
-        topology, pstats = self.topology, self.pstats
         for p, pos, key_index, is_int, values in runs:
             if skip:
                 if skip >= len(values):
@@ -256,6 +266,7 @@ class DataPlane:
         self.applied_total += total - skipped
         dedup.applied(first + total - 1)
         inbound.applied = dedup.seq
+        return None
 
     # -- the sending end of a boundary ----------------------------------------------------
 
@@ -295,8 +306,7 @@ class DataPlane:
     def restore_origins(self, origins: dict[str, tuple[int, int]]) -> None:
         """What a recovered worker's event log says it applied from each upstream worker."""
         for upstream, (incarnation, seq) in origins.items():
-            dedup = self.dedup.setdefault(upstream, Dedup())
-            dedup.incarnation, dedup.seq = incarnation, seq
+            self.dedup.setdefault(upstream, Dedup()).restore(incarnation, seq)
 
 
 def ints_round_trip(pair: tuple) -> bool:

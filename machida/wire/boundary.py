@@ -177,6 +177,8 @@ class BoundaryDecoder:
         self.error: FrameError | None = None
 
     def feed(self, data: bytes) -> list[tuple]:
+        if self.error is not None:
+            return []
         events: list[tuple] = []
         for frame in self._frames.feed(data):
             kind = frame[0]
@@ -233,23 +235,38 @@ class Dedup:
     """What a receiver has applied from each upstream incarnation.
 
     ``skip(first_seq, count)`` says how many leading records of a batch were
-    already applied; ``applied(upto)`` records progress.
+    already applied; ``applied(upto)`` records progress. Once anything is known
+    of an incarnation (a batch applied, or a log restored), a batch that starts
+    past the next record is a gap (:meth:`gap`): accepting it would skip records.
+    A receiver that knows nothing of an incarnation yet takes its first batch as
+    the start (after a restart without a log, the upstream re-sends from what it
+    had acknowledged).
     """
 
-    __slots__ = ("incarnation", "seq")
+    __slots__ = ("incarnation", "known", "seq")
 
     def __init__(self) -> None:
         self.incarnation: int | None = None
         self.seq = 0
+        self.known = False
 
     def start(self, incarnation: int) -> None:
         """A (re)connection from ``incarnation``: a new one starts from zero."""
         if incarnation != self.incarnation:
             self.incarnation = incarnation
             self.seq = 0
+            self.known = False
+
+    def restore(self, incarnation: int, seq: int) -> None:
+        """What a log says was applied from ``incarnation``."""
+        self.incarnation, self.seq, self.known = incarnation, seq, True
+
+    def gap(self, first_seq: int) -> bool:
+        return self.known and first_seq > self.seq + 1
 
     def skip(self, first_seq: int, count: int) -> int:
         return max(0, min(count, self.seq - first_seq + 1))
 
     def applied(self, upto: int) -> None:
         self.seq = max(self.seq, upto)
+        self.known = True

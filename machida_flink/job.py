@@ -13,6 +13,7 @@ application module, the ``machida`` and ``machida_flink`` packages and the jar.
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import struct
 import subprocess
@@ -78,13 +79,23 @@ def _forward(pipe) -> None:
         out.flush()
 
 
-def python_files(module: ModuleType) -> list[str]:
-    """What the TaskManagers import: the application (its top package) and our two packages."""
+def python_bundle(module: ModuleType, into: Path) -> Path:
+    """A directory holding what the TaskManagers import: the application (its top
+    package) and our two packages. PyFlink puts a shipped directory itself on the
+    workers' path, so packages are shipped inside one."""
     top = sys.modules[module.__name__.split(".")[0]]
     path = Path(top.__file__)
     app = path.parent if path.name == "__init__.py" else path
-    ours = [Path(machida.__file__).parent, Path(machida_flink.__file__).parent]
-    return [str(app), *map(str, ours)]
+    bundle = into / "python"
+    bundle.mkdir(parents=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for source in (app, Path(machida.__file__).parent, Path(machida_flink.__file__).parent):
+        target = bundle / source.name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=skip)
+        else:
+            shutil.copy2(source, target)
+    return bundle
 
 
 def configuration(options: JobOptions, name: str):
@@ -106,16 +117,34 @@ def configuration(options: JobOptions, name: str):
         "restart-strategy.fixed-delay.attempts": str(options.restart_attempts),
         "restart-strategy.fixed-delay.delay": "1 s",
     }
-    if options.jobmanager is not None:
-        host, port = options.jobmanager
-        settings.update(
-            {"execution.target": "remote", "rest.address": host, "rest.port": str(port)}
-        )
     for key, value in options.flink_conf:
         settings[key] = value
     for key, value in settings.items():
         conf.set_string(key, value)
     return conf
+
+
+def environment(options: JobOptions, name: str, jar: Path):
+    """A local (MiniCluster) environment, or a remote one for ``--jobmanager``, shipping ``jar``."""
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.java_gateway import get_gateway
+
+    conf = configuration(options, name)
+    if options.jobmanager is None:
+        env = StreamExecutionEnvironment.get_execution_environment(conf)
+        env.add_jars(jar.resolve().as_uri())
+        return env
+    from pyflink.util.java_utils import add_jars_to_context_class_loader
+
+    add_jars_to_context_class_loader([jar.resolve().as_uri()])
+    gateway = get_gateway()
+    jars = gateway.new_array(gateway.jvm.String, 1)
+    jars[0] = str(jar.resolve())
+    host, port = options.jobmanager
+    j_env = gateway.jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment
+    return StreamExecutionEnvironment(
+        j_env.createRemoteEnvironment(host, port, conf._j_configuration, jars)
+    )
 
 
 def build_job(env, plan: AppPlan, shape: Shape, wiring, ingress: tuple[str, int]) -> None:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,11 +39,14 @@ TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
 
 
 def say(line: str) -> None:
-    print(line, flush=True)
+    """One stdout line, written whole (the job's watcher thread prints too)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def warn(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class FlinkRunner:
@@ -61,6 +66,8 @@ class FlinkRunner:
         self.job_client = None
         self.gateway = None
         self.failure = ""
+        self.cancelling = False
+        self.scratch = Path(tempfile.mkdtemp(prefix="machida-flink-"))
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -85,6 +92,7 @@ class FlinkRunner:
                 external.close()
             self.ingress.close()
             await asyncio.to_thread(self._stop_jvm)
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     async def _run_job(self) -> int:
         where = (
@@ -100,9 +108,9 @@ class FlinkRunner:
         p = self.config.parallelism
         say(f"Flink job {job_id} submitted to {where}, parallelism {p}")
         say("Single worker topology" if p == 1 else f"{p} worker topology")
-        watcher = threading.Thread(target=self._watch, args=(asyncio.get_running_loop(),))
-        watcher.daemon = True
-        watcher.start()
+        loop = asyncio.get_running_loop()
+        for target in (self._watch, self._await_result):
+            threading.Thread(target=target, args=(loop,), daemon=True).start()
         ready = asyncio.ensure_future(self.ingress.all_subscribed())
         ended = asyncio.ensure_future(self._terminal())
         await asyncio.wait([ready, ended], return_when=asyncio.FIRST_COMPLETED)
@@ -124,8 +132,10 @@ class FlinkRunner:
     # -- the JVM side (called in threads) ----------------------------------------------------
 
     def _submit(self) -> str:
-        from pyflink.datastream import StreamExecutionEnvironment
-
+        # py4j logs every failed call with a traceback; once the job has ended (and an
+        # embedded MiniCluster has shut down) the status polls fail by design.
+        for name in ("py4j", ""):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         from machida_flink.stages import Wiring
 
         path = jar.ensure()
@@ -138,10 +148,8 @@ class FlinkRunner:
             jobmanager=self.config.jobmanager,
         )
         name = f"machida: {self.plan.name}"
-        env = StreamExecutionEnvironment.get_execution_environment(job.configuration(options, name))
-        env.add_jars(path.resolve().as_uri())
-        for file in job.python_files(self.module):
-            env.add_python_file(file)
+        env = job.environment(options, name, path)
+        env.add_python_file(str(job.python_bundle(self.module, self.scratch)))
         wiring = Wiring(
             module=self.config.application_module,
             args=tuple(self.config.app_args),
@@ -163,31 +171,31 @@ class FlinkRunner:
             host = socket.gethostname()
         return host, port
 
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        last = None
-        while True:
-            try:
-                status = self.job_client.get_job_status().result().name
-            except Exception as err:
-                status, self.failure = "FAILED", f": {_first_line(err)}"
-            if status != last:
-                last = status
-                loop.call_soon_threadsafe(self._status, status)
-                say(f"Flink job: {status}")
-            if status in TERMINAL:
-                if status == "FAILED" and not self.failure:
-                    self.failure = f": {self._failure_cause()}"
-                return
-            time.sleep(POLL_S)
-
-    def _failure_cause(self) -> str:
+    def _await_result(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Block on the job's result: FINISHED, or how it failed (or CANCELED by us)."""
         try:
             self.job_client.get_job_execution_result().result()
+            status = "FINISHED"
         except Exception as err:
-            return _first_line(err)
-        return "no cause given"
+            status = "CANCELED" if self.cancelling else "FAILED"
+            self.failure = f": {_first_line(err)}"
+        loop.call_soon_threadsafe(self._status, status)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Report the job's status changes (RUNNING, RESTARTING, ...) until it ends."""
+        last = None
+        while self.status not in TERMINAL:
+            try:
+                status = self.job_client.get_job_status().result().name
+            except Exception:
+                status = last  # the job is ending; its result says how
+            if status != last and status not in TERMINAL:
+                last = status
+                loop.call_soon_threadsafe(self._status, status)
+            time.sleep(POLL_S)
 
     def _cancel(self) -> None:
+        self.cancelling = True
         if self.job_client is not None and self.status not in TERMINAL:
             with contextlib.suppress(Exception):
                 self.job_client.cancel().result()
@@ -205,7 +213,10 @@ class FlinkRunner:
     # -- events -----------------------------------------------------------------------------
 
     def _status(self, status: str) -> None:
+        if self.status in TERMINAL or status == self.status:
+            return
         self.status = status
+        say(f"Flink job: {status}")
         self.status_changed.set()
 
     async def _terminal(self) -> str:

@@ -107,9 +107,10 @@ def overview(rest_port: int) -> dict | None:
         return None
 
 
-def taskmanager_pids(directory: Path) -> list[int]:
-    """The TaskManagers' process ids, in start order (from the daemon scripts' pid file)."""
-    found = sorted((directory / "pid").glob("*-taskexecutor.pid"))
+def pids(directory: Path, role: str = "taskexecutor") -> list[int]:
+    """Process ids of a role (``taskexecutor``, ``standalonesession``) in start order,
+    from the daemon scripts' pid file."""
+    found = sorted((directory / "pid").glob(f"*-{role}.pid"))
     if not found:
         return []
     return [int(word) for word in found[0].read_text().split()]

@@ -118,6 +118,12 @@ class _Stage:
         )
         self._raw_ints = batch.ints_round_trip(*serializers(module))
 
+    def close(self) -> None:
+        """The operator ends (or restarts): the dropped-message counts, as machida prints them."""
+        callbacks = getattr(self, "callbacks", None)
+        if callbacks is not None:
+            callbacks.summarise(force=True)
+
     def _sink_for(self, p: int):
         parts: list = []
         sink = self.wiring.sinks.get(p)

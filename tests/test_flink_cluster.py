@@ -50,6 +50,7 @@ def session_cluster(tmp_path_factory):
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.timeout(600)
 def test_kill_9_of_a_taskmanager_loses_nothing(session_cluster, tmp_path):
     directory, rest = session_cluster
     managers = cluster.pids(directory, "taskexecutor")

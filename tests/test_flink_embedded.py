@@ -12,6 +12,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from flinkhelp import (
     FlinkProcess,
     closed_port,
@@ -36,6 +37,7 @@ def by_newest_parity(values: list[list[int]]) -> dict[int, list[list[int]]]:
     return dict(keyed)
 
 
+@pytest.mark.timeout(400)
 def test_sequence_window_per_key_equals_the_driver_and_a_bad_frame_closes_one_connection(
     tmp_path,
 ):
@@ -95,7 +97,7 @@ FEATURE_MORE = [300, 600, 903]
 
 def feature_reference() -> tuple[dict, list[str]]:
     """machida.testing's word outputs per first letter, and its ``key:total`` items."""
-    args = ["flink_features", "--in", "x:1,x:2,x:3", "--out", "x:4,x:5"]
+    args = ["flink_features", "--in", "x:1,x:2,x:3,x:6", "--out", "x:4,x:5"]
     driver = Driver("flink_features", workers=2, args=args, errors="log")
     per_letter = defaultdict(list)
     for output in driver.feed(FEATURE_WORDS, pipeline=0):
@@ -106,11 +108,12 @@ def feature_reference() -> tuple[dict, list[str]]:
     return dict(per_letter), items
 
 
+@pytest.mark.timeout(400)
 def test_every_api_feature_runs_as_on_the_driver(tmp_path, test_apps):
     expected_words, expected_items = feature_reference()
     word_recv, word_out = receiver(tmp_path)
     number_recv, number_out = receiver(tmp_path)
-    ports = [closed_port() for _ in range(3)]
+    ports = [closed_port() for _ in range(4)]
     external = f"127.0.0.1:{closed_port()}"
     ins = ",".join(f"127.0.0.1:{p}" for p in ports)
     with word_recv, number_recv, FlinkProcess(
@@ -120,15 +123,19 @@ def test_every_api_feature_runs_as_on_the_driver(tmp_path, test_apps):
     ) as flink:  # fmt: skip
         flink.wait_ready()
         send(ports[0], b"".join(frame(text.encode()) for text in FEATURE_WORDS))
+        send(ports[3], frame(b"stateless") + frame(b"pipeline"))
         send(ports[2], u64_frames(FEATURE_MORE))
         probes = probe_until_shared(ports[1], number_recv, sum(FEATURE_MORE))
-        word_lines = wait_lines(word_recv, sum(map(len, expected_words.values())))
+        word_lines = wait_lines(word_recv, sum(map(len, expected_words.values())) + 2)
         send(ports[1], u64_frames(FEATURE_NUMBERS))
         number_lines = wait_lines(number_recv, probes + len(expected_items))
         assert shutdown(flink, external) == 0, flink.report()
+    echoes = [line for line in word_lines if line.startswith(b"echo:")]
+    assert echoes == [b"echo:sseletats", b"echo:enilepip"]
     got_words = defaultdict(list)
     for line in word_lines:
-        got_words[line.decode()[1]].append(line.decode())
+        if not line.startswith(b"echo:"):
+            got_words[line.decode()[1]].append(line.decode())
     assert dict(got_words) == expected_words
     check_numbers(number_lines, probes, expected_items)
     err = flink.stderr.decode()

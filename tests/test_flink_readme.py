@@ -41,6 +41,7 @@ def test_the_flink_script_is_the_readme_one_with_one_command():
     assert "validator -i received.txt -e 100" in script
 
 
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_readme_walkthrough_on_flink_validates(tmp_path, parallelism):
     script = on_flink(walkthrough(), parallelism)

@@ -5,7 +5,10 @@
 # state step, a done() pipeline without a sink, two sinks, and a decoder that
 # raises for one value. Written in the 2017 style, as users wrote them.
 #
-#   --in WORDS,NUMBERS,MORE --out WORD_SINK,NUMBER_SINK
+#   --in WORDS,NUMBERS,MORE,ECHO --out WORD_SINK,NUMBER_SINK
+#
+# The fourth pipeline has no state step and writes to the first sink address
+# through a sink of its own (a connection of its own).
 
 import struct
 
@@ -33,6 +36,9 @@ def application_setup(args):
     ab.new_pipeline("more numbers", wallaroo.TCPSourceConfig(ins[2][0], ins[2][1], NumberDecoder()))
     ab.to_state_partition_u64(AddTo(), TotalBuilder(), "totals", ModThree(), [0, 1, 2])
     ab.done()
+    ab.new_pipeline("echo", wallaroo.TCPSourceConfig(ins[3][0], ins[3][1], TextDecoder()))
+    ab.to(Reverse)
+    ab.to_sink(wallaroo.TCPSinkConfig(outs[0][0], outs[0][1], TextEncoder()))
     return ab.build()
 
 
@@ -136,6 +142,11 @@ class Sequence(object):
     def compute_multi(self, data, state):
         state.n += 1
         return (["%d|%s" % (state.n, data)], True)
+
+
+class Reverse(object):
+    def compute(self, data):
+        return "echo:" + data[::-1]
 
 
 class TextEncoder(object):

@@ -72,11 +72,17 @@ def start_gateway() -> subprocess.Popen:
     return proc
 
 
+# PyFlink starts its JVM with an option for a module Java 17 does not have; the JVM
+# says so at every start, which is noise for a user.
+_JVM_NOISE = b"WARNING: Unknown module: jdk.proxy2 specified to --add-opens"
+
+
 def _forward(pipe) -> None:
     out = sys.stderr.buffer
     for line in iter(pipe.readline, b""):
-        out.write(line)
-        out.flush()
+        if not line.startswith(_JVM_NOISE):
+            out.write(line)
+            out.flush()
 
 
 def python_bundle(module: ModuleType, into: Path) -> Path:

@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from machida_flink.runner import FlinkRunner
 
+    async def run() -> int:  # the runner's events belong to the loop asyncio.run makes
+        return await FlinkRunner(config, module, plan).run()
+
     try:
-        return asyncio.run(FlinkRunner(config, module, plan).run())
+        return asyncio.run(run())
     except KeyboardInterrupt:
         return 0
 

@@ -66,8 +66,8 @@ def prepare(directory: Path, rest_port: int, rpc_port: int, slots: int) -> dict:
         "rest.address": "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
         "rest.port": rest_port,
-        # one slot of a job per TaskManager where possible, so losing one loses part of a job
-        "cluster.evenly-spread-out-slots": "true",
+        # a job's slots spread over the TaskManagers, so losing one loses part of every job
+        "taskmanager.load-balance.mode": "SLOTS",
         # notice a dead TaskManager within seconds, not the default 50
         "heartbeat.interval": 2000,
         "heartbeat.timeout": 10000,
@@ -105,6 +105,12 @@ def overview(rest_port: int) -> dict | None:
             return json.loads(r.read())
     except OSError:
         return None
+
+
+def taskmanagers(rest_port: int) -> list[dict]:
+    """The REST API's view of the TaskManagers (slots, free slots, ...)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/taskmanagers", timeout=5) as r:
+        return json.loads(r.read())["taskmanagers"]
 
 
 def pids(directory: Path, role: str = "taskexecutor") -> list[int]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import sys
 import threading
@@ -41,7 +42,21 @@ LOW_WATER = 16 * 1024 * 1024
 SERVE_CHUNK = 1024 * 1024
 # Durable against a machine crash within this long (one fdatasync per period with new data).
 SYNC_EVERY_S = 0.2
-READ_SIZE = 256 * 1024
+# Disk is given back in whole pages.
+PAGE = 4096
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
+
+
+def punch_hole(fd: int, start: int, end: int) -> bool:
+    """Deallocate ``[start, end)`` of a file, keeping its size (Linux); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    mode = _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE
+    return fallocate(fd, mode, start, end - start) == 0
 
 
 class Stream:
@@ -54,6 +69,7 @@ class Stream:
         self.size = 0
         self.synced = 0
         self.served = 0  # the furthest offset sent to a reader
+        self.released = 0  # disk below this offset was given back (checkpointed)
         self.ended = False
         self.subscribed = asyncio.Event()
         self.grown = asyncio.Event()
@@ -70,6 +86,16 @@ class Stream:
         if not self.ended:
             self.append(log.entry(log.END, 0))
             self.ended = True
+
+    def release(self, offset: int) -> None:
+        """Give back the disk under ``[0, offset)``; offsets and the file's size stay as they are.
+
+        Only a completed checkpoint's offset is released, and a restore never goes back
+        further than the latest completed checkpoint, so no reader asks for those bytes again.
+        """
+        end = min(offset, self.synced) // PAGE * PAGE
+        if end > self.released and self.fd >= 0 and punch_hole(self.fd, self.released, end):
+            self.released = end
 
     def read(self, offset: int) -> bytes:
         return os.pread(self.fd, min(SERVE_CHUNK, self.size - offset), offset)
@@ -209,7 +235,7 @@ class Ingress:
                 return self._refuse(writer, f"no stream {index} at offset {offset}")
             stream = self.streams[index]
             stream.subscribed.set()
-            commits = asyncio.ensure_future(self._read_commits(reader, decoder, writer))
+            commits = asyncio.ensure_future(self._read_commits(reader, decoder, writer, stream))
             try:
                 await self._send(stream, offset, writer)
             finally:
@@ -239,13 +265,15 @@ class Ingress:
                 stream.grown.clear()
                 await stream.grown.wait()
 
-    async def _read_commits(self, reader, decoder, writer) -> None:
-        """Commits are accepted and ignored: the streams are kept until a clean shutdown."""
+    async def _read_commits(self, reader, decoder, writer, stream: Stream) -> None:
+        """A completed checkpoint no longer needs what lies before its offset: free that disk."""
         while True:
             data = await reader.read(4096)
             if not data:
                 return
-            decoder.feed(data)
+            for kind, _, offset in decoder.feed(data):
+                if kind == log.COMMIT:
+                    stream.release(offset)
             if decoder.error is not None:
                 self._refuse(writer, str(decoder.error))
                 writer.close()

@@ -23,7 +23,6 @@ Records between operators are ``(flink key, route, key index, batch)`` tuples
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from machida.callbacks import Callbacks
+from machida.callbacks import Callbacks, label
 from machida.loader import load_plan, serializers
 from machida.pipeline import LocalTopology
 from machida.plan import Placement
@@ -205,7 +204,6 @@ class StateStage(_Stage, KeyedProcessFunction):
         self._value = runtime_context.get_state(
             ValueStateDescriptor("machida state", Types.PICKLED_BYTE_ARRAY())
         )
-        self._serialize, self._deserialize = serializers(sys.modules[self.wiring.module])
         self._states = self.topology.states[self.state_name]
         self._builder = next(
             step.builder
@@ -254,8 +252,6 @@ class StateStage(_Stage, KeyedProcessFunction):
         try:
             return self._builder.build()
         except Exception as err:
-            from machida.callbacks import label
-
             raise RuntimeError(
                 f"{label(self._builder, 'build')}() raised {type(err).__name__}: {err} while "
                 f"building key index {key_index} of state '{self.state_name}'"

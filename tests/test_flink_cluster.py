@@ -65,6 +65,8 @@ def test_kill_9_of_a_taskmanager_loses_nothing(session_cluster, tmp_path):
     ) as flink:  # fmt: skip
         flink.wait_ready()
         assert b"submitted to jobmanager" in flink.stdout
+        used = [tm["slotsNumber"] - tm["freeSlots"] for tm in cluster.taskmanagers(rest)]
+        assert used == [1, 1], f"the job's two slots are not on both TaskManagers: {used}"
         sender = subprocess.Popen(
             [sys.executable, "-m", "wallaroo_tools.sender", "-h", f"127.0.0.1:{in_port}",
              "-m", str(total), "-y", "-g", "12", "-u", "-w", "-s", "100", "-i", "50_000_000"],

@@ -45,7 +45,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint browser
+test: lint browser flink-install
 	$(PY) -m pytest
 
 # make run RUN_ARGS='--base-port 17000' moves every port of the scenario.
@@ -54,8 +54,52 @@ run: install
 
 # make bench N=10000000 is the soak run (watch the RSS samples stay flat).
 N ?= 1000000
-bench: install
+bench: install flink-install
 	$(PY) scripts/bench.py --n $(N)
 
 bench-driver: install
 	$(PY) scripts/bench_driver.py
+
+# ---- The Flink back end (machida-flink, docs/flink.md) --------------------------------------
+# apache-flink (pinned as the "flink" extra in pyproject.toml) is big (~850 MB with its
+# dependencies), so only these targets and make test / make bench install it; make install
+# and make run stay light. The Java classes are compiled from java/ against its jars.
+FLINK_STAMP := $(VENV)/.flink-installed
+FLINK_JAR := build/flink/machida-flink.jar
+JAVA_SOURCES := $(wildcard java/machida/flink/*.java)
+TASKMANAGERS ?= 2
+FLINK_SLOTS ?= 2
+FLINK_REST_PORT ?= 8081
+
+.PHONY: flink-install jdk flink-run flink-cluster flink-cluster-stop
+
+flink-install: $(FLINK_STAMP) $(FLINK_JAR)
+
+# Debian's OpenJDK 17 (javac and a JVM), installed as root when missing.
+jdk:
+	@if ! command -v javac >/dev/null || ! command -v java >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y openjdk-17-jdk-headless; \
+		else \
+			echo "error: machida-flink needs a JDK: apt-get install openjdk-17-jdk-headless" >&2; exit 1; \
+		fi; \
+	fi
+
+$(FLINK_STAMP): $(STAMP) pyproject.toml | jdk
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-warn-conflicts -e ".[flink]"
+	touch $(FLINK_STAMP)
+
+$(FLINK_JAR): $(FLINK_STAMP) $(JAVA_SOURCES)
+	$(PY) -m machida_flink.jar
+
+# make flink-run RUN_ARGS='--parallelism 2 --jobmanager 127.0.0.1:8081'
+flink-run: install flink-install
+	$(PY) scripts/flink_demo.py $(RUN_ARGS)
+
+# A standalone session cluster from the installed distribution: a JobManager (REST on
+# 127.0.0.1:$(FLINK_REST_PORT)) and $(TASKMANAGERS) TaskManagers, each its own JVM.
+flink-cluster: install flink-install
+	$(PY) -m machida_flink.cluster start --taskmanagers $(TASKMANAGERS) --slots $(FLINK_SLOTS) --rest-port $(FLINK_REST_PORT)
+
+flink-cluster-stop: flink-install
+	$(PY) -m machida_flink.cluster stop

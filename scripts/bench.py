@@ -8,7 +8,10 @@ receiver, one after the other:
   processes calling the application's objects exactly as the API requires,
   and nothing else);
 * ``resilient``: the same cluster with ``--run-with-resilience`` (event log,
-  fsync per batch, acknowledgements after the fsync).
+  fsync per batch, acknowledgements after the fsync);
+* ``flink``: ``machida-flink`` (the Flink back end, embedded MiniCluster,
+  parallelism 1, checkpoints every second) running the same application; its
+  RSS includes its JVM's, and its CPU seconds include the JVM's (a child it reaps).
 
 The sender is ``sender --interval 0`` (as fast as the socket takes it) writing
 ``sent.txt``, whose per-batch timestamps give each value's send time. The
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -43,8 +47,9 @@ NEWEST = re.compile(rb",(\d+)\]")
 SENT = re.compile(rb"(\d+), \x00\x00\x00\x08(.{8})\n", re.S)
 TIMEOUT_S = 600.0
 # What is measured, in this order: the bare path, the runner, the runner with resilience on.
-SYSTEMS = ("reference", "cluster", "resilient")
-RATIOS = {"ratio": ("cluster", "reference"), "resilience_ratio": ("resilient", "cluster")}
+SYSTEMS = ("reference", "cluster", "resilient", "flink")
+RATIOS = {"ratio": ("cluster", "reference"), "resilience_ratio": ("resilient", "cluster"),
+          "flink_ratio": ("flink", "cluster")}  # fmt: skip
 # RSS is sampled this often (the last five samples are printed: the soak view).
 SAMPLE_EVERY_S = 0.25
 
@@ -112,6 +117,10 @@ class Run:
         """RSS now, and the peak so far (VmHWM: wait4's figure would include the fork)."""
         for name, proc in self.procs.items():
             rss, peak = _memory(proc.pid)
+            if name == "machida-flink":  # and its JVM (MiniCluster, Python in thread mode)
+                for child in _children(proc.pid):
+                    more = _memory(child)
+                    rss, peak = rss + more[0], peak + more[1]
             if rss:
                 self.rss_samples.setdefault(name, []).append(rss)
                 self.peaks[name] = max(self.peaks.get(name, 0), peak)
@@ -134,6 +143,15 @@ def _memory(pid: int) -> tuple[int, int]:
     return found.get("VmRSS", 0), found.get("VmHWM", 0)
 
 
+def _children(pid: int) -> list[int]:
+    """Child processes of every thread of ``pid`` (a thread that forks is the child's parent)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(word) for word in (task / "children").read_text().split()]
+    return found
+
+
 async def start_cluster(run: Run, in_port: int, out: str) -> None:
     control, data = unused_port(), unused_port()
     common = ["--application-module", "sequence_window", "--in", f"127.0.0.1:{in_port}",
@@ -148,6 +166,19 @@ async def start_cluster(run: Run, in_port: int, out: str) -> None:
               "--cluster-initializer"))  # fmt: skip
     run.spawn("worker-2", tool_cmd("machida", *common, "--name", "worker-2"))
     await run.wait_line("initializer", "Application has successfully initialized.")
+
+
+async def start_flink(run: Run, in_port: int, out: str) -> None:
+    """machida-flink with an embedded MiniCluster (its JVM is a child of this process)."""
+    run.external = f"127.0.0.1:{unused_port()}"
+    run.spawn("machida-flink", [sys.executable, "-m", "machida_flink", "--application-module",
+              "sequence_window", "--in", f"127.0.0.1:{in_port}", "--out", out, "--external",
+              run.external, "--resilience-dir", str(run.dir)])  # fmt: skip
+    await run.wait_line("machida-flink", "Application has successfully initialized.")
+
+
+STARTERS = {"reference": "start_reference", "cluster": "start_cluster",
+            "resilient": "start_cluster", "flink": "start_flink"}  # fmt: skip
 
 
 async def start_reference(run: Run, in_port: int, out: str) -> None:
@@ -167,7 +198,7 @@ async def measure(name: str, n: int, workdir: Path) -> dict:
     in_port = unused_port()
     sampler = None
     try:
-        await (start_reference if name == "reference" else start_cluster)(run, in_port, out)
+        await globals()[STARTERS[name]](run, in_port, out)
         sampler = loop.create_task(run.sample_rss())
         sender = run.spawn("sender", tool_cmd("sender", "-h", f"127.0.0.1:{in_port}", "-m",
                            str(n), "-y", "-g", "12", "-u", "-s", "1000", "-i", "0"))  # fmt: skip

@@ -27,7 +27,7 @@ def test_bench_smoke_run_delivers_every_window(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     systems = {r["system"]: r for r in report["results"]}
-    assert set(systems) == {"reference", "cluster", "resilient"}
+    assert set(systems) == {"reference", "cluster", "resilient", "flink"}
     for r in systems.values():
         assert r["missing"] == 0 and r["windows"] == 20_000
         assert r["rate"] > 0 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99.9"]
@@ -36,6 +36,8 @@ def test_bench_smoke_run_delivers_every_window(tmp_path):
         assert processes["initializer"]["exit"] == 0 and processes["worker-2"]["exit"] == 0
         assert processes["initializer"]["peak_rss_mb"] > 0
     assert "cluster / reference" in result.stdout and "resilient / cluster" in result.stdout
+    assert systems["flink"]["processes"]["machida-flink"]["exit"] == 0
+    assert "flink / cluster" in result.stdout
 
 
 def test_a_failed_start_kills_what_it_started_and_says_why(tmp_path, monkeypatch):

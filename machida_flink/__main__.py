@@ -1,0 +1,5 @@
+import sys
+
+from machida_flink.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Sans-I/O codecs of the ingress: the entries it records and the requests readers send.
+
+The ingress keeps, per pipeline source, one append-only stream of *entries*; the
+Flink source reads that stream by byte offset and hands whole entries to the
+Python steps as one record. An entry is ``u32be n | u8 kind | u32be connection |
+body`` where ``n`` counts everything after the length field:
+
+* ``OPENED``: a sender connected; the body is its address, UTF-8;
+* ``FRAMES``: complete frames of one socket read, already cut with the
+  application's decoder; the body is ``(u32be length | payload)*``;
+* ``CLOSED``: that connection ended;
+* ``END``: the stream ends here (clean shutdown); the source finishes.
+
+Readers talk to the ingress with two requests: ``SUBSCRIBE`` (``0x01 | u32be
+stream | u64be offset``: send me the stream from here) and ``COMMIT`` (``0x02 |
+u64be offset``: a completed checkpoint no longer needs what lies before it).
+Nothing here imports a socket or an event loop.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from machida.errors import FrameError
+
+OPENED = 1
+FRAMES = 2
+CLOSED = 3
+END = 4
+KINDS = (OPENED, FRAMES, CLOSED, END)
+
+ENTRY = struct.Struct(">IBI")
+LENGTH = struct.Struct(">I")
+# What follows an entry's length field before its body: kind and connection.
+ENTRY_TAIL = ENTRY.size - LENGTH.size
+
+SUBSCRIBE = 1
+COMMIT = 2
+SUBSCRIBE_REQUEST = struct.Struct(">BIQ")
+COMMIT_REQUEST = struct.Struct(">BQ")
+REQUEST_SIZES = {SUBSCRIBE: SUBSCRIBE_REQUEST.size, COMMIT: COMMIT_REQUEST.size}
+
+
+def entry(kind: int, connection: int, body: bytes = b"") -> bytes:
+    """One entry: ``u32be n | u8 kind | u32be connection | body``."""
+    return ENTRY.pack(ENTRY_TAIL + len(body), kind, connection) + body
+
+
+def frames_entry(connection: int, payloads: list[bytes]) -> bytes:
+    """A ``FRAMES`` entry holding ``payloads`` in order."""
+    pack = LENGTH.pack
+    body = b"".join([part for payload in payloads for part in (pack(len(payload)), payload)])
+    return entry(FRAMES, connection, body)
+
+
+def split_entries(record: bytes) -> list[tuple[int, int, memoryview]]:
+    """The ``(kind, connection, body)`` of every entry in a record of whole entries.
+
+    A record is what the Flink source emits: whole entries only. Anything else
+    means the reader and the ingress disagree, which is a :class:`FrameError`.
+    """
+    view = memoryview(record)
+    unpack = ENTRY.unpack_from
+    out = []
+    pos, end = 0, len(record)
+    while pos < end:
+        if end - pos < ENTRY.size:
+            raise FrameError(f"a record ends inside an entry header at byte {pos} of {end}")
+        n, kind, connection = unpack(record, pos)
+        stop = pos + LENGTH.size + n
+        if n < ENTRY_TAIL or stop > end or kind not in KINDS:
+            raise FrameError(f"bad entry at byte {pos} of a {end}-byte record: n={n} kind={kind}")
+        out.append((kind, connection, view[pos + ENTRY.size : stop]))
+        pos = stop
+    return out
+
+
+def split_frames(body: memoryview) -> list[bytes]:
+    """The payloads of a ``FRAMES`` body, as ``bytes`` (what a decoder receives)."""
+    unpack = LENGTH.unpack_from
+    out = []
+    append = out.append
+    pos, end = 0, len(body)
+    while pos < end:
+        (length,) = unpack(body, pos)
+        stop = pos + 4 + length
+        if stop > end:
+            raise FrameError(f"a FRAMES entry ends inside a {length}-byte frame")
+        append(body[pos + 4 : stop].tobytes())
+        pos = stop
+    return out
+
+
+class RequestDecoder:
+    """Splits what a reader sends into ``(kind, stream, offset)`` requests.
+
+    ``stream`` is ``None`` for a commit. An unknown request kind sets
+    :attr:`error`; the requests before it are still returned.
+    """
+
+    __slots__ = ("_buf", "error")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.error: FrameError | None = None
+
+    def feed(self, data: bytes) -> list[tuple[int, int | None, int]]:
+        if self.error is not None:
+            return []
+        buf = self._buf + data
+        out: list[tuple[int, int | None, int]] = []
+        pos = 0
+        while pos < len(buf):
+            size = REQUEST_SIZES.get(buf[pos])
+            if size is None:
+                self.error = FrameError(f"unknown ingress request kind {buf[pos]}")
+                self._buf = b""
+                return out
+            if len(buf) - pos < size:
+                break
+            if buf[pos] == SUBSCRIBE:
+                _, stream, offset = SUBSCRIBE_REQUEST.unpack_from(buf, pos)
+                out.append((SUBSCRIBE, stream, offset))
+            else:
+                _, offset = COMMIT_REQUEST.unpack_from(buf, pos)
+                out.append((COMMIT, None, offset))
+            pos += size
+        self._buf = buf[pos:]
+        return out
+
+
+def subscribe(stream: int, offset: int) -> bytes:
+    return SUBSCRIBE_REQUEST.pack(SUBSCRIBE, stream, offset)
+
+
+def commit(offset: int) -> bytes:
+    return COMMIT_REQUEST.pack(COMMIT, offset)

@@ -1,0 +1,327 @@
+"""One machida-flink process: the ingress and external channel here, the job in Flink.
+
+The asyncio loop of this process owns the sockets (sources, the ingress's
+serve port, ``--external``); a thread owns everything that talks to the JVM
+(building and submitting the job, watching its status), because PyFlink's
+calls block. Console lines follow machida's where they mean the same thing:
+``<pipeline> source listening on``, ``Application has successfully
+initialized.`` once the job's readers have subscribed to every stream, and on
+``cluster_shutdown`` the clean-shutdown lines, after the job has drained and
+finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from machida.app.loader import serializers
+from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
+from machida_flink import jar, job
+from machida_flink.ingress import Ingress
+from machida_flink.options import FlinkConfig
+from machida_flink.translate import shape
+
+READY = "Application has successfully initialized."
+# A clean shutdown waits this long for the job to finish, plus two checkpoint
+# intervals (a finishing Flink job takes one last checkpoint).
+DRAIN_S = 30.0
+POLL_S = 0.25
+TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
+
+
+def say(line: str) -> None:
+    """One stdout line, written whole (the job's watcher thread prints too)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def warn(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+class FlinkRunner:
+    def __init__(self, config: FlinkConfig, module, plan) -> None:
+        self.config = config
+        self.module = module
+        self.plan = plan
+        self.shape = shape(plan)
+        self.directory = Path(config.resilience_dir)
+        self.prefix = f"{config.application_module}-flink"
+        self.checkpoints = self.directory / f"{self.prefix}-checkpoints"
+        self.ingress: Ingress | None = None
+        self.status = "CREATED"
+        self.status_changed = asyncio.Event()
+        self.shutdown = asyncio.Event()
+        self.stop_signal = asyncio.Event()
+        self.job_client = None
+        self.gateway = None
+        self.failure = ""
+        self.cancelling = False
+        self.scratch = Path(tempfile.mkdtemp(prefix="machida-flink-"))
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal)
+        self._discard_stale()
+        self.ingress = Ingress(self.plan, self.directory, self.prefix)
+        try:
+            for line in await self.ingress.listen_sources():
+                say(line)
+        except OSError as err:
+            warn(str(err))
+            return 1
+        await self.ingress.serve(*self.config.ingress)
+        external = await self._listen_external()
+        try:
+            return await self._run_job()
+        finally:
+            if external is not None:
+                external.close()
+            self.ingress.close()
+            await asyncio.to_thread(self._stop_jvm)
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    async def _run_job(self) -> int:
+        where = (
+            f"jobmanager {self.config.jobmanager[0]}:{self.config.jobmanager[1]}"
+            if self.config.jobmanager
+            else "an embedded MiniCluster"
+        )
+        try:
+            job_id = await asyncio.to_thread(self._submit)
+        except Exception as err:
+            warn(f"Error: the Flink job could not be started on {where}: {_first_line(err)}")
+            return 1
+        p = self.config.parallelism
+        say(f"Flink job {job_id} submitted to {where}, parallelism {p}")
+        say("Single worker topology" if p == 1 else f"{p} worker topology")
+        loop = asyncio.get_running_loop()
+        for target in (self._watch, self._await_result):
+            threading.Thread(target=target, args=(loop,), daemon=True).start()
+        ready = asyncio.ensure_future(self.ingress.all_subscribed())
+        ended = asyncio.ensure_future(self._terminal())
+        await asyncio.wait([ready, ended], return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            say(READY)
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.shutdown, self.stop_signal)]
+        await asyncio.wait([ended, *waits], return_when=asyncio.FIRST_COMPLETED)
+        for task in [ready, *waits]:
+            task.cancel()
+        if self.shutdown.is_set() and not ended.done():
+            return await self._clean_shutdown(ended)
+        if self.stop_signal.is_set():
+            ended.cancel()
+            await asyncio.to_thread(self._cancel)
+            return 0
+        warn(f"ERROR: the Flink job ended {self.status}{self.failure}")
+        return 1
+
+    # -- the JVM side (called in threads) ----------------------------------------------------
+
+    def _submit(self) -> str:
+        # py4j logs every failed call with a traceback; once the job has ended (and an
+        # embedded MiniCluster has shut down) the status polls fail by design.
+        for name in ("py4j", ""):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        from machida_flink.stages import Wiring
+
+        path = jar.ensure()
+        self.gateway = job.start_gateway()
+        options = job.JobOptions(
+            parallelism=self.config.parallelism,
+            checkpoint_interval_ms=self.config.checkpoint_interval_ms,
+            state_backend=self.config.state_backend,
+            checkpoint_dir=self.checkpoints,
+            jobmanager=self.config.jobmanager,
+        )
+        name = f"machida: {self.plan.name}"
+        env = job.environment(options, name, path)
+        env.add_python_file(str(job.python_bundle(self.module, self.scratch)))
+        wiring = Wiring(
+            module=self.config.application_module,
+            args=tuple(self.config.app_args),
+            routes=self.shape.routes,
+            flink_keys=job.flink_keys(self.plan, self.config.parallelism),
+            sinks=self.shape.sinks,
+            fingerprint=self.plan.fingerprint(),
+        )
+        serializers(self.module)  # the same lookup the operators make, so errors show here
+        job.build_job(env, self.plan, self.shape, wiring, self._ingress_address())
+        self.job_client = env.execute_async(name)
+        return str(self.job_client.get_job_id())
+
+    def _ingress_address(self) -> tuple[str, int]:
+        host, port = self.ingress.address
+        if host in ("0.0.0.0", "::"):
+            import socket
+
+            host = socket.gethostname()
+        return host, port
+
+    def _await_result(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Block on the job's result: FINISHED, or how it failed (or CANCELED by us)."""
+        try:
+            self.job_client.get_job_execution_result().result()
+            status = "FINISHED"
+        except Exception as err:
+            status = "CANCELED" if self.cancelling else "FAILED"
+            self.failure = f": {_first_line(err)}"
+        loop.call_soon_threadsafe(self._status, status)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Report the job's status changes (RUNNING, RESTARTING, ...) until it ends."""
+        last = None
+        while self.status not in TERMINAL:
+            try:
+                status = self.job_client.get_job_status().result().name
+            except Exception:
+                status = last  # the job is ending; its result says how
+            if status != last and status not in TERMINAL:
+                last = status
+                loop.call_soon_threadsafe(self._status, status)
+            time.sleep(POLL_S)
+
+    def _cancel(self) -> None:
+        self.cancelling = True
+        if self.job_client is not None and self.status not in TERMINAL:
+            with contextlib.suppress(Exception):
+                self.job_client.cancel().result()
+
+    def _stop_jvm(self) -> None:
+        if self.gateway is None:
+            return
+        self.gateway.terminate()
+        try:
+            self.gateway.wait(10)
+        except Exception:
+            self.gateway.kill()
+            self.gateway.wait()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _status(self, status: str) -> None:
+        if self.status in TERMINAL or status == self.status:
+            return
+        self.status = status
+        say(f"Flink job: {status}")
+        self.status_changed.set()
+
+    async def _terminal(self) -> str:
+        while self.status not in TERMINAL:
+            self.status_changed.clear()
+            await self.status_changed.wait()
+        return self.status
+
+    def _on_signal(self) -> None:
+        if self.stop_signal.is_set():
+            raise SystemExit(1)
+        self.stop_signal.set()
+
+    async def _clean_shutdown(self, ended: asyncio.Future) -> int:
+        self.ingress.stop_sources()
+        deadline = DRAIN_S + 2 * self.config.checkpoint_interval_ms / 1000
+        try:
+            status = await asyncio.wait_for(asyncio.shield(ended), deadline)
+        except asyncio.TimeoutError:
+            warn(
+                f"ERROR: clean shutdown could not drain: the Flink job is still {self.status} "
+                f"after {deadline:.0f} s; recorded input kept in {self.directory}"
+            )
+            await asyncio.to_thread(self._cancel)
+            return 1
+        if status != "FINISHED":
+            warn(f"ERROR: clean shutdown could not drain: the Flink job ended {status}")
+            return 1
+        self._remove_files()
+        say("Connections: Finished shutdown procedure.")
+        return 0
+
+    def _remove_files(self) -> None:
+        say("Removing recovery files")
+        self.ingress.close()
+        for path in [*self.ingress.paths, self.checkpoints]:
+            if path.exists():
+                say(f"...Removing {path}...")
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+        say("Recovery files removed.")
+
+    def _discard_stale(self) -> None:
+        stale = sorted(self.directory.glob(f"{self.prefix}-*.ingress"))
+        if self.checkpoints.exists():
+            stale.append(self.checkpoints)
+        for path in stale:
+            warn(f"WARNING: discarding {path}, left by a run that did not shut down cleanly")
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink()
+
+    async def _listen_external(self):
+        if self.config.external is None:
+            return None
+        host, port = self.config.external
+        server = await asyncio.get_running_loop().create_server(
+            lambda: ExternalProtocol(self), host, port
+        )
+        real = server.sockets[0].getsockname()
+        say(f"{self.config.name} external: listening on {real[0]}:{real[1]}")
+        return server
+
+
+class ExternalProtocol(asyncio.Protocol):
+    """The external channel: Print, CleanShutdown; RotateLog has nothing to rotate here."""
+
+    def __init__(self, runner: FlinkRunner) -> None:
+        self.runner = runner
+        self.decoder = ExternalFrameDecoder()
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for msg_id, text in self.decoder.feed(data):
+            if msg_id == PRINT:
+                say(f"$$$ ExternalPrint: {text} $$$")
+            elif msg_id == CLEAN_SHUTDOWN:
+                say("External Clean Shutdown received." if not text else
+                    f"External Clean Shutdown received: {text}")  # fmt: skip
+                self.runner.shutdown.set()
+            elif msg_id == ROTATE_LOG:
+                warn("WARNING: RotateLog ignored: on Flink, state lives in checkpoints, not logs")
+            else:
+                say("Incoming External Message type not handled by external channel.")
+        if self.decoder.error is not None:
+            peer = self.transport.get_extra_info("peername")
+            warn(f"ERROR: external channel {peer}: {self.decoder.error}; connection closed")
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if self.decoder.pending and self.decoder.error is None:
+            warn(f"WARNING: external connection closed inside a frame; "
+                 f"{self.decoder.pending} byte(s) discarded")  # fmt: skip
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "Caused by" in line or "Exception:" in line:
+            return line.strip()
+    return lines[0].strip() if lines else type(err).__name__

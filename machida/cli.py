@@ -83,8 +83,8 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
         metrics=metrics,
         control=_optional_address("--control", values["control"]),
         data=_optional_address("--data", values["data"]),
-        my_control=parse_address("--my-control", values["my_control"]),
-        my_data=parse_address("--my-data", values["my_data"]),
+        my_control=_optional_address("--my-control", values["my_control"]),
+        my_data=_optional_address("--my-data", values["my_data"]),
         external=_optional_address("--external", values["external"]),
         worker_count=worker_count,
         initializer=initializer,
@@ -96,6 +96,7 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
         stop_pause_ns=values["stop_pause"],
         app_args=(argv[0], *parsed.rest),
         notices=_notices(values, parsed.given, initializer),
+        cluster_secret_file=values["cluster_secret_file"],
     )
 
 

@@ -38,16 +38,14 @@ RUNNER_OPTIONS = [
     Option(
         "my-control",
         "x",
-        default="0.0.0.0:0",
         metavar="HOST:PORT",
-        help="a worker's control listener (default 0.0.0.0:0)",
+        help="a worker's control listener (default: the address that reaches --control, port 0)",
     ),
     Option(
         "my-data",
         "y",
-        default="0.0.0.0:0",
         metavar="HOST:PORT",
-        help="a worker's data listener (default 0.0.0.0:0)",
+        help="a worker's data listener (default: the address that reaches --control, port 0)",
     ),
     Option("external", "e", metavar="HOST:PORT", help="external channel listener"),
     Option(
@@ -101,6 +99,12 @@ RUNNER_OPTIONS = [
         metavar="NS",
         help="pause for a log rotation (default 2_000_000_000)",
     ),
+    Option(
+        "cluster-secret-file",
+        metavar="FILE",
+        help="the secret every worker proves to the others (default: "
+        "~/.config/machida/cluster-secret, created on first use)",
+    ),
     Option("join", "j", metavar="HOST:PORT", help="autoscale join (not supported)"),
     Option("file", "f", metavar="FILE", help="accepted and ignored"),
     Option("phone-home", "p", metavar="HOST:PORT", help="accepted and ignored"),
@@ -141,8 +145,8 @@ class RunnerConfig:
     metrics: tuple[str, int]
     control: tuple[str, int] | None
     data: tuple[str, int] | None
-    my_control: tuple[str, int]
-    my_data: tuple[str, int]
+    my_control: tuple[str, int] | None
+    my_data: tuple[str, int] | None
     external: tuple[str, int] | None
     worker_count: int
     initializer: bool
@@ -154,3 +158,4 @@ class RunnerConfig:
     stop_pause_ns: int
     app_args: tuple[str, ...]
     notices: tuple[str, ...]
+    cluster_secret_file: str | None = None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -17,6 +20,12 @@ _counter = itertools.count()
 # our source files (with their absolute paths) in its home directory, by default
 # ./.hypothesis. Keep that machine-specific state out of the project tree.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "sequence-window-hypothesis")
+
+# Workers find the cluster secret under $XDG_CONFIG_HOME (creating it on first use). The test
+# processes and every worker they start share one of their own, in a directory of this run,
+# so that the suite neither reads nor writes the secret of whoever runs it.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="sequence-window-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)
 
 
 @pytest.fixture

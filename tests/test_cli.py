@@ -35,8 +35,8 @@ def test_initializer_defaults():
         metrics=("127.0.0.1", 5001),
         control=None,
         data=("127.0.0.1", 6001),
-        my_control=("0.0.0.0", 0),
-        my_data=("0.0.0.0", 0),
+        my_control=None,
+        my_data=None,
         external=None,
         worker_count=1,
         initializer=True,
@@ -58,7 +58,9 @@ def test_worker_defaults():
     assert config.control == ("127.0.0.1", 6000)
     assert config.data is None
     assert config.worker_count == 0
-    assert (config.my_control, config.my_data) == (("0.0.0.0", 0), ("0.0.0.0", 0))
+    # no wildcard: the process listens on the address that reaches the initializer
+    assert (config.my_control, config.my_data) == (None, None)
+    assert config.cluster_secret_file is None
 
 
 def test_config_is_frozen():

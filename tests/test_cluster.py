@@ -10,7 +10,15 @@ import threading
 import time
 
 from clusterhelp import Cluster
-from toolhelp import DEADLINE, RawListener, Tool, closed_port, run_tool, wait_until
+from toolhelp import (
+    DEADLINE,
+    RawListener,
+    Tool,
+    accept_as_a_worker,
+    closed_port,
+    run_tool,
+    wait_until,
+)
 
 from machida.metrics import RecordDecoder
 from machida.testing import run
@@ -290,6 +298,7 @@ def test_a_corrupt_control_frame_from_the_initializer_is_reported_and_the_worker
             worker = cluster.start_worker(1)
             first, _ = fake.accept()
             with first:
+                assert accept_as_a_worker(first, b"control") == b""
                 assert hello(first)["rejoin"] is False
                 first.sendall(struct.pack(">I", 5) + b"nope!")
                 worker.wait_stderr(lambda err: b"lost; reconnecting" in err)
@@ -299,5 +308,6 @@ def test_a_corrupt_control_frame_from_the_initializer_is_reported_and_the_worker
             assert "control message is not JSON" in err
             again, _ = fake.accept()
             with again:
+                accept_as_a_worker(again, b"control")
                 assert hello(again)["rejoin"] is True
         assert worker.proc.poll() is None, worker.report()

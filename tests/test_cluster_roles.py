@@ -416,7 +416,7 @@ def test_the_process_offers_every_verb_the_control_plane_may_use(tmp_path):
     config = parse_runner_args(["machida", "--application-module", "sequence_window", "--in",
         "127.0.0.1:1", "--out", "127.0.0.1:2", "--metrics", "127.0.0.1:3", "--control",
         "127.0.0.1:4", "--name", "worker-2", "--resilience-dir", str(tmp_path)])  # fmt: skip
-    process = Process(config, *load_plan("sequence_window", list(config.app_args)))
+    process = Process(config, *load_plan("sequence_window", list(config.app_args)), b"s" * 32)
     assert sorted(verbs - set(dir(process))) == []
     assert sorted(verbs - set(dir(FakeNode("x")))) == []
 

@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from machida.cluster.secret import cluster_secret
+from machida.wire.auth import CHALLENGE, RESPONSE, AcceptorHandshake, DiallerHandshake
 from wallaroo_tools.loopback import tool_cmd, unused_port
 
 DEADLINE = 30.0
@@ -246,3 +248,32 @@ class RawListener:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def accept_as_a_worker(conn: socket.socket, channel: bytes, secret: bytes | None = None) -> bytes:
+    """Play the accepting side of the cluster-secret handshake on ``conn`` (a fake initializer
+    or worker); returns what the dialler sent after it. Without ``secret``, the default one."""
+    handshake = AcceptorHandshake(cluster_secret() if secret is None else secret, channel)
+    conn.settimeout(DEADLINE)
+    conn.sendall(handshake.start())
+    while not handshake.done:
+        data = conn.recv(RESPONSE)
+        assert data and handshake.error is None, "the dialler gave up the handshake"
+        reply = handshake.feed(data)
+        assert handshake.error is None, handshake.error
+        conn.sendall(reply)
+    return handshake.rest
+
+
+def dial_as_a_worker(address: str, channel: bytes, secret: bytes | None = None) -> socket.socket:
+    """A connection to a worker's control or data listener that has proved ``secret`` (by
+    default the cluster's own); AssertionError if the worker refused it."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=DEADLINE)
+    handshake = DiallerHandshake(cluster_secret() if secret is None else secret, channel)
+    while not handshake.done:
+        data = sock.recv(CHALLENGE)
+        assert data, "the worker closed the connection during the handshake"
+        sock.sendall(handshake.feed(data))
+        assert handshake.error is None, handshake.error
+    return sock

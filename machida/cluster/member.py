@@ -25,9 +25,9 @@ from machida.wire import control
 CONTROL_RETRY_S = 0.5
 WAITING_EVERY_S = 10.0
 
-# dial(role, host, port): open a control connection whose messages go to ``role``;
-# OSError when nobody answers.
-Dial = Callable[[Any, str, int], Awaitable[Any]]
+# dial(role, host, port): open a control connection whose messages go to ``role``; "" once
+# it is up, else why the initializer's end refused it; OSError when nobody answers.
+Dial = Callable[[Any, str, int], Awaitable[str]]
 
 
 class Member(Role):
@@ -54,14 +54,24 @@ class Member(Role):
         last_line = -WAITING_EVERY_S
         while not self.shutting_down:
             try:
-                await self._dial_once(self, host, port)
-                return
+                refused = await self._dial_once(self, host, port)
             except OSError:
-                now = time.monotonic()
-                if now - last_line >= WAITING_EVERY_S:
-                    say(f"Waiting for initializer at {host}:{port}")
-                    last_line = now
-                await asyncio.sleep(CONTROL_RETRY_S)
+                refused = None
+            if refused == "":
+                return
+            now = time.monotonic()
+            if now - last_line >= WAITING_EVERY_S:
+                self._still_waiting(refused)
+                last_line = now
+            await asyncio.sleep(CONTROL_RETRY_S)
+
+    def _still_waiting(self, refused: str | None) -> None:
+        host, port = self.initializer
+        if refused is None:
+            say(f"Waiting for initializer at {host}:{port}")
+        else:
+            warn(f"WARNING: the initializer at {host}:{port} refused this worker's link: "
+                 f"{refused} (is it given the same cluster secret?); retrying")  # fmt: skip
 
     def on_open(self, conn: ControlLink) -> None:
         self.conn = conn

@@ -6,7 +6,9 @@ and makes one call: a source read goes to
 :meth:`~machida.runtime.dataplane.DataPlane.boundary_read` (then the
 acknowledgement), an external message to the worker's handler, a control
 message to the cluster role. :class:`Inputs` holds the connections that
-flow control pauses and resumes together.
+flow control pauses and resumes together. A link between two workers (control
+or data) is first :class:`Guarded`: its channel gets the connection only once
+the peer has proved the cluster secret (:mod:`machida.wire.auth`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from machida.app.pipeline import SourceConnection
 from machida.console import warn
 from machida.runtime.dataplane import DataPlane, Inbound
 from machida.runtime.flow import FlowControl
+from machida.wire.auth import AcceptorHandshake, DiallerHandshake
 from machida.wire.control import ControlDecoder
 from machida.wire.external import ExternalFrameDecoder
 
 # While a sink holds output in user space, an acknowledgement is retried this often
 # (asyncio has no event for "the transport's buffer is empty", so this polls).
 ACK_RETRY_S = 0.002
+# A peer that has not proved the cluster secret by then is closed: the exchange is three
+# small messages, so even a loaded machine answers in well under a second.
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class Channel(asyncio.Protocol):
@@ -232,3 +238,84 @@ class Ignored(Channel):
 
     def data_received(self, data: bytes) -> None:
         pass
+
+
+class Guarded(asyncio.Protocol):
+    """Runs the cluster-secret handshake, then hands the connection to ``channel``.
+
+    Until the peer has proved the secret nothing it sends reaches the channel:
+    at most the handshake's few fixed-size bytes are read. On success the
+    transport's protocol becomes the channel itself (no cost per read
+    afterwards). On failure, or if the handshake takes longer than
+    :data:`HANDSHAKE_TIMEOUT_S`, the connection is closed and ``refused(peer,
+    why)`` is called once. :attr:`settled` is the outcome for a dialler that
+    waits for it: True, or False with the reason in :attr:`why`.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        handshake: AcceptorHandshake | DiallerHandshake,
+        refused: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.handshake = handshake
+        self.refused = refused
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.why = ""
+        self.settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        if isinstance(self.handshake, AcceptorHandshake):
+            transport.write(self.handshake.start())  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(HANDSHAKE_TIMEOUT_S, self._fail,
+                                      f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s")  # fmt: skip
+
+    def data_received(self, data: bytes) -> None:
+        handshake = self.handshake
+        reply = handshake.feed(data)
+        if reply:
+            self.transport.write(reply)
+        if handshake.error is not None:
+            self._fail(str(handshake.error))
+        elif handshake.done:
+            self._settle(True)
+            transport, channel = self.transport, self.channel
+            transport.set_protocol(channel)
+            channel.connection_made(transport)
+            if handshake.rest and not channel.closed:
+                channel.data_received(handshake.rest)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("the connection closed during the handshake")
+
+    def _fail(self, why: str) -> None:
+        if not self.settled.done():
+            self.why = why
+            self._settle(False)
+            if self.refused is not None:
+                self.refused(self.peer, why)
+            self.transport.close()
+
+    def _settle(self, ok: bool) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.settled.set_result(ok)
+
+
+async def dial(channel: Channel, handshake: DiallerHandshake, host: str, port: int) -> str:
+    """Connect to ``host:port`` and prove the secret; "" once ``channel`` has the connection,
+    else why not (OSError when nothing answers at all)."""
+    loop = asyncio.get_running_loop()
+    _, guard = await loop.create_connection(lambda: Guarded(channel, handshake), host, port)
+    return "" if await guard.settled else guard.why

@@ -1,9 +1,10 @@
 """The sending side of the boundaries: one dialled connection to each other worker.
 
 :class:`OutLink` keeps the connection to one peer up: it dials the peer's data
-address until it answers (again after a drop, or at a new address once the
-peer rejoined elsewhere), and on every (re)connection writes what the data
-plane gives it first, the hello and then the whole unacknowledged backlog.
+address until it answers and proves the cluster secret (again after a drop,
+or at a new address once the peer rejoined elsewhere), and on every
+(re)connection writes what the data plane gives it first, the hello and then
+the whole unacknowledged backlog.
 What comes back is acknowledgements, handed to the data plane. :class:`Links`
 is the set of them, keyed by peer name; the data plane writes its batches
 through :meth:`Links.write`.
@@ -14,8 +15,9 @@ from __future__ import annotations
 import asyncio
 
 from machida.console import os_reason, warn
-from machida.runtime.channels import Channel
+from machida.runtime.channels import Channel, dial
 from machida.runtime.dataplane import DataPlane
+from machida.wire.auth import DiallerHandshake
 
 # machida.md §6.1: a lost link is retried every second, with no time limit.
 LINK_RETRY_S = 1.0
@@ -44,8 +46,9 @@ class LinkChannel(Channel):
 class OutLink:
     """The boundary from this worker to ``peer``: dialling, re-dialling, writing."""
 
-    def __init__(self, plane: DataPlane, peer: str, host: str, port: int) -> None:
+    def __init__(self, plane: DataPlane, secret: bytes, peer: str, host: str, port: int) -> None:
         self.plane = plane
+        self.secret = secret
         self.peer = peer
         self.host, self.port = host, port
         self._channel: LinkChannel | None = None
@@ -65,19 +68,24 @@ class OutLink:
                 self._channel.close()
 
     async def _dial(self) -> None:
-        loop = asyncio.get_running_loop()
         warned = False
         while not self.closing:
+            where = f"{self.peer} at {self.host}:{self.port}"
             try:
-                await loop.create_connection(lambda: LinkChannel(self), self.host, self.port)
-                return
+                handshake = DiallerHandshake(self.secret, b"data")
+                refused = await dial(LinkChannel(self), handshake, self.host, self.port)
+                if not refused:
+                    return
+                if not warned:
+                    warn(f"ERROR: data link to {where} refused: {refused} (do both workers "
+                         f"share the cluster secret?); retrying every second")  # fmt: skip
+                    warned = True
             except OSError as err:
                 if self.ever_connected and not warned:
-                    where = f"{self.peer} at {self.host}:{self.port}"
                     warn(f"WARNING: data link to {where} is down "
                          f"({os_reason(err)}); retrying every second")  # fmt: skip
                     warned = True
-                await asyncio.sleep(LINK_RETRY_S)
+            await asyncio.sleep(LINK_RETRY_S)
 
     def opened(self, channel: LinkChannel) -> None:
         self._channel = channel
@@ -112,15 +120,16 @@ class OutLink:
 class Links:
     """This worker's links to the other workers, by peer name."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, secret: bytes) -> None:
         self.plane = plane
+        self.secret = secret
         self.links: dict[str, OutLink] = {}
 
     def connect(self, peer: str, host: str, port: int) -> None:
         """Dial ``peer`` at ``host:port`` (or at this new address, if already linked)."""
         link = self.links.get(peer)
         if link is None:
-            link = self.links[peer] = OutLink(self.plane, peer, host, port)
+            link = self.links[peer] = OutLink(self.plane, self.secret, peer, host, port)
             link.start()
         else:
             link.retarget(host, port)

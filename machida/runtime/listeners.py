@@ -9,6 +9,7 @@ the address and the reason (:class:`BindError`).
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Callable
 
 from machida.console import os_reason, say
@@ -59,6 +60,22 @@ class Listeners:
     def close(self) -> None:
         for server in (*self.sources, *self.servers):
             server.close()
+
+
+def local_address_towards(host: str, port: int) -> str:
+    """The local address this machine uses to reach ``host:port`` (no packet is sent): where a
+    worker's own listeners go by default, so that they are reachable from the initializer's
+    network only, never bound to every interface."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+            return probe.getsockname()[0]
+    except OSError as err:
+        raise BindError(
+            f"Error: cannot tell which local address reaches the initializer at {host}:{port} "
+            f"({os_reason(err)}); give --my-control and --my-data"
+        ) from err
 
 
 async def _listen(factory: Callable, address: Address) -> asyncio.base_events.Server:

@@ -21,7 +21,7 @@ import gc
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from machida.aio import close_loop
 from machida.app.callbacks import Callbacks
@@ -29,6 +29,7 @@ from machida.app.loader import BUILD_FAILED, load_plan, serializers
 from machida.app.plan import AppPlan
 from machida.cluster.initializer import Initializer
 from machida.cluster.member import Member
+from machida.cluster.secret import SecretError, cluster_secret
 from machida.config import RunnerConfig
 from machida.console import say, warn
 from machida.durability.eventlog import EventLogError
@@ -49,15 +50,18 @@ from machida.runtime.channels import (
     BoundaryIn,
     ControlChannel,
     ExternalChannel,
+    Guarded,
     Ignored,
     Inputs,
     SourceChannel,
+    dial,
 )
 from machida.runtime.dataplane import DataPlane
 from machida.runtime.flow import FlowControl
 from machida.runtime.links import Links
-from machida.runtime.listeners import BindError, Listeners
+from machida.runtime.listeners import BindError, Listeners, local_address_towards
 from machida.runtime.sink import Sinks
+from machida.wire.auth import AcceptorHandshake, DiallerHandshake
 from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG
 
 # A pause of the inputs that lasts this long is reported once (an operator should know).
@@ -71,8 +75,9 @@ SUMMARY_EVERY_S = 10.0
 class Process:
     """One worker process; implements :class:`machida.cluster.node.Node` for its role."""
 
-    def __init__(self, config: RunnerConfig, module: Any, plan: AppPlan) -> None:
+    def __init__(self, config: RunnerConfig, module: Any, plan: AppPlan, secret: bytes) -> None:
         self.config, self.name, self.plan = config, config.name, plan
+        self.secret = secret
         self.stats = Stats(self.name)
         self.flow = FlowControl(self._flow_changed)
         self.sinks = Sinks(plan, self.flow.sink_blocked)
@@ -80,7 +85,7 @@ class Process:
             plan, self.name, serializers(module), self.flow, self.sinks.write,
             lambda peer, frame: self.links.write(peer, frame), Callbacks(self.name), self.stats,
         )  # fmt: skip
-        self.links = Links(self.plane)
+        self.links = Links(self.plane, secret)
         self.inputs = Inputs(self.flow)
         self.listeners = Listeners()
         self.recovery = RecoveryFiles(config.resilience_dir, config.application_module,
@@ -96,7 +101,7 @@ class Process:
             )
         self.role: Initializer | Member = (
             Initializer(self, config.worker_count) if config.initializer
-            else Member(self, config.control, _dial_control)
+            else Member(self, config.control, self._dial_control)
         )  # fmt: skip
         self.finished: asyncio.Future | None = None
         self._pause_timer: asyncio.TimerHandle | None = None
@@ -128,23 +133,31 @@ class Process:
                 address = (pipeline.source.host, int(pipeline.source.port))
                 factory = functools.partial(SourceChannel, self.plane, self.inputs, p)
                 await listeners.bind_source(pipeline.name, address, factory)
-        control, factory = (
-            (cfg.control or ("127.0.0.1", 0), functools.partial(ControlChannel, role))
-            if cfg.initializer
-            else (cfg.my_control, Ignored)
-        )  # fmt: skip
-        bound_control = await listeners.bind("control", control, factory,
-                                             recorded and recorded.control)  # fmt: skip
-        bound_data = await listeners.bind(
-            "data", cfg.data if cfg.initializer else cfg.my_data,
-            functools.partial(BoundaryIn, self.plane, self.inputs, self.sinks.busy),
-            recorded and recorded.data,
-        )  # fmt: skip
+        control, data = _cluster_addresses(cfg)
+        talk = functools.partial(ControlChannel, role) if cfg.initializer else Ignored
+        control = await listeners.bind("control", control, self._guarded(b"control", talk),
+                                       recorded and recorded.control)  # fmt: skip
+        boundary = functools.partial(BoundaryIn, self.plane, self.inputs, self.sinks.busy)
+        data = await listeners.bind("data", data, self._guarded(b"data", boundary),
+                                    recorded and recorded.data)  # fmt: skip
         if cfg.external is not None:
             factory = functools.partial(ExternalChannel, self.on_external)
             host, port = await listeners.bind("external", cfg.external, factory)
             say(f"{self.name} external: listening on {host}:{port}")
-        return bound_control, bound_data
+        return control, data
+
+    def _guarded(self, kind: bytes, channel: Callable[[], Any]) -> Callable[[], Guarded]:
+        """Connections to a worker's control or data listener prove the cluster secret first."""
+
+        def refused(peer: str, why: str) -> None:
+            warn(f"WARNING: refused a {kind.decode()} connection from {peer}: {why}")
+
+        return lambda: Guarded(channel(), AcceptorHandshake(self.secret, kind), refused)
+
+    async def _dial_control(self, role: Any, host: str, port: int) -> str:
+        """A member's control connection to the initializer ("" once up, else why not)."""
+        handshake = DiallerHandshake(self.secret, b"control")
+        return await dial(ControlChannel(role), handshake, host, port)
 
     def build(self, workers: list[str]) -> None:
         """The local topology for a member list in join order, its event log and sinks."""
@@ -267,10 +280,13 @@ class Process:
         self.finish(0)
 
 
-async def _dial_control(role: Any, host: str, port: int) -> None:
-    """A member's control connection to the initializer (OSError when nobody answers)."""
-    loop = asyncio.get_running_loop()
-    await loop.create_connection(functools.partial(ControlChannel, role), host, port)
+def _cluster_addresses(config: RunnerConfig) -> tuple[tuple, tuple]:
+    """Where this worker's control and data listeners go: as given; on a worker, by default the
+    local address that reaches the initializer (any port), never every interface."""
+    if config.initializer:
+        return config.control or ("127.0.0.1", 0), config.data
+    here = local_address_towards(*config.control)
+    return config.my_control or (here, 0), config.my_data or (here, 0)
 
 
 def _expectation(config: RunnerConfig, plan: AppPlan) -> Expectation:
@@ -299,8 +315,8 @@ def _topology(config: RunnerConfig, plan: AppPlan, workers: list[str],
     )  # fmt: skip
 
 
-async def _main(config: RunnerConfig, module: Any, plan: AppPlan) -> int:
-    process = Process(config, module, plan)
+async def _main(config: RunnerConfig, module: Any, plan: AppPlan, secret: bytes) -> int:
+    process = Process(config, module, plan, secret)
     loop = asyncio.get_running_loop()
     process.finished = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -349,6 +365,11 @@ def run(config: RunnerConfig) -> int:
         if "Could not load module" not in text:
             warn(BUILD_FAILED)
         return 1
+    try:
+        secret = cluster_secret(config.cluster_secret_file)
+    except SecretError as err:
+        warn(str(err))
+        return 1
     # The application's objects and the runner's live for the whole run: keep the
     # cyclic collector from scanning them again and again, and let it run less
     # often (messages make short-lived lists and tuples, freed by refcounting).
@@ -357,7 +378,7 @@ def run(config: RunnerConfig) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_main(config, module, plan))
+        return loop.run_until_complete(_main(config, module, plan, secret))
     except KeyboardInterrupt:
         return 0
     finally:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from machida.wire.boundary import (
+    MAX_DATA_FRAME,
     U64_MAX,
     Backlog,
     BoundaryDecoder,
@@ -42,7 +43,7 @@ def test_hello_ack_and_a_mixed_batch_decode_whole_and_byte_by_byte():
     backlog.add(ROUTES[0], True, [5, U64_MAX])
     backlog.add(ROUTES[1], False, [pickle.dumps("x")])
     backlog.add(ROUTES[1], True, array("Q", [7]))
-    stream = hello("initializer", 42) + backlog.take_batch() + ack(9)
+    stream = hello("initializer", 42) + b"".join(backlog.take_batch()) + ack(9)
     expected = [
         (1, ROUTES[0], 5), (2, ROUTES[0], U64_MAX), (3, ROUTES[1], pickle.dumps("x")),
         (4, ROUTES[1], 7),
@@ -67,7 +68,7 @@ def test_backlog_numbers_keeps_until_ack_and_replays_the_rest():
     for v in range(1, 11):
         backlog.add(ROUTES[v % 2], True, [v])
     assert backlog.unacked == 10
-    first = flatten(BoundaryDecoder().feed(backlog.take_batch()))
+    first = flatten(BoundaryDecoder().feed(b"".join(backlog.take_batch())))
     assert [r[0] for r in first] == list(range(1, 11))
     backlog.add(ROUTES[2], True, array("Q", range(11, 14)))
     backlog.take_batch()
@@ -128,9 +129,7 @@ def test_any_records_any_batching_any_split_round_trip(records, cuts, step):
         for route, value in records[done:at]:
             backlog.add(route, isinstance(value, int), [value])
         done = max(done, at)
-        frame = backlog.take_batch()
-        if frame:
-            frames.append(frame)
+        frames += backlog.take_batch()
     stream = b"".join(frames)
     decoder = BoundaryDecoder()
     events = [e for i in range(0, len(stream), step) for e in decoder.feed(stream[i : i + step])]
@@ -157,3 +156,26 @@ def test_dedup_refuses_a_gap_once_it_knows_an_incarnation():
     restored = Dedup()
     restored.restore(7, 100)  # from an event log: known at once
     assert restored.gap(102) and not restored.gap(101)
+
+
+def test_batches_are_cut_to_fit_a_frame_and_numbered_across_the_cut(monkeypatch):
+    monkeypatch.setattr("machida.wire.boundary.MAX_DATA_FRAME", 200)
+    backlog = Backlog()
+    backlog.add(ROUTES[0], False, [bytes([i]) * 40 for i in range(6)])
+    backlog.add(ROUTES[1], True, list(range(30)))
+    frames = backlog.take_batch()
+    assert len(frames) > 2 and all(len(frame) <= 4 + 200 for frame in frames)
+    decoder = BoundaryDecoder()
+    decoder._frames.max_length = 200
+    records = flatten(e for frame in frames for e in decoder.feed(frame))
+    assert [seq for seq, _, _ in records] == list(range(1, 37))
+    assert [v for _, _, v in records] == [bytes([i]) * 40 for i in range(6)] + list(range(30))
+    replayed = flatten(decoder.feed(b"".join(backlog.replay())))
+    assert replayed == records and decoder.error is None
+
+
+def test_a_frame_longer_than_a_batch_may_be_is_refused_at_its_header():
+    decoder = BoundaryDecoder()
+    header = struct.pack(">IBQ", MAX_DATA_FRAME + 1, 0x4D, 1)
+    assert decoder.feed(header + b"\0" * 1000) == []
+    assert "frame length" in str(decoder.error) and decoder._frames.pending == 0

@@ -22,6 +22,7 @@ from machida.app.callbacks import Callbacks, fn_label, label
 from machida.app.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
 from machida.errors import ApplicationError
 from machida.metrics.stats import Stats
+from machida.wire.boundary import MAX_MESSAGE
 from machida.wire.source import SourceFramer
 
 # sink_for(pipeline_index) -> out: where a pipeline's encoded output goes. With
@@ -311,12 +312,17 @@ class LocalTopology:
         except Exception as err:
             self.callbacks.raised(fn_label(self._serialize), err, self.plan.pipelines[p].name)
             return None
-        if data.__class__ is bytes:
-            return data
-        converted = _as_bytes(data) if not isinstance(data, str) else None
-        if converted is None:
-            self.callbacks.invalid(fn_label(self._serialize), data, self.plan.pipelines[p].name)
-        return converted
+        if data.__class__ is not bytes:
+            data = _as_bytes(data) if not isinstance(data, str) else None
+            if data is None:
+                self.callbacks.invalid(fn_label(self._serialize), data, self.plan.pipelines[p].name)
+                return None
+        if len(data) > MAX_MESSAGE:
+            self.callbacks.invalid(fn_label(self._serialize), data, self.plan.pipelines[p].name,
+                                   f"more than the {MAX_MESSAGE} bytes a message may have "
+                                   f"to cross workers")  # fmt: skip
+            return None
+        return data
 
     def hop_in(self, data: bytes, p: int) -> tuple[bool, Any]:
         """Deserialise a message from another worker: ``(ok, message)``."""

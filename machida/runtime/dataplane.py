@@ -190,9 +190,10 @@ class DataPlane:
                 if pending:
                     self._queue_run(backlog, route, pending)
                     pending.clear()
-            frame = backlog.take_batch()
-            if frame is not None:
-                self._write_link(owner, frame)
+            frames = backlog.take_batch()
+            if frames:
+                for frame in frames:
+                    self._write_link(owner, frame)
                 self.flow.link_backlog(owner, backlog.unacked)
         if self.after_flush is not None:
             self.after_flush()

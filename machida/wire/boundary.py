@@ -54,8 +54,15 @@ U64_MAX = (1 << 64) - 1
 _SWAP = sys.byteorder == "little"
 # Replays are cut into batches of at most this many records.
 MAX_BATCH_RECORDS = 16_384
-# Largest frame a receiver accepts: a batch of large serialized messages.
-MAX_DATA_FRAME = 256 * 1024 * 1024
+# The largest data frame a receiver accepts; a sender cuts its batches to fit. It leaves room
+# for one message as large as a source payload may be (16 MiB) twice over, for what serialize
+# adds. A longer frame is refused at its header, never buffered.
+MAX_DATA_FRAME = 32 * 1024 * 1024
+# What a batch spends besides its records' bytes: the kind and first sequence number, and the
+# head of each run.
+_BATCH_OVERHEAD = 1 + _SEQ.size
+# The largest serialized message that can cross a boundary (in a batch of its own).
+MAX_MESSAGE = MAX_DATA_FRAME - _BATCH_OVERHEAD - _RUN.size - _LEN.size
 
 
 def hello(worker: str, incarnation: int) -> bytes:
@@ -65,6 +72,45 @@ def hello(worker: str, incarnation: int) -> bytes:
 
 def ack(seq: int) -> bytes:
     return _FRAME_HEAD.pack(9, ACK) + _SEQ.pack(seq)
+
+
+def batches(first_seq: int, runs: list, max_records: int | None = None) -> list[bytes]:
+    """``M`` frames for ``runs`` numbered from ``first_seq``, each within MAX_DATA_FRAME (and
+    ``max_records``); one frame unless the runs are that large."""
+    limit = MAX_DATA_FRAME - _BATCH_OVERHEAD
+    frames, chunk, records, size = [], [], 0, 0
+    for route, is_int, values in runs:
+        start = 0
+        while start < len(values):
+            room = limit - size - _RUN.size
+            n = len(values) - start
+            if max_records is not None:
+                n = min(n, max_records - records)
+            n = min(n, room // 8) if is_int else _fitting(values, start, n, room)
+            if n <= 0:  # this batch is full: number the next one on
+                frames.append(encode_batch(first_seq, chunk))
+                first_seq += records
+                chunk, records, size = [], 0, 0
+                continue
+            piece = values[start : start + n]
+            chunk.append([route, is_int, piece])
+            records += n
+            size += _RUN.size + (8 * n if is_int else sum(_LEN.size + len(v) for v in piece))
+            start += n
+    if chunk:
+        frames.append(encode_batch(first_seq, chunk))
+    return frames
+
+
+def _fitting(values: list, start: int, most: int, room: int) -> int:
+    """How many serialized values from ``start`` (at most ``most``) fit in ``room`` bytes."""
+    n = 0
+    for v in values[start : start + most]:
+        room -= _LEN.size + len(v)
+        if room < 0:
+            break
+        n += 1
+    return n
 
 
 def encode_batch(first_seq: int, runs: list) -> bytes:
@@ -115,10 +161,11 @@ class Backlog:
         self._queued.append([route, is_int, values])
         self._queued_n += len(values)
 
-    def take_batch(self) -> bytes | None:
-        """The queued records as one ``M`` frame, or ``None`` if nothing is queued."""
+    def take_batch(self) -> list[bytes]:
+        """The queued records, numbered, as ``M`` frames (one, unless very large); none if
+        nothing is queued."""
         if not self._queued_n:
-            return None
+            return []
         runs, count = self._queued, self._queued_n
         self._queued, self._queued_n = [], 0
         first = self.next_seq
@@ -126,7 +173,7 @@ class Backlog:
         self.sent_total += count
         self._sent.extend(runs)
         self._sent_n += count
-        return encode_batch(first, runs)
+        return batches(first, runs)
 
     def ack(self, seq: int) -> None:
         """Forget every record up to ``seq``."""
@@ -147,19 +194,7 @@ class Backlog:
 
     def replay(self) -> list[bytes]:
         """Frames carrying every unacknowledged, already numbered record again."""
-        frames, chunk, size, first = [], [], 0, self.acked + 1
-        for run in self._sent:
-            for start in range(0, len(run[2]), MAX_BATCH_RECORDS):
-                piece = [run[0], run[1], run[2][start : start + MAX_BATCH_RECORDS]]
-                chunk.append(piece)
-                size += len(piece[2])
-                if size >= MAX_BATCH_RECORDS:
-                    frames.append(encode_batch(first, chunk))
-                    first += size
-                    chunk, size = [], 0
-        if chunk:
-            frames.append(encode_batch(first, chunk))
-        return frames
+        return batches(self.acked + 1, list(self._sent), MAX_BATCH_RECORDS)
 
 
 class BoundaryDecoder:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from machida.app.loader import serializers
-from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder
+from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder, encode
 from machida_flink import jar, job
 from machida_flink.ingress import Ingress
 from machida_flink.options import FlinkConfig
@@ -302,6 +302,7 @@ class ExternalProtocol(asyncio.Protocol):
             elif msg_id == CLEAN_SHUTDOWN:
                 say("External Clean Shutdown received." if not text else
                     f"External Clean Shutdown received: {text}")  # fmt: skip
+                self.transport.write(encode(CLEAN_SHUTDOWN))  # cluster_shutdown waits for it
                 self.runner.shutdown.set()
             elif msg_id == ROTATE_LOG:
                 warn("WARNING: RotateLog ignored: on Flink, state lives in checkpoints, not logs")

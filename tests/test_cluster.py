@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 
+import pytest
 from clusterhelp import Cluster
 from toolhelp import (
     DEADLINE,
@@ -311,3 +312,27 @@ def test_a_corrupt_control_frame_from_the_initializer_is_reported_and_the_worker
                 accept_as_a_worker(again, b"control")
                 assert hello(again)["rejoin"] is True
         assert worker.proc.poll() is None, worker.report()
+
+
+@pytest.mark.parametrize("client", ["a sender that never stops", "a client that trickles"])
+def test_clean_shutdown_ends_within_5_s_whatever_the_clients_do(tmp_path, client):
+    with Cluster(tmp_path).start() as cluster:
+        if client == "a sender that never stops":
+            peer = Tool("sender", "-h", f"127.0.0.1:{cluster.in_port}", "-m", "1_000_000_000",
+                        "-y", "-g", "12", "-u", "-w", "-s", "50", "-i", "1_000_000",
+                        cwd=tmp_path)  # fmt: skip
+            cluster.wait_windows(1_000)
+        else:
+            peer = socket.create_connection(("127.0.0.1", cluster.in_port))
+            peer.sendall(struct.pack(">IQ", 8, 1) + b"\0")  # a window, then one byte of the next
+            cluster.wait_windows(1)
+        with peer:
+            started = time.monotonic()
+            codes = cluster.shutdown()
+            took = time.monotonic() - started
+        assert codes == {"initializer": 0, "worker-2": 0}, cluster.report()
+        assert took < 5.0, took
+        assert not list(tmp_path.glob("sequence_window-*")), list(tmp_path.iterdir())
+        assert cluster.receiver.stop() == 0  # all it printed is read
+        count = max(w[-1] for w in cluster.windows())
+        assert cluster.validate(count).returncode == 0  # what was read was delivered, in order

@@ -43,7 +43,6 @@ class FakeNode:
         self.asked: list[tuple] = []
         self.code: int | None = None
         self.ended = asyncio.Event()
-        self.sources_open = 0  # source connections the drain waits for
         self.rounds = []  # counts to answer, one per poll; the last repeats
         self.control = ("10.0.0.9" if name != "initializer" else INITIALIZER_AT[0], next(_ports))
         self.data = (self.control[0], next(_ports))
@@ -81,10 +80,6 @@ class FakeNode:
 
     def stop_sources(self):
         self._note("stop_sources")
-
-    def close_idle_sources(self, idle_s):
-        self.sources_open = max(0, self.sources_open - 1)
-        return self.sources_open
 
     def flush(self):
         self._note("flush")
@@ -317,10 +312,9 @@ def test_a_recovered_initializer_builds_the_recorded_cluster_before_anyone_says_
 # -- clean shutdown --------------------------------------------------------------------------
 
 
-def test_clean_shutdown_waits_for_the_sources_and_for_quiescence_then_ends_everyone(capsys):
+def test_clean_shutdown_stops_the_sources_waits_for_quiescence_then_ends_everyone(capsys):
     async def scenario():
         init, role, [(node, member)] = await form()
-        init.sources_open = 3  # closed one by one as they idle
         # the worker's counters move for two rounds, then settle with nothing unacknowledged
         node.rounds = [(0, 5, 0), (0, 9, 0), (0, 12, 0)]
         init.rounds = [(12, 0, 7), (12, 0, 0)]

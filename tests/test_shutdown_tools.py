@@ -84,13 +84,32 @@ def test_random_bytes_never_crash_and_keep_every_message_before_the_first_bad_on
 # ---------------------------------------------------------------- cluster_shutdown
 
 
-def test_cluster_shutdown_sends_the_six_bytes_then_eof():
-    """Scenario 23."""
-    with RawListener() as listener:
+CLEAN_SHUTDOWN = bytes.fromhex("00000002000D")
+
+
+def test_cluster_shutdown_sends_the_six_bytes_and_ends_once_the_worker_answers():
+    """Scenario 23; the worker's answer (the same frame) is our addition."""
+    with RawListener(answer=CLEAN_SHUTDOWN) as listener:
         result = run_tool("cluster_shutdown", "--ponythreads=1", listener.address)
         received = listener.wait_closed()
     assert result.returncode == 0, explain(result)
-    assert received.data == bytes.fromhex("00000002000D")
+    assert result.stderr == b""
+    assert received.data == CLEAN_SHUTDOWN
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [{"close_after": 6}, {"answer": b"HTTP/1.1 400 Bad Request\r\n\r\n", "close_after": 6}],
+    ids=["closes without a word", "answers something else"],
+)
+def test_cluster_shutdown_to_something_that_is_not_a_worker_is_an_error(peer):
+    with RawListener(**peer) as listener:
+        result = run_tool("cluster_shutdown", listener.address)
+    assert result.returncode == 1, explain(result)
+    assert result.stderr.decode() == (
+        f"Error: {listener.address} did not acknowledge the CleanShutdown "
+        f"(is it a worker's --external address?)\n"
+    )
 
 
 @pytest.mark.parametrize(

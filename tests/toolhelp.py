@@ -180,9 +180,12 @@ class RawListener:
     test can make a sender meet back-pressure. ``close_after`` closes each
     connection once that many bytes have arrived. ``reset`` reads nothing and
     resets each connection (RST, from an SO_LINGER 0 close) as soon as data waits.
+    ``answer`` is written back once, after the first bytes arrive.
     """
 
-    def __init__(self, accept=True, rcvbuf=None, hold=None, close_after=None, reset=False):
+    def __init__(
+        self, accept=True, rcvbuf=None, hold=None, close_after=None, reset=False, answer=None
+    ):
         self.sock = socket.socket()
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -194,6 +197,7 @@ class RawListener:
         self.hold = hold
         self.close_after = close_after
         self.reset = reset
+        self.answer = answer
         if accept:
             threading.Thread(target=self._accept, daemon=True).start()
 
@@ -229,6 +233,8 @@ class RawListener:
                 if not chunk:
                     break
                 received.chunks.append((time.monotonic(), chunk))
+                if self.answer is not None and len(received.chunks) == 1:
+                    conn.sendall(self.answer)
                 if self.close_after is not None and received.size >= self.close_after:
                     break
         received.done.set()

@@ -2,11 +2,13 @@
 
 It connects to a worker's external channel (its ``--external`` address),
 writes the six-byte CleanShutdown frame ``00 00 00 02 00 0D`` (length 2,
-id 13, no payload), closes the connection and exits 0. It reads no reply:
-the cluster answers by shutting down. Like Wallaroo's tool it takes one
-positional address and no flags; Pony runtime options are ignored. The frame
-comes from :mod:`machida.wire.external`; :func:`send_once` is shared with
-``external_sender``.
+id 13, no payload) and exits 0 once the worker has answered with the same
+frame. Wallaroo's tool read no reply; ours waits for one (at most
+:data:`ANSWER_TIMEOUT` seconds), so that a wrong address, where something
+else listens, is an error instead of silence. Like Wallaroo's tool it takes
+one positional address and no flags; Pony runtime options are ignored. The
+frame comes from :mod:`machida.wire.external`; :func:`send_once` is shared
+with ``external_sender``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ USAGE = "Usage: cluster_shutdown HOST:PORT"
 # Long enough for a loaded machine to accept, short enough that a harness
 # whose worker is wedged gets an answer instead of a hang.
 CONNECT_TIMEOUT = 10.0
+# A worker answers as soon as it reads the request; the same bound as connecting.
+ANSWER_TIMEOUT = 10.0
 
 
 def split_address(text: str) -> tuple[str, int] | None:
@@ -40,6 +44,36 @@ def send_once(host: str, port: int, frame: bytes) -> bool:
     return True
 
 
+def request_shutdown(host: str, port: int) -> str:
+    """Send CleanShutdown and wait for the worker's answer; "" once answered, else the error."""
+    frame = external.encode(external.CLEAN_SHUTDOWN)
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except OSError:
+        return f"Error: Unable to connect to {host}:{port}"
+    with sock:
+        try:
+            sock.sendall(frame)
+            sock.settimeout(ANSWER_TIMEOUT)
+            answer = _read_answer(sock, len(frame))
+        except OSError:
+            answer = b""
+    if answer == frame:
+        return ""
+    return (f"Error: {host}:{port} did not acknowledge the CleanShutdown "
+            f"(is it a worker's --external address?)")  # fmt: skip
+
+
+def _read_answer(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     words = strip_pony_options(sys.argv[1:] if argv is None else argv)
     if words and words[0] == "--help":
@@ -49,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if address is None:
         print(USAGE, file=sys.stderr)
         return 1
-    host, port = address
-    if not send_once(host, port, external.encode(external.CLEAN_SHUTDOWN)):
-        print(f"Error: Unable to connect to {words[0]}", file=sys.stderr)
+    error = request_shutdown(*address)
+    if error:
+        print(error.replace(f"{address[0]}:{address[1]}", words[0], 1), file=sys.stderr)
         return 1
     return 0
 

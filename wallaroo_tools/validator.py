@@ -296,7 +296,10 @@ def run(argv: list[str]) -> int:
             chunks, options["format"], options["expected"], bool(options["at_least_once"])
         )
     except OSError as err:
-        result = Result(False, f"Could not read input file '{path}': {err.strerror}", 0)
+        return report(Result(False, f"Could not read input file '{path}': {err.strerror}", 0))
+    if not result.ok and result.windows == 0 and result.message.startswith("Expected max"):
+        # no window at all: say that, not which final check it fails
+        result = Result(False, f"Input file '{path}' holds no windows to validate.", 0)
     return report(result)
 
 

@@ -60,10 +60,7 @@ class Node(Protocol):
         """The cluster is ready: read the source connections."""
 
     def stop_sources(self) -> None:
-        """Stop accepting source connections."""
-
-    def close_idle_sources(self, idle_s: float) -> int:
-        """Close source connections idle for ``idle_s``; how many are still open."""
+        """Stop reading the sources at once: close their listeners and connections."""
 
     def flush(self) -> None:
         """Send what the data plane holds (before counting)."""

@@ -1,8 +1,8 @@
 """The initializer's clean-shutdown coordinator.
 
-On CleanShutdown the initializer stops accepting source connections and reads
-the open ones until their clients close them or they idle for
-:data:`SOURCE_IDLE_S`. It then polls every worker's counters until
+On CleanShutdown the initializer stops reading its sources at once and closes
+them, whatever their clients do (what was read is processed and delivered).
+It then polls every worker's counters until
 :class:`~machida.cluster.quiescence.Quiescence` says nothing is in flight,
 tells every worker to ``finish`` (flush its sinks, remove its recovery files,
 exit 0), waits for their ``finished`` and finishes itself. If that has not
@@ -23,11 +23,7 @@ from machida.cluster.quiescence import Quiescence
 from machida.cluster.role import DRAIN_DEADLINE_S
 from machida.wire import control
 
-# machida.md §8.1: source connections are read until idle this long.
-SOURCE_IDLE_S = 0.5
-# How often the drain looks at the sources and the polling rounds repeat (asyncio has no event
-# for "a connection has been idle this long" or for "the counters stopped moving").
-SOURCES_EVERY_S = 0.05
+# How often the polling rounds repeat (asyncio has no event for "the counters stopped moving").
 POLL_EVERY_S = 0.02
 # How long one polling round waits for a member that does not answer.
 REPLY_WAIT_S = 0.5
@@ -62,7 +58,7 @@ class ShutdownCoordinator:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_DEADLINE_S
         self.node.stop_sources()
-        if not await self._drain_sources(deadline) or not await self._quiescent(deadline):
+        if not await self._quiescent(deadline):
             self._tell_others("abort", reason="drain deadline passed")
             return None
         self.node.quiet_links()
@@ -74,14 +70,6 @@ class ShutdownCoordinator:
         message = control.encode(kind, **fields)
         for member in self.membership.others():
             member.conn.write(message)
-
-    async def _drain_sources(self, deadline: float) -> bool:
-        loop = asyncio.get_running_loop()
-        while self.node.close_idle_sources(SOURCE_IDLE_S):
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(SOURCES_EVERY_S)
-        return True
 
     async def _quiescent(self, deadline: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -14,7 +14,6 @@ the peer has proved the cluster secret (:mod:`machida.wire.auth`).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, Callable
 
 from machida.app.pipeline import SourceConnection
@@ -108,16 +107,9 @@ class Inputs:
             for channel in group:
                 (channel.resume if reading else channel.pause)()
 
-    def idle_sources(self, idle_s: float) -> int:
-        """Close source connections idle for ``idle_s`` (paused time is not idle); how many
-        are still open."""
-        now = time.monotonic()
-        for channel in list(self.sources):
-            if self.flow.paused:
-                channel.last_read = now
-            if now - channel.last_read >= idle_s:
-                channel.close()
-        return len(self.sources)
+    def close_sources(self) -> None:
+        for channel in self.sources:
+            channel.close()
 
     def close(self) -> None:
         for channel in (*self.sources, *self.links):
@@ -131,13 +123,11 @@ class SourceChannel(Channel):
         super().__init__()
         self.plane, self.inputs, self.p = plane, inputs, p
         self.source: SourceConnection | None = None
-        self.last_read = time.monotonic()  # for idling out at clean shutdown
 
     def opened(self) -> None:
         self.inputs.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_read = time.monotonic()
         if self.source is None:
             self.source = self.plane.open_source(self.p, self.peer)
         if not self.plane.source_read(self.source, data):
@@ -190,16 +180,17 @@ class BoundaryIn(Channel):
 
 
 class ExternalChannel(Channel):
-    """A client of the external channel (``--external``): ``on_message(msg_id, text)``."""
+    """A client of the external channel (``--external``): ``on_message(channel, msg_id, text)``
+    (the handler may answer on the channel)."""
 
-    def __init__(self, on_message: Callable[[int, str], None]) -> None:
+    def __init__(self, on_message: Callable[[Channel, int, str], None]) -> None:
         super().__init__()
         self.on_message = on_message
         self.decoder = ExternalFrameDecoder()
 
     def data_received(self, data: bytes) -> None:
         for msg_id, text in self.decoder.feed(data):
-            self.on_message(msg_id, text)
+            self.on_message(self, msg_id, text)
         if self.decoder.error is not None:
             warn(f"ERROR: external connection from {self.peer}: {self.decoder.error}; "
                  f"connection closed")  # fmt: skip

@@ -61,6 +61,7 @@ from machida.runtime.flow import FlowControl
 from machida.runtime.links import Links
 from machida.runtime.listeners import BindError, Listeners, local_address_towards
 from machida.runtime.sink import Sinks
+from machida.wire import external
 from machida.wire.auth import AcceptorHandshake, DiallerHandshake
 from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG
 
@@ -211,12 +212,13 @@ class Process:
     def counts(self) -> dict[str, int]:
         return self.plane.counts()
 
-    def on_external(self, msg_id: int, text: str) -> None:
+    def on_external(self, channel: Any, msg_id: int, text: str) -> None:
         if msg_id == PRINT:
             say(f"$$$ ExternalPrint: {text} $$$")
         elif msg_id == CLEAN_SHUTDOWN:
             say("External Clean Shutdown received." if not text else
                 f"External Clean Shutdown received: {text}")  # fmt: skip
+            channel.write(external.encode(CLEAN_SHUTDOWN))  # cluster_shutdown waits for it
             self.role.request_shutdown(text)
         elif msg_id == ROTATE_LOG:
             self.role.rotate_log(text)
@@ -233,10 +235,9 @@ class Process:
     # -- stopping -------------------------------------------------------------------------
 
     def stop_sources(self) -> None:
+        self.flow.open_sources(False)
         self.listeners.stop_sources()
-
-    def close_idle_sources(self, idle_s: float) -> int:
-        return self.inputs.idle_sources(idle_s)
+        self.inputs.close_sources()
 
     def leftovers(self) -> str:
         sending = len(self.inputs.sources)

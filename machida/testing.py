@@ -79,7 +79,7 @@ class Driver:
             plane = _EagerPlane(self.plan, name, pair, FlowControl(), _no_sink_writes,
                                 self._link_from(name), Callbacks(name, errors))  # fmt: skip
             plane.build(names, sink_for=self._sink_for(name), values=True)
-            plane.after_flush = self._deliver
+            plane.delivered = self._deliver
             self._planes[name] = plane
         self._inbound = {(a, b): Inbound() for a in names for b in names if a != b}
         for a, b in self._inbound:
@@ -212,8 +212,15 @@ class _EagerPlane(DataPlane):
 
     The runner's plane batches what a read forwards; the driver's sends every
     message as it is forwarded, so that the output order does not depend on
-    the number of simulated workers.
+    the number of simulated workers. After each flush the driver delivers
+    what it wrote (:attr:`delivered`).
     """
+
+    delivered: Callable[[], None]
+
+    def flush(self) -> None:
+        super().flush()
+        self.delivered()
 
     def _outbound(self, owner: str, route: tuple) -> Callable[[Any], None]:
         append = super()._outbound(owner, route)

@@ -43,7 +43,7 @@ def test_hello_ack_and_a_mixed_batch_decode_whole_and_byte_by_byte():
     backlog.add(ROUTES[0], True, [5, U64_MAX])
     backlog.add(ROUTES[1], False, [pickle.dumps("x")])
     backlog.add(ROUTES[1], True, array("Q", [7]))
-    stream = hello("initializer", 42) + b"".join(backlog.take_batch()) + ack(9)
+    stream = hello("initializer", 42) + b"".join(b.frame for b in backlog.take_batch()) + ack(9)
     expected = [
         (1, ROUTES[0], 5), (2, ROUTES[0], U64_MAX), (3, ROUTES[1], pickle.dumps("x")),
         (4, ROUTES[1], 7),
@@ -68,13 +68,13 @@ def test_backlog_numbers_keeps_until_ack_and_replays_the_rest():
     for v in range(1, 11):
         backlog.add(ROUTES[v % 2], True, [v])
     assert backlog.unacked == 10
-    first = flatten(BoundaryDecoder().feed(b"".join(backlog.take_batch())))
+    first = flatten(BoundaryDecoder().feed(b"".join(b.frame for b in backlog.take_batch())))
     assert [r[0] for r in first] == list(range(1, 11))
     backlog.add(ROUTES[2], True, array("Q", range(11, 14)))
     backlog.take_batch()
     backlog.ack(4)
     assert backlog.unacked == 9 and backlog.acked == 4
-    replayed = flatten(BoundaryDecoder().feed(b"".join(backlog.replay())))
+    replayed = flatten(BoundaryDecoder().feed(b"".join(b.frame for b in backlog.replay())))
     assert [(seq, value) for seq, _, value in replayed] == [(s, s) for s in range(5, 14)]
     backlog.ack(13)
     assert backlog.unacked == 0 and backlog.replay() == []
@@ -129,7 +129,7 @@ def test_any_records_any_batching_any_split_round_trip(records, cuts, step):
         for route, value in records[done:at]:
             backlog.add(route, isinstance(value, int), [value])
         done = max(done, at)
-        frames += backlog.take_batch()
+        frames += [b.frame for b in backlog.take_batch()]
     stream = b"".join(frames)
     decoder = BoundaryDecoder()
     events = [e for i in range(0, len(stream), step) for e in decoder.feed(stream[i : i + step])]
@@ -163,14 +163,18 @@ def test_batches_are_cut_to_fit_a_frame_and_numbered_across_the_cut(monkeypatch)
     backlog = Backlog()
     backlog.add(ROUTES[0], False, [bytes([i]) * 40 for i in range(6)])
     backlog.add(ROUTES[1], True, list(range(30)))
-    frames = backlog.take_batch()
-    assert len(frames) > 2 and all(len(frame) <= 4 + 200 for frame in frames)
+    cut = backlog.take_batch()
+    assert len(cut) > 2 and all(len(b.frame) <= 4 + 200 for b in cut)
+    assert [b.first for b in cut] == [
+        1,
+        *(sum(b.count for b in cut[:i]) + 1 for i in range(1, len(cut))),
+    ]
     decoder = BoundaryDecoder()
     decoder._frames.max_length = 200
-    records = flatten(e for frame in frames for e in decoder.feed(frame))
+    records = flatten(e for b in cut for e in decoder.feed(b.frame))
     assert [seq for seq, _, _ in records] == list(range(1, 37))
     assert [v for _, _, v in records] == [bytes([i]) * 40 for i in range(6)] + list(range(30))
-    replayed = flatten(decoder.feed(b"".join(backlog.replay())))
+    replayed = flatten(decoder.feed(b"".join(b.frame for b in backlog.replay())))
     assert replayed == records and decoder.error is None
 
 
@@ -179,3 +183,25 @@ def test_a_frame_longer_than_a_batch_may_be_is_refused_at_its_header():
     header = struct.pack(">IBQ", MAX_DATA_FRAME + 1, 0x4D, 1)
     assert decoder.feed(header + b"\0" * 1000) == []
     assert "frame length" in str(decoder.error) and decoder._frames.pending == 0
+
+
+def test_a_backlog_restored_from_a_log_replays_what_was_not_acknowledged():
+    sender = Backlog()
+    for v in range(1, 21):
+        sender.add(ROUTES[v % 2], True, [v])
+        if v % 5 == 0:
+            sender.take_batch()
+    logged = sender.replay()  # what the event log kept of the batches, before any ack
+    restored = Backlog()
+    runs = [[(p, s, k), is_int, values] for b in logged
+            for _, _, runs_ in [BoundaryDecoder().feed(b.frame)[0]]
+            for p, s, k, is_int, values in runs_]  # fmt: skip
+    restored.restore(logged[0].first, runs, next_seq=21, acked=7)
+    assert (restored.acked, restored.next_seq, restored.unacked) == (7, 21, 13)
+    replayed = flatten(BoundaryDecoder().feed(b"".join(b.frame for b in restored.replay())))
+    assert [(seq, value) for seq, _, value in replayed] == [(s, s) for s in range(8, 21)]
+    restored.add(ROUTES[0], True, [99])
+    assert [b.first for b in restored.take_batch()] == [21]
+    empty = Backlog()
+    empty.restore(31, [], next_seq=31, acked=30)
+    assert (empty.acked, empty.next_seq, empty.unacked) == (30, 31, 0)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
+import re
+import shutil
 import signal
+import subprocess
 
 import pytest
 from clusterhelp import Cluster
@@ -204,6 +208,97 @@ def test_the_initializer_restarts_with_its_own_state(tmp_path):
         assert cluster.validate(5_000, "-a").returncode == 0
 
 
+ACCEPTED = re.compile(rb"RESILIENCE: Sequence Window source had accepted (\d+) record\(s\)")
+
+
+def restart_both(cluster: Cluster) -> int:
+    """Start the initializer and worker-2 again with their commands; once both have recovered,
+    the number of records the source had durably accepted."""
+    initializer, worker = cluster.start_initializer(), cluster.start_worker(1)
+    for restarted in (initializer, worker):
+        restarted.wait_stdout(lambda o: b"|~~ - Recovery COMPLETE - ~~|" in o)
+    found = ACCEPTED.search(initializer.stdout)
+    assert found, initializer.report()
+    return int(found.group(1))
+
+
+def resume_and_check(cluster: Cluster, accepted: int, count: int = STREAM) -> None:
+    """What the README says to do: resume the sender after what was accepted; nothing is lost."""
+    assert 0 < accepted <= count
+    cluster.send(count - accepted, *PACE, start_from=accepted)
+    wait_until(lambda: {count - 1, count} <= {w[-1] for w in cluster.windows()}, 60,
+               "both final windows")  # fmt: skip
+    verdict = cluster.validate(count, "-a")
+    assert verdict.returncode == 0, verdict.stderr.decode() + cluster.report()
+    assert odd_restarts(cluster.windows()) == []
+
+
+def test_worker_2_then_the_initializer_crash_and_nothing_accepted_is_lost(tmp_path):
+    """kill -9 worker-2; while its share waits in the initializer's backup, kill -9 the
+    initializer too; restart both, resume the sender from the reported count."""
+    with Cluster(tmp_path, extra=RESILIENCE).start() as cluster, stream(cluster) as sender:
+        cluster.wait_windows(4_000)
+        assert cluster.kill("worker-2") == -9
+        cluster.wait_for("initializer", b"data link to worker-2 lost", "stderr")
+        cluster.wait_windows(len(cluster.windows()) + 2_000)  # even windows go on alone
+        assert cluster.kill("initializer") == -9
+        assert sender.wait() != 0  # its connection broke
+        resume_and_check(cluster, restart_both(cluster))
+
+
+def test_both_crash_at_once_and_nothing_accepted_is_lost(tmp_path):
+    with Cluster(tmp_path, extra=RESILIENCE).start() as cluster, stream(cluster) as sender:
+        cluster.wait_windows(6_000)
+        for proc in (cluster.procs["initializer"].proc, cluster.procs["worker-2"].proc):
+            proc.send_signal(signal.SIGKILL)
+        assert cluster.kill("initializer") == -9 and cluster.kill("worker-2") == -9
+        assert sender.wait() != 0
+        resume_and_check(cluster, restart_both(cluster))
+
+
+@contextlib.contextmanager
+def small_disk(path: pathlib.Path, size: str = "1m"):
+    """A tmpfs of ``size`` mounted at ``path`` for the test (root only; skipped elsewhere)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_disk_stops_a_worker_loudly_and_a_restart_loses_nothing(tmp_path):
+    with small_disk(tmp_path / "disk") as disk:
+        filler = disk / "filler"
+        room = shutil.disk_usage(disk).free - 96 * 1024
+        filler.write_bytes(b"\0" * room)  # leaves about 96 KiB for the logs
+        with Cluster(disk, extra=RESILIENCE).start() as cluster, stream(cluster) as sender:
+
+            def failed() -> list[str]:
+                return [n for n, tool in cluster.procs.items() if b"ERROR: cannot" in tool.stderr]
+
+            wait_until(failed, 60, "a worker to find the disk full")
+            name = failed()[0]
+            assert cluster.procs[name].wait() == 1, cluster.report()
+            errors = cluster.procs[name].stderr.decode().splitlines()
+            line = next(x for x in errors if x.startswith("ERROR: cannot write"))
+            assert [x for x in errors if x.startswith("ERROR")] == [line], errors
+            assert "Traceback" not in cluster.procs[name].stderr.decode(), errors
+            assert f"{disk}/sequence_window-{name}" in line
+            assert ": No space left on device; " in line
+            assert f"{name} stops, without acknowledging what it could not log" in line
+            assert list(disk.glob(f"sequence_window-{name}.local-topology"))  # files kept
+            filler.unlink()  # make room, then start everything again with the same commands
+            for other in cluster.procs:
+                if cluster.procs[other].proc.poll() is None:
+                    cluster.kill(other)
+            sender.wait()
+            resume_and_check(cluster, restart_both(cluster))
+
+
 # -- Resilience on its own: worker-2's data plane, its real log files, no sockets ------------
 
 STATE = "Sequence Window"  # sequence_window.py's state, keys [0, 1]
@@ -241,7 +336,11 @@ class Worker2:
         self.resilience = Resilience(Settings.of(config, fingerprint), self.files, self.plane,
                                      self.flow)  # fmt: skip
         self.plane.persist = self.resilience.persist
-        self.plane.after_flush = self.resilience.commit
+        self.plane.commit = self.commit
+
+    def commit(self, leaving: list) -> bool:
+        self.resilience.commit(leaving)  # as the process does, but an error fails the test
+        return True
 
     def join(self) -> Worker2:
         """What worker-2 does once it has the member list: topology, event log, files."""
@@ -301,7 +400,8 @@ def test_a_restart_cuts_off_a_torn_commit_so_later_commits_survive(tmp_path, cap
     third.stop()
     out = capsys.readouterr().out.splitlines()
     replayed = [line for line in out if line.startswith("RESILIENCE:")]
-    assert replayed == ["RESILIENCE: Replayed 2 entries from recovery log file."]
+    # the incarnation of the first run, then one snapshot from each of the first two runs
+    assert replayed == ["RESILIENCE: Replayed 3 entries from recovery log file."]
 
 
 def test_a_rotation_request_before_the_log_exists_is_ignored(tmp_path, capsys):

@@ -1,64 +1,128 @@
-"""The event log of a worker in resilience mode: state snapshots and message origins.
+"""The event log of a worker in resilience mode: its state, what it applied, what it sent.
 
-After each batch a worker appends one *commit* holding the newest snapshot of
-every key whose state call asked to persist (``persist`` a ``bool``) and, for
-each upstream worker, the highest sequence number applied from it; then it
-fsyncs. That is group commit: one fsync per batch, never per message. Only
-after the fsync does the worker acknowledge those messages upstream, so a
-crash can re-emit output for messages that were not yet logged, but never
-loses one. Recovery reads the commits in order: the newest snapshot of each key
-replaces the state ``build()`` made, and the origins tell the boundary what to
-skip when the upstream replays its backlog.
+After each batch a worker appends one *commit* and fsyncs it (group commit:
+one fsync per batch, never per message). A commit holds the newest snapshot
+of every key whose state call asked to persist (``persist`` a ``bool``); for
+each upstream worker, the highest sequence number applied from it; the
+batches it is about to send to each downstream worker (its *upstream
+backup*) and how far each downstream has acknowledged; and how many records
+each source has accepted. Only after the fsync does the worker send those
+batches or acknowledge anything upstream, so whatever crashes, and in
+whatever order, nothing accepted is lost: output may repeat, never go
+missing. Recovery reads the commits in order: the newest snapshot of each key
+replaces the state ``build()`` made, the origins tell the boundary what to
+skip when an upstream replays, the unacknowledged batches are sent again
+under the same incarnation and numbers, and the source counts say from where
+a sender must resume.
 
-File layout: a header line ``machida-evlog 1 <json>\\n`` (module, worker,
+File layout: a header line ``machida-evlog 2 <json>\\n`` (module, worker,
 fingerprint), then commits ``u32be length | u32be crc32 | body``. A body is a
-sequence of entries: ``S | u16be name length | name | u32be key index | u32be
-length | serialized state`` and ``O | u16be name length | upstream | u64be
-incarnation | u64be seq``. A torn final commit (short or failing its CRC) is
-ignored, and cut off before the worker appends to the file again. With
-rotation the files are ``<module>-<worker>-<16 hex>.evlog``, the hex being the
-cumulative byte offset at which the file starts; recovery reads the newest.
+sequence of entries, each ``kind | u16be name length | name | fields``:
+
+| kind | name | fields |
+|---|---|---|
+| ``S`` | state | ``u32be key index``, ``u32be length``, the state as ``serialize`` made it |
+| ``O`` | upstream worker | ``u64be incarnation``, ``u64be seq`` applied |
+| ``I`` | (empty) | ``u64be incarnation`` of this worker |
+| ``F`` | downstream worker | ``u64be first seq``, ``u32be records``, ``u32be length``, the batch |
+| ``A`` | downstream worker | ``u64be seq`` acknowledged |
+| ``C`` | source's pipeline | ``u64be`` records accepted |
+
+A torn final commit (short or failing its CRC) is ignored, and cut off before
+the worker appends to the file again. With rotation the files are
+``<module>-<worker>-<16 hex>.evlog``, the hex being the cumulative byte offset
+at which the file starts; each new file starts with everything recovery needs,
+and recovery reads the newest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-MAGIC = b"machida-evlog 1 "
+MAGIC = b"machida-evlog 2 "
 _COMMIT = struct.Struct(">II")
 _NAME = struct.Struct(">H")
 _SNAPSHOT = struct.Struct(">II")
 _ORIGIN = struct.Struct(">QQ")
+_U64 = struct.Struct(">Q")
+_FORWARDED = struct.Struct(">QII")
 
 
 class EventLogError(Exception):
     """The event log cannot be used; the message names the file and the cause."""
 
 
-def encode_commit(snapshots: list[tuple[str, int, bytes]], origins: dict) -> bytes:
-    """One commit: snapshots ``(state, key index, bytes)`` and origins ``{name: (inc, seq)}``."""
-    parts = []
+def encode_commit(
+    snapshots: Iterable[tuple[str, int, bytes]] = (),
+    origins: Mapping[str, tuple[int, int]] | None = None,
+    *,
+    incarnation: int | None = None,
+    forwarded: Iterable[tuple[str, int, int, bytes]] = (),
+    acked: Mapping[str, int] | None = None,
+    accepted: Mapping[str, int] | None = None,
+) -> bytes:
+    """One commit: snapshots ``(state, key index, bytes)``, origins ``{upstream: (inc, seq)}``,
+    this worker's incarnation, batches ``(downstream, first seq, records, frame)``,
+    acknowledgements ``{downstream: seq}`` and source counts ``{pipeline: records}``."""
+    parts: list[bytes] = []
+
+    def entry(kind: bytes, name: str, *fields: bytes) -> None:
+        encoded = name.encode()
+        parts.extend((kind, _NAME.pack(len(encoded)), encoded, *fields))
+
     for state_name, key_index, data in snapshots:
-        name = state_name.encode()
-        parts += [b"S", _NAME.pack(len(name)), name, _SNAPSHOT.pack(key_index, len(data)), data]
-    for upstream, (incarnation, seq) in origins.items():
-        name = upstream.encode()
-        parts += [b"O", _NAME.pack(len(name)), name, _ORIGIN.pack(incarnation, seq)]
+        entry(b"S", state_name, _SNAPSHOT.pack(key_index, len(data)), data)
+    for upstream, (inc, seq) in (origins or {}).items():
+        entry(b"O", upstream, _ORIGIN.pack(inc, seq))
+    if incarnation is not None:
+        entry(b"I", "", _U64.pack(incarnation))
+    for peer, first, count, frame in forwarded:
+        entry(b"F", peer, _FORWARDED.pack(first, count, len(frame)), frame)
+    for peer, seq in (acked or {}).items():
+        entry(b"A", peer, _U64.pack(seq))
+    for source, count in (accepted or {}).items():
+        entry(b"C", source, _U64.pack(count))
     body = b"".join(parts)
     return _COMMIT.pack(len(body), zlib.crc32(body)) + body
 
 
 @dataclass
+class LinkLog:
+    """What a log says of one downstream worker: acknowledged up to ``acked``, numbered up to
+    ``next_seq - 1``, and the batches not yet wholly acknowledged ``(first, records, frame)``."""
+
+    acked: int = 0
+    next_seq: int = 1
+    batches: list[tuple[int, int, bytes]] = field(default_factory=list)
+
+    def forwarded(self, first: int, count: int, frame: bytes) -> None:
+        self.next_seq = max(self.next_seq, first + count)
+        if first + count - 1 > self.acked:
+            self.batches.append((first, count, frame))
+
+    def acknowledged(self, seq: int) -> None:
+        self.acked = max(self.acked, seq)
+        while self.batches and sum(self.batches[0][:2]) - 1 <= self.acked:
+            self.batches.pop(0)
+
+
+@dataclass
 class Replay:
-    """What a log holds: the newest snapshot per key, origins, how many entries, and
-    ``end``, the file offset just after the last complete commit (header included)."""
+    """What a log holds: the newest snapshot per key, origins, this worker's incarnation, its
+    downstream links, source counts, how many entries, and ``end``, the file offset just after
+    the last complete commit (header included)."""
 
     snapshots: dict[tuple[str, int], bytes] = field(default_factory=dict)
     origins: dict[str, tuple[int, int]] = field(default_factory=dict)
+    incarnation: int | None = None
+    links: dict[str, LinkLog] = field(default_factory=dict)
+    accepted: dict[str, int] = field(default_factory=dict)
     entries: int = 0
     end: int = 0
 
@@ -68,18 +132,36 @@ class Replay:
             kind = body[pos : pos + 1]
             (length,) = _NAME.unpack_from(body, pos + 1)
             name = body[pos + 3 : pos + 3 + length].decode()
-            pos += 3 + length
-            if kind == b"S":
-                key_index, size = _SNAPSHOT.unpack_from(body, pos)
-                pos += _SNAPSHOT.size
-                self.snapshots[(name, key_index)] = body[pos : pos + size]
-                pos += size
-            elif kind == b"O":
-                self.origins[name] = _ORIGIN.unpack_from(body, pos)
-                pos += _ORIGIN.size
-            else:
-                raise ValueError(f"unknown entry kind {kind!r}")
+            pos = self._apply(kind, name, body, pos + 3 + length)
             self.entries += 1
+
+    def _apply(self, kind: bytes, name: str, body: bytes, pos: int) -> int:
+        """One entry's fields at ``pos``; returns where the next entry starts."""
+        if kind == b"S":
+            key_index, size = _SNAPSHOT.unpack_from(body, pos)
+            start = pos + _SNAPSHOT.size
+            self.snapshots[(name, key_index)] = body[start : start + size]
+            return start + size
+        if kind == b"O":
+            self.origins[name] = _ORIGIN.unpack_from(body, pos)
+            return pos + _ORIGIN.size
+        if kind == b"F":
+            first, count, size = _FORWARDED.unpack_from(body, pos)
+            start = pos + _FORWARDED.size
+            self.links.setdefault(name, LinkLog()).forwarded(
+                first, count, body[start : start + size]
+            )
+            return start + size
+        (value,) = _U64.unpack_from(body, pos)
+        if kind == b"I":
+            self.incarnation = value
+        elif kind == b"A":
+            self.links.setdefault(name, LinkLog()).acknowledged(value)
+        elif kind == b"C":
+            self.accepted[name] = value
+        else:
+            raise ValueError(f"unknown entry kind {kind!r}")
+        return pos + _U64.size
 
 
 def header(module: str, worker: str, fingerprint: str) -> bytes:
@@ -149,5 +231,8 @@ class EventLog:
         os.fsync(self.file.fileno())
 
     def close(self) -> None:
+        """Close the file. Bytes that could not be written (a full disk) are dropped: they were
+        never fsync'd, so nothing they hold was acknowledged."""
         if not self.file.closed:
-            self.file.close()
+            with contextlib.suppress(OSError):  # the file is closed even when its flush fails
+                self.file.close()

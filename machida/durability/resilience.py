@@ -1,14 +1,18 @@
 """Resilience mode for one worker: its event log, recovery from it, and log rotation.
 
 With ``--run-with-resilience`` each state call whose ``persist`` is a ``bool``
-marks its key dirty; after each batch :meth:`Resilience.commit` appends the
-newest snapshot of every dirty key (through the module's ``serialize``) and the
-highest sequence number applied from each upstream worker, and fsyncs, before
-the worker acknowledges anything upstream. A worker started again with the same
-command restores its states and origins from the log
-(``RESILIENCE: Replayed <n> entries from recovery log file.``); its upstream
-then re-sends what was not acknowledged and the boundary skips what the log
-shows as applied. ``--log-rotation`` starts a new file, holding a snapshot of
+marks its key dirty; in each flush :meth:`Resilience.commit` appends the
+newest snapshot of every dirty key (through the module's ``serialize``), the
+highest sequence number applied from each upstream worker, the batches about
+to leave for each downstream worker and the records each source has
+accepted, and fsyncs, before any of those batches is sent or anything is
+acknowledged upstream. A worker started again with the same command restores
+all of it from the log (``RESILIENCE: Replayed <n> entries from recovery log
+file.``): its states, what the boundary must skip when an upstream re-sends,
+and its own unacknowledged batches, which it sends again under its old
+incarnation and numbers; a source says how many records it had accepted
+(``RESILIENCE: <pipeline> source had accepted <n> record(s)``), so that its
+sender resumes after them. ``--log-rotation`` starts a new file, holding a snapshot of
 every owned key, when the current one grows past ``--event-log-file-size`` or
 on an external RotateLog request (machida.md §9.5).
 """
@@ -25,6 +29,7 @@ from machida.app.callbacks import Callbacks, fn_label
 from machida.console import say
 from machida.durability.eventlog import EventLog, EventLogError, Replay, encode_commit, recover_log
 from machida.durability.recovery import RecoveryFiles
+from machida.wire.boundary import Batch
 
 ROTATION_PAUSE = "log rotation"
 
@@ -34,6 +39,22 @@ class ResilienceHost(Protocol):
 
     serializers: tuple[Callable[[Any], Any], Callable[[Any], Any]]
     callbacks: Callbacks
+    incarnation: int
+
+    def source_counts(self) -> dict[str, int]:
+        """Records each source (by pipeline name) has taken in."""
+
+    def restore_source_counts(self, counts: dict[str, int]) -> None:
+        """What a recovered log says the sources had taken in."""
+
+    def acks(self) -> dict[str, int]:
+        """How far each downstream worker has acknowledged."""
+
+    def backups(self) -> dict[str, tuple[int, list[Batch]]]:
+        """Each downstream worker's acknowledged mark and the batches it may still need."""
+
+    def restore_link(self, peer: str, acked: int, next_seq: int, frames: list[bytes]) -> None:
+        """A recovered backup for ``peer``, re-sent once its link is up."""
 
     @property
     def states(self) -> dict[str, dict[int, Any]]:
@@ -93,7 +114,10 @@ class Resilience:
         self.host = host
         self.inputs = inputs
         self.dirty: set[tuple[str, int]] = set()
+        # what the log holds already, so that a commit adds only what changed
         self.origins: dict[str, tuple[int, int]] = {}
+        self.acked: dict[str, int] = {}
+        self.accepted: dict[str, int] = {}
         self.log: EventLog | None = None
         self.rotating = False
         self.rotation_task: asyncio.Task | None = None
@@ -113,13 +137,17 @@ class Resilience:
         return EventLog(path, s.module, s.worker, s.fingerprint, offset)
 
     def open(self, recovering: bool) -> None:
-        """Open the log; when recovering, restore states and origins from it first."""
+        """Open the log; when recovering, restore everything from it first."""
         if not recovering:
             self.log = self._open_log(self._path(0))
+            self.log.append(encode_commit(incarnation=self.host.incarnation))
+            self.log.sync()
             return
         path, replay = self._newest_complete()
         self._restore(replay)
         say(f"RESILIENCE: Replayed {replay.entries} entries from recovery log file.")
+        for source, count in replay.accepted.items():
+            say(f"RESILIENCE: {source} source had accepted {count} record(s)")
         self.log = self._open_log(path, self.files.event_log_offset(path))
 
     def _newest_complete(self) -> tuple[str, Replay]:
@@ -155,21 +183,36 @@ class Resilience:
                 ) from err
         self.host.restore_origins(replay.origins)
         self.origins = dict(replay.origins)
+        if replay.incarnation is not None:
+            self.host.incarnation = replay.incarnation  # its backup keeps its numbers
+        for peer, link in replay.links.items():
+            frames = [frame for _, _, frame in link.batches]
+            self.host.restore_link(peer, link.acked, link.next_seq, frames)
+            self.acked[peer] = link.acked
+        self.host.restore_source_counts(replay.accepted)
+        self.accepted = dict(replay.accepted)
 
     # -- writing ---------------------------------------------------------------------------
 
-    def commit(self) -> None:
-        """After a batch: log dirty snapshots and new origins, then fsync (group commit)."""
-        origins = {n: o for n, o in self.host.origins().items() if self.origins.get(n) != o}
-        if self.log is None or (not self.dirty and not origins):
+    def commit(self, leaving: list[tuple[str, list[Batch]]]) -> None:
+        """In a flush, before its batches leave: log dirty snapshots, new origins, the batches
+        and new source counts, then fsync (group commit). OSError if the disk refuses."""
+        origins = _changed(self.host.origins(), self.origins)
+        accepted = _changed(self.host.source_counts(), self.accepted)
+        forwarded = [(peer, b.first, b.count, b.frame) for peer, taken in leaving for b in taken]
+        if self.log is None or not (self.dirty or origins or accepted or forwarded):
             return  # nothing to log, or the log is not open yet (no topology)
         keys, self.dirty = self.dirty, set()
         snapshots = self._snapshots(keys)
-        if not snapshots and not origins:
+        if not (snapshots or origins or accepted or forwarded):
             return  # every serialize raised: nothing to log, the keys stay dirty
-        self.log.append(encode_commit(snapshots, origins))
+        acked = _changed(self.host.acks(), self.acked)  # these ride along, never alone
+        self.log.append(encode_commit(snapshots, origins, forwarded=forwarded, acked=acked,
+                                      accepted=accepted))  # fmt: skip
         self.log.sync()
         self.origins.update(origins)
+        self.acked.update(acked)
+        self.accepted.update(accepted)
         s = self.settings
         if s.rotation and s.max_size and self.log.size > s.max_size:
             self.start_rotation()
@@ -212,7 +255,7 @@ class Resilience:
         self.inputs.pause(ROTATION_PAUSE)
         try:
             await asyncio.sleep(self.settings.stop_pause_s)
-            self.host.flush()  # ends with self.commit()
+            self.host.flush()  # its commit logs what is pending to the old file
             self._switch_log()
             say("Steps snapshotting to new log file complete.")
             for path in self.files.event_logs():
@@ -233,8 +276,15 @@ class Resilience:
         old = self.log
         offset = old.offset + old.size
         new = self._open_log(self._path(offset), offset)
+        backups = self.host.backups()
+        forwarded = [(peer, b.first, b.count, b.frame)
+                     for peer, (_, taken) in backups.items() for b in taken]  # fmt: skip
+        acked = {peer: mark for peer, (mark, _) in backups.items()}
+        accepted = self.host.source_counts()
         try:
-            new.append(encode_commit(self._snapshots(keys), self.host.origins()))
+            new.append(encode_commit(self._snapshots(keys), self.host.origins(),
+                                     incarnation=self.host.incarnation, forwarded=forwarded,
+                                     acked=acked, accepted=accepted))  # fmt: skip
             new.sync()
         except BaseException:
             with contextlib.suppress(OSError):
@@ -244,7 +294,13 @@ class Resilience:
         new.dirty = False
         old.close()
         self.log = new
+        self.acked, self.accepted = acked, accepted
 
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
+
+
+def _changed(now: dict, logged: dict) -> dict:
+    """The entries of ``now`` that the log does not hold yet (a zero count needs no entry)."""
+    return {key: value for key, value in now.items() if logged.get(key, 0) != value}

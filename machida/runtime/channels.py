@@ -166,6 +166,8 @@ class BoundaryIn(Channel):
     def acknowledge(self) -> None:
         if not self.inbound.owes_ack or self._timer is not None or self.closed:
             return
+        if self.plane.halted:
+            return  # what this worker could not make durable is never acknowledged
         if self.sinks_busy():
             self._timer = asyncio.get_running_loop().call_later(ACK_RETRY_S, self._retry)
             return

@@ -10,6 +10,9 @@ Everything a worker does with a message between two socket calls is here:
   ``list.append``); :meth:`DataPlane.flush` turns them into one sink write per
   pipeline and one numbered batch per downstream worker, kept in that
   worker's :class:`~machida.wire.boundary.Backlog` until acknowledged;
+* with resilience on, the flush's ``commit`` hook makes all of it durable
+  before any batch leaves or anything is acknowledged (write-ahead); a hook
+  that fails *halts* the plane: nothing more is sent, applied or acknowledged;
 * a **boundary read** (from an upstream worker) is decoded, de-duplicated per
   upstream incarnation, applied, flushed, and then owes an acknowledgement,
   which the shell sends once the output has left (:class:`Inbound`);
@@ -35,7 +38,7 @@ from machida.app.plan import AppPlan
 from machida.errors import FrameError
 from machida.metrics.stats import Stats
 from machida.runtime.flow import FlowControl
-from machida.wire.boundary import U64_MAX, Backlog, BoundaryDecoder, Dedup, ack, hello
+from machida.wire.boundary import U64_MAX, Backlog, Batch, BoundaryDecoder, Dedup, ack, hello
 
 # Frames of one source read carried through between two flushes (a read holds up to 256 KiB):
 # the other workers start on their share early and acknowledgements come back sooner.
@@ -79,7 +82,7 @@ class Outbound:
     def opened(self, me: str, incarnation: int) -> list[bytes]:
         """A new connection: a fresh decoder; the hello, then the whole unacknowledged backlog."""
         self.decoder = BoundaryDecoder()
-        return [hello(me, incarnation), *self.backlog.replay()]
+        return [hello(me, incarnation), *(batch.frame for batch in self.backlog.replay())]
 
     def read(self, data: bytes) -> bool:
         """Acknowledgements in; whether any arrived."""
@@ -121,10 +124,13 @@ class DataPlane:
         self.outbound: dict[str, Outbound] = {}
         self.dedup: dict[str, Dedup] = {}
         self.applied_total = 0
-        # Hooks: after each state call (resilience's persist) and at the end of each flush,
-        # before anything is acknowledged (resilience's commit, the driver's delivery).
+        self.accepted = [0] * len(plan.pipelines)  # source records taken in, per pipeline
+        self.halted = False
+        # Hooks: after each state call (resilience's persist), and in each flush before any
+        # batch leaves or anything is acknowledged (resilience's commit, which is given the
+        # batches about to leave and says whether everything is durable).
         self.persist: Callable[[str, int, Any], None] | None = None
-        self.after_flush: Callable[[], None] | None = None
+        self.commit: Callable[[list[tuple[str, list[Batch]]]], bool] | None = None
 
     # -- building -------------------------------------------------------------------------
 
@@ -168,8 +174,12 @@ class DataPlane:
         counts = self.pstats[source.p]
         payloads = source.frames(data)
         for at in range(0, len(payloads), slice_size):
+            if self.halted:
+                return False
             before = counts.messages_in
-            source.push_payloads(payloads[at : at + slice_size])
+            chunk = payloads[at : at + slice_size]
+            source.push_payloads(chunk)
+            self.accepted[source.p] += len(chunk)
             self.flush()
             counts.latency.add_many(time.perf_counter_ns() - start, counts.messages_in - before)
         source.report_bad_frame()
@@ -178,25 +188,31 @@ class DataPlane:
     # -- flushing -------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """After a batch: one write per sink, one batch per downstream worker, then the hook."""
+        """After a batch: one write per sink, the commit, then one batch per downstream worker."""
+        if self.halted:
+            return
         for p, pending in enumerate(self._sink_pending):
             if pending:
                 self.pstats[p].messages_out += len(pending)
                 self._write_sink(p, b"".join(pending))
                 pending.clear()
+        leaving = []
         for owner, routes in self._outbox.items():
             backlog = self.outbound[owner].backlog
             for route, pending in routes:
                 if pending:
                     self._queue_run(backlog, route, pending)
                     pending.clear()
-            frames = backlog.take_batch()
-            if frames:
-                for frame in frames:
-                    self._write_link(owner, frame)
-                self.flow.link_backlog(owner, backlog.unacked)
-        if self.after_flush is not None:
-            self.after_flush()
+            taken = backlog.take_batch()
+            if taken:
+                leaving.append((owner, taken))
+        if self.commit is not None and not self.commit(leaving):
+            self.halted = True  # what could not be made durable never leaves
+            return
+        for owner, taken in leaving:
+            for batch in taken:
+                self._write_link(owner, batch.frame)
+            self.flow.link_backlog(owner, self.outbound[owner].backlog.unacked)
 
     def _queue_run(self, backlog: Backlog, route: tuple, messages: list) -> None:
         """Messages for one key of another worker: as u64s when they are plain ints."""
@@ -217,6 +233,8 @@ class DataPlane:
 
     def boundary_read(self, inbound: Inbound, data: bytes) -> FrameError | None:
         """Apply what an upstream worker sent, then flush; the error if the bytes broke."""
+        if self.halted:
+            return None  # nothing more is applied, nor acknowledged
         start = time.perf_counter_ns()
         before = [counts.messages_arrived for counts in self.pstats]
         ready = self.topology is not None
@@ -308,6 +326,34 @@ class DataPlane:
         """What a recovered worker's event log says it applied from each upstream worker."""
         for upstream, (incarnation, seq) in origins.items():
             self.dedup.setdefault(upstream, Dedup()).restore(incarnation, seq)
+
+    def source_counts(self) -> dict[str, int]:
+        """Records each source (by pipeline name) has taken in, for those that took any."""
+        return {p.name: n for p, n in zip(self.plan.pipelines, self.accepted) if n}
+
+    def restore_source_counts(self, counts: dict[str, int]) -> None:
+        for p, pipeline in enumerate(self.plan.pipelines):
+            self.accepted[p] = counts.get(pipeline.name, 0)
+
+    def acks(self) -> dict[str, int]:
+        """How far each downstream worker has acknowledged."""
+        return {peer: out.backlog.acked for peer, out in self.outbound.items()}
+
+    def backups(self) -> dict[str, tuple[int, list[Batch]]]:
+        """Each downstream worker's acknowledged mark and the batches it may still need."""
+        return {peer: (out.backlog.acked, out.backlog.replay())
+                for peer, out in self.outbound.items()}  # fmt: skip
+
+    def restore_link(self, peer: str, acked: int, next_seq: int, frames: list[bytes]) -> None:
+        """A recovered worker's backup for ``peer``: re-sent, under the same numbers, once the
+        link is up."""
+        first, runs = next_seq, []
+        for frame in frames:
+            (event,) = BoundaryDecoder().feed(frame)
+            first = min(first, event[1])
+            runs += [[(p, step, key), is_int, values] for p, step, key, is_int, values in event[2]]
+        out = self.outbound.setdefault(peer, Outbound(peer))
+        out.backlog.restore(first, runs, next_seq, acked)
 
 
 def ints_round_trip(pair: tuple) -> bool:

@@ -31,7 +31,7 @@ from machida.cluster.initializer import Initializer
 from machida.cluster.member import Member
 from machida.cluster.secret import SecretError, cluster_secret
 from machida.config import RunnerConfig
-from machida.console import say, warn
+from machida.console import os_reason, say, warn
 from machida.durability.eventlog import EventLogError
 from machida.durability.recovery import (
     RECOVERING,
@@ -96,15 +96,13 @@ class Process:
         if config.resilience:
             settings = Settings.of(config, plan.fingerprint(True))
             self.resilience = Resilience(settings, self.recovery, self.plane, self.flow)
-            self.plane.persist, self.plane.after_flush = (
-                self.resilience.persist,
-                self.resilience.commit,
-            )
+            self.plane.persist, self.plane.commit = self.resilience.persist, self._commit
         self.role: Initializer | Member = (
             Initializer(self, config.worker_count) if config.initializer
             else Member(self, config.control, self._dial_control)
         )  # fmt: skip
         self.finished: asyncio.Future | None = None
+        self.disk_failed = False
         self._pause_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
@@ -169,11 +167,16 @@ class Process:
             except EventLogError as err:
                 warn(str(err))
                 self.finish(1)
+            except OSError as err:
+                self._disk_failed(err.filename or self.config.resilience_dir, err)
         self.sinks.start()
 
     def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
         bound = self.listeners.bound
-        self.recovery.write(_topology(self.config, self.plan, workers, addresses, bound))
+        try:
+            self.recovery.write(_topology(self.config, self.plan, workers, addresses, bound))
+        except OSError as err:
+            self._disk_failed(err.filename or self.recovery.directory, err)
 
     def connect(self, peer: str, host: str, port: int) -> None:
         self.links.connect(peer, host, int(port))
@@ -208,6 +211,28 @@ class Process:
 
     def flush(self) -> None:
         self.plane.flush()
+
+    def _commit(self, leaving: list) -> bool:
+        """The data plane's commit: the event log, durable before anything leaves. A disk that
+        refuses stops this worker, without acknowledging what it could not log."""
+        try:
+            self.resilience.commit(leaving)
+        except (OSError, EventLogError) as err:
+            self._disk_failed(self.resilience.log.path, err)
+            return False
+        return True
+
+    def _disk_failed(self, path: str, err: Exception) -> None:
+        if self.disk_failed:
+            return
+        self.disk_failed = True
+        why = os_reason(err) if isinstance(err, OSError) else str(err)
+        warn(
+            f"ERROR: cannot write {path}: {why}; {self.name} stops, without acknowledging what "
+            f"it could not log (make room, then start it again with the same command)"
+        )
+        self.flow.pause("disk")
+        self.finish(1)
 
     def counts(self) -> dict[str, int]:
         return self.plane.counts()
@@ -259,7 +284,7 @@ class Process:
         self.sinks.close()
         if self.resilience is not None:
             self.resilience.close()
-        if clean:
+        if clean and not self.disk_failed:  # files a failed write left incomplete are kept
             for line in removal_lines(self.recovery.remove_all()):
                 say(line)
 

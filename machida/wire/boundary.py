@@ -35,6 +35,7 @@ import struct
 import sys
 from array import array
 from collections import deque
+from typing import NamedTuple
 
 from machida.errors import FrameError
 from machida.wire.framing import FrameDecoder
@@ -74,7 +75,15 @@ def ack(seq: int) -> bytes:
     return _FRAME_HEAD.pack(9, ACK) + _SEQ.pack(seq)
 
 
-def batches(first_seq: int, runs: list, max_records: int | None = None) -> list[bytes]:
+class Batch(NamedTuple):
+    """One ``M`` frame and the records it numbers: ``first`` .. ``first + count - 1``."""
+
+    first: int
+    count: int
+    frame: bytes
+
+
+def batches(first_seq: int, runs: list, max_records: int | None = None) -> list[Batch]:
     """``M`` frames for ``runs`` numbered from ``first_seq``, each within MAX_DATA_FRAME (and
     ``max_records``); one frame unless the runs are that large."""
     limit = MAX_DATA_FRAME - _BATCH_OVERHEAD
@@ -88,7 +97,7 @@ def batches(first_seq: int, runs: list, max_records: int | None = None) -> list[
                 n = min(n, max_records - records)
             n = min(n, room // 8) if is_int else _fitting(values, start, n, room)
             if n <= 0:  # this batch is full: number the next one on
-                frames.append(encode_batch(first_seq, chunk))
+                frames.append(Batch(first_seq, records, encode_batch(first_seq, chunk)))
                 first_seq += records
                 chunk, records, size = [], 0, 0
                 continue
@@ -98,7 +107,7 @@ def batches(first_seq: int, runs: list, max_records: int | None = None) -> list[
             size += _RUN.size + (8 * n if is_int else sum(_LEN.size + len(v) for v in piece))
             start += n
     if chunk:
-        frames.append(encode_batch(first_seq, chunk))
+        frames.append(Batch(first_seq, records, encode_batch(first_seq, chunk)))
     return frames
 
 
@@ -161,9 +170,9 @@ class Backlog:
         self._queued.append([route, is_int, values])
         self._queued_n += len(values)
 
-    def take_batch(self) -> list[bytes]:
-        """The queued records, numbered, as ``M`` frames (one, unless very large); none if
-        nothing is queued."""
+    def take_batch(self) -> list[Batch]:
+        """The queued records, numbered, as batches (one, unless very large); none if nothing
+        is queued."""
         if not self._queued_n:
             return []
         runs, count = self._queued, self._queued_n
@@ -192,9 +201,22 @@ class Backlog:
                 sent[0] = [run[0], run[1], run[2][drop:]]
                 drop = 0
 
-    def replay(self) -> list[bytes]:
-        """Frames carrying every unacknowledged, already numbered record again."""
+    def replay(self) -> list[Batch]:
+        """Batches carrying every unacknowledged, already numbered record again."""
         return batches(self.acked + 1, list(self._sent), MAX_BATCH_RECORDS)
+
+    def restore(self, first_seq: int, runs: list, next_seq: int, acked: int) -> None:
+        """What an event log kept: the records numbered from ``first_seq`` (as runs), the next
+        number to give, and how far the receiver had acknowledged."""
+        self._queued, self._queued_n = [], 0
+        self._sent = deque(runs)
+        self._sent_n = sum(len(run[2]) for run in runs)
+        if first_seq + self._sent_n != next_seq:
+            raise ValueError(f"records {first_seq}..{next_seq - 1} logged as {self._sent_n}")
+        self.acked, self.next_seq = first_seq - 1, next_seq
+        self.ack(acked)
+        self.acked = max(self.acked, acked)
+        self.sent_total = self._sent_n
 
 
 class BoundaryDecoder:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import socket
 import struct
 from pathlib import Path
@@ -20,6 +21,7 @@ from clusterhelp import Cluster
 from toolhelp import DEADLINE, Tool, closed_port, dial_as_a_worker, run_tool
 
 from machida.wire.boundary import encode_batch, hello
+from machida.wire.framing import encode_frame
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
@@ -175,3 +177,24 @@ def _rss_kb(pid: int) -> int:
 def test_the_listening_helper_sees_a_wildcard_listener():
     with socket.create_server(("0.0.0.0", 0)) as server:
         assert ("0.0.0.0", server.getsockname()[1]) in listening(os.getpid())
+
+
+def test_a_member_that_sends_nonsense_is_cut_off_with_one_line_and_the_cluster_goes_on(tmp_path):
+    with Cluster(tmp_path).start() as cluster:
+        with dial_as_a_worker(worker_data_address(cluster), b"data") as sock:
+            sock.sendall(hello("initializer", 5) + encode_batch(1, [[(3, 1, 7), True, [1]]]))
+            assert _closed_by_peer(sock)
+        with dial_as_a_worker(cluster.control, b"control") as sock:
+            sock.sendall(encode_frame(json.dumps({"type": "bogus"}).encode()))
+            assert _closed_by_peer(sock)
+        worker = cluster.wait_for("worker-2", b"which this worker does not own", "stderr")
+        init = cluster.wait_for("initializer", b"unexpected message type", "stderr")
+        assert b"Traceback" not in worker + init
+        assert re.search(rb"ERROR: data link from 127\.0\.0\.1:\d+: a batch has records for "
+                         rb"pipeline 3, step 1, key index 7, which this worker does not own; "
+                         rb"connection closed\n", worker)  # fmt: skip
+        assert re.search(rb"ERROR: control connection with 127\.0\.0\.1:\d+: unexpected message "
+                         rb"type 'bogus'; connection closed\n", init)  # fmt: skip
+        cluster.send(100, "-s", "100", "-i", "0")
+        cluster.wait_windows(100)
+        assert cluster.validate(100).returncode == 0

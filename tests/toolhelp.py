@@ -29,9 +29,11 @@ DEADLINE = 30.0
 HOLD_LIMIT = 120.0
 
 
-def run_tool(name: str, *args: str, cwd=None, timeout: float = DEADLINE):
-    """Run a tool to completion; returns the CompletedProcess (bytes output)."""
-    return subprocess.run(tool_cmd(name, *args), cwd=cwd, capture_output=True, timeout=timeout)
+def run_tool(name: str, *args: str, cwd=None, timeout: float = DEADLINE, prefix=()):
+    """Run a tool to completion; returns the CompletedProcess (bytes output). ``prefix`` runs
+    it through another command first (``ip netns exec NS``)."""
+    command = [*prefix, *tool_cmd(name, *args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, timeout=timeout)
 
 
 def explain(result) -> str:
@@ -91,10 +93,10 @@ class _Collector:
 class Tool:
     """A running tool process whose output is collected as it comes."""
 
-    def __init__(self, name: str, *args: str, cwd=None, **popen) -> None:
+    def __init__(self, name: str, *args: str, cwd=None, prefix=(), **popen) -> None:
         self.args = args
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
-        self.proc = subprocess.Popen(tool_cmd(name, *args), cwd=cwd, **pipes)
+        self.proc = subprocess.Popen([*prefix, *tool_cmd(name, *args)], cwd=cwd, **pipes)
         self._out = _Collector(self.proc.stdout)
         self._err = _Collector(self.proc.stderr)
 

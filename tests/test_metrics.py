@@ -156,7 +156,7 @@ def test_snapshot_shape_and_totals():
         "messages_forwarded": 0,
         "messages_out": 6,
         "latency": {"11": 6},
-        "steps": {"Double": {"messages_in": 3, "messages_out": 6, "latency": {}}},
+        "steps": {"Double": {"messages_in": 3, "messages_out": 6}},
     }
     assert snap["totals"] == {
         "messages_in": 3,
@@ -345,10 +345,8 @@ def test_stalled_receiver_bounds_buffer_and_counts_drops():
 
     async def main():
         stats = Stats("w1")
-        for i in range(40):  # a record of a dozen KiB fills the kernel buffers quickly
-            step = stats.step("P", f"step-{i}")
-            for b in range(20):
-                step.latency.add(2**b)
+        for i in range(60):  # a record of a dozen KiB fills the kernel buffers quickly
+            stats.step("P", f"step-{i}-" + "x" * 200)
         client = MetricsClient("127.0.0.1", listener.getsockname()[1], stats, interval=0.002)
         client.start()
         peak = 0

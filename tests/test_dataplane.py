@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from machida.app.loader import load_plan, serializers
 from machida.runtime.dataplane import SOURCE_SLICE, DataPlane, Inbound
+from machida.runtime.durable import DurableState
 from machida.runtime.flow import LINK_HIGH_WATER, FlowControl
 from machida.testing import DEFAULT_ARGS, run
 from machida.wire.boundary import BoundaryDecoder, encode_batch
@@ -161,10 +162,10 @@ def test_a_restarted_receiver_skips_what_its_log_says_it_applied():
     pair = Pair()
     pair.send(framed(range(1, 21)))
     pair.deliver(ack=False)  # applied, logged, but the acknowledgement is lost in the crash
-    logged = pair.planes["worker-2"].origins()
+    logged = DurableState(pair.planes["worker-2"]).origins()
     pair.sink["worker-2"].clear()
     restarted = pair.planes["worker-2"] = pair.start("worker-2")
-    restarted.restore_origins(logged)  # what resilience does from the event log
+    DurableState(restarted).restore_origins(logged)  # what resilience does from the event log
     pair.connect("initializer", "worker-2")
     pair.deliver()
     assert restarted.counts()["applied"] == 0 and pair.windows("worker-2") == []

@@ -25,6 +25,7 @@ NO_IO = (
     "machida.app",
     "machida.metrics.stats",
     "machida.runtime.dataplane",
+    "machida.runtime.durable",
     "machida.runtime.flow",
     "machida.cluster.membership",
     "machida.cluster.quiescence",

@@ -21,6 +21,7 @@ from machida.durability.eventlog import encode_commit, read_log
 from machida.durability.recovery import Expectation, Recover, RecoveryFiles, Topology
 from machida.durability.resilience import Resilience, Settings
 from machida.runtime.dataplane import DataPlane
+from machida.runtime.durable import DurableState
 from machida.runtime.flow import FlowControl
 
 APP_SOURCE = pathlib.Path(__file__).resolve().parent.parent / "sequence_window.py"
@@ -333,8 +334,8 @@ class Worker2:
         fingerprint = self.plan.fingerprint(True)
         decision = self.files.inspect(Expectation(fingerprint=fingerprint, resilience=True))
         self.recovering = isinstance(decision, Recover)
-        self.resilience = Resilience(Settings.of(config, fingerprint), self.files, self.plane,
-                                     self.flow)  # fmt: skip
+        self.resilience = Resilience(Settings.of(config, fingerprint), self.files,
+                                     DurableState(self.plane), self.flow)  # fmt: skip
         self.plane.persist = self.resilience.persist
         self.plane.commit = self.commit
 

@@ -30,6 +30,8 @@ ACK_RETRY_S = 0.002
 # A peer that has not proved the cluster secret by then is closed: the exchange is three
 # small messages, so even a loaded machine answers in well under a second.
 HANDSHAKE_TIMEOUT_S = 10.0
+# A pause of the inputs that lasts this long is reported once (an operator should know).
+PAUSE_REPORT_S = 1.0
 
 
 class Channel(asyncio.Protocol):
@@ -79,12 +81,31 @@ class Channel(asyncio.Protocol):
 
 
 class Inputs:
-    """The connections a worker reads from, paused and resumed as flow control says."""
+    """The connections a worker reads from, paused and resumed as flow control says; a pause
+    that lasts is reported."""
 
-    def __init__(self, flow: FlowControl) -> None:
+    def __init__(self, flow: FlowControl, worker: str = "") -> None:
         self.flow = flow
+        self.worker = worker
         self.sources: set[SourceChannel] = set()
         self.links: set[BoundaryIn] = set()
+        self._pause_timer: asyncio.TimerHandle | None = None
+
+    def changed(self) -> None:
+        """Flow control changed: apply it, and time a backpressure pause."""
+        self.apply()
+        paused = self.flow.paused
+        if paused and self._pause_timer is None:
+            loop = asyncio.get_running_loop()
+            self._pause_timer = loop.call_later(PAUSE_REPORT_S, self._report_pause)
+        elif not paused and self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+
+    def _report_pause(self) -> None:
+        reasons = ", ".join(sorted(self.flow.reasons))
+        warn(f"WARNING: {self.worker} has paused its inputs for over {PAUSE_REPORT_S:g} s "
+             f"(backpressure: {reasons})")  # fmt: skip
 
     def add(self, channel: SourceChannel | BoundaryIn) -> None:
         group, reading = self._group(channel)
@@ -304,6 +325,21 @@ class Guarded(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self.settled.set_result(ok)
+
+
+def guarded(secret: bytes, kind: bytes, channel: Callable[[], Channel]) -> Callable[[], Guarded]:
+    """A factory for a worker's control or data listener: each connection proves the cluster
+    secret before ``channel()`` gets it; a refusal is one line naming the peer."""
+
+    def refused(peer: str, why: str) -> None:
+        warn(f"WARNING: refused a {kind.decode()} connection from {peer}: {why}")
+
+    return lambda: Guarded(channel(), AcceptorHandshake(secret, kind), refused)
+
+
+async def dial_control(secret: bytes, role: Any, host: str, port: int) -> str:
+    """A member's control connection to the initializer ("" once up, else why not)."""
+    return await dial(ControlChannel(role), DiallerHandshake(secret, b"control"), host, port)
 
 
 async def dial(channel: Channel, handshake: DiallerHandshake, host: str, port: int) -> str:

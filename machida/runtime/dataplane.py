@@ -257,13 +257,9 @@ class DataPlane:
     def _apply_batch(self, inbound: Inbound, first: int, runs: list) -> FrameError | None:
         dedup = self.dedup[inbound.upstream]
         topology, pstats = self.topology, self.pstats
-        if dedup.gap(first):
-            return FrameError(f"a batch from {inbound.upstream} starts at record {first}, but "
-                              f"{dedup.seq + 1} was next: records would be skipped")  # fmt: skip
-        for p, pos, key_index, _, _ in runs:
-            if not topology.owns(p, pos, key_index):
-                return FrameError(f"a batch has records for pipeline {p}, step {pos}, key index "
-                                  f"{key_index}, which this worker does not own")  # fmt: skip
+        refused = _refused(inbound.upstream, dedup, topology, first, runs)
+        if refused is not None:
+            return refused
         total = sum(len(run[4]) for run in runs)
         skip = skipped = dedup.skip(first, total)
         for p, pos, key_index, is_int, values in runs:
@@ -317,43 +313,17 @@ class DataPlane:
         return [f"{out.backlog.unacked} unacknowledged message(s) for {out.peer}"
                 for out in self.outbound.values() if out.backlog.unacked]  # fmt: skip
 
-    def origins(self) -> dict[str, tuple[int, int]]:
-        """The newest ``(incarnation, seq)`` applied from each upstream worker."""
-        return {n: (d.incarnation, d.seq) for n, d in self.dedup.items()
-                if d.incarnation is not None}  # fmt: skip
 
-    def restore_origins(self, origins: dict[str, tuple[int, int]]) -> None:
-        """What a recovered worker's event log says it applied from each upstream worker."""
-        for upstream, (incarnation, seq) in origins.items():
-            self.dedup.setdefault(upstream, Dedup()).restore(incarnation, seq)
-
-    def source_counts(self) -> dict[str, int]:
-        """Records each source (by pipeline name) has taken in, for those that took any."""
-        return {p.name: n for p, n in zip(self.plan.pipelines, self.accepted) if n}
-
-    def restore_source_counts(self, counts: dict[str, int]) -> None:
-        for p, pipeline in enumerate(self.plan.pipelines):
-            self.accepted[p] = counts.get(pipeline.name, 0)
-
-    def acks(self) -> dict[str, int]:
-        """How far each downstream worker has acknowledged."""
-        return {peer: out.backlog.acked for peer, out in self.outbound.items()}
-
-    def backups(self) -> dict[str, tuple[int, list[Batch]]]:
-        """Each downstream worker's acknowledged mark and the batches it may still need."""
-        return {peer: (out.backlog.acked, out.backlog.replay())
-                for peer, out in self.outbound.items()}  # fmt: skip
-
-    def restore_link(self, peer: str, acked: int, next_seq: int, frames: list[bytes]) -> None:
-        """A recovered worker's backup for ``peer``: re-sent, under the same numbers, once the
-        link is up."""
-        first, runs = next_seq, []
-        for frame in frames:
-            (event,) = BoundaryDecoder().feed(frame)
-            first = min(first, event[1])
-            runs += [[(p, step, key), is_int, values] for p, step, key, is_int, values in event[2]]
-        out = self.outbound.setdefault(peer, Outbound(peer))
-        out.backlog.restore(first, runs, next_seq, acked)
+def _refused(upstream: str, dedup: Dedup, topology: LocalTopology, first: int, runs: list):
+    """Why a batch cannot be trusted (it skips records, or names a key not owned here)."""
+    if dedup.gap(first):
+        return FrameError(f"a batch from {upstream} starts at record {first}, but "
+                          f"{dedup.seq + 1} was next: records would be skipped")  # fmt: skip
+    for p, pos, key_index, _, _ in runs:
+        if not topology.owns(p, pos, key_index):
+            return FrameError(f"a batch has records for pipeline {p}, step {pos}, key index "
+                              f"{key_index}, which this worker does not own")  # fmt: skip
+    return None
 
 
 def ints_round_trip(pair: tuple) -> bool:

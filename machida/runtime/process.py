@@ -21,7 +21,7 @@ import gc
 import os
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from machida.aio import close_loop
 from machida.app.callbacks import Callbacks
@@ -50,23 +50,21 @@ from machida.runtime.channels import (
     BoundaryIn,
     ControlChannel,
     ExternalChannel,
-    Guarded,
     Ignored,
     Inputs,
     SourceChannel,
-    dial,
+    dial_control,
+    guarded,
 )
 from machida.runtime.dataplane import DataPlane
+from machida.runtime.durable import DurableState
 from machida.runtime.flow import FlowControl
 from machida.runtime.links import Links
 from machida.runtime.listeners import BindError, Listeners, local_address_towards
 from machida.runtime.sink import Sinks
 from machida.wire import external
-from machida.wire.auth import AcceptorHandshake, DiallerHandshake
 from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG
 
-# A pause of the inputs that lasts this long is reported once (an operator should know).
-PAUSE_REPORT_S = 1.0
 # Allocations between two young-generation collections (CPython's default is 700).
 GC_THRESHOLD = 20_000
 # How often repeated user-callback failures are summarised on stderr.
@@ -80,14 +78,14 @@ class Process:
         self.config, self.name, self.plan = config, config.name, plan
         self.secret = secret
         self.stats = Stats(self.name)
-        self.flow = FlowControl(self._flow_changed)
+        self.flow = FlowControl(lambda flow: self.inputs.changed())
         self.sinks = Sinks(plan, self.flow.sink_blocked)
         self.plane = DataPlane(
             plan, self.name, serializers(module), self.flow, self.sinks.write,
             lambda peer, frame: self.links.write(peer, frame), Callbacks(self.name), self.stats,
         )  # fmt: skip
         self.links = Links(self.plane, secret)
-        self.inputs = Inputs(self.flow)
+        self.inputs = Inputs(self.flow, self.name)
         self.listeners = Listeners()
         self.recovery = RecoveryFiles(config.resilience_dir, config.application_module,
                                       self.name, config.initializer)  # fmt: skip
@@ -95,15 +93,15 @@ class Process:
         self.resilience: Resilience | None = None
         if config.resilience:
             settings = Settings.of(config, plan.fingerprint(True))
-            self.resilience = Resilience(settings, self.recovery, self.plane, self.flow)
+            durable = DurableState(self.plane)
+            self.resilience = Resilience(settings, self.recovery, durable, self.flow)
             self.plane.persist, self.plane.commit = self.resilience.persist, self._commit
         self.role: Initializer | Member = (
             Initializer(self, config.worker_count) if config.initializer
-            else Member(self, config.control, self._dial_control)
+            else Member(self, config.control, functools.partial(dial_control, secret))
         )  # fmt: skip
         self.finished: asyncio.Future | None = None
         self.disk_failed = False
-        self._pause_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
     # -- starting -------------------------------------------------------------------------
@@ -134,29 +132,17 @@ class Process:
                 await listeners.bind_source(pipeline.name, address, factory)
         control, data = _cluster_addresses(cfg)
         talk = functools.partial(ControlChannel, role) if cfg.initializer else Ignored
-        control = await listeners.bind("control", control, self._guarded(b"control", talk),
+        secret, boundary = self.secret, functools.partial(BoundaryIn, self.plane, self.inputs,
+                                                          self.sinks.busy)  # fmt: skip
+        control = await listeners.bind("control", control, guarded(secret, b"control", talk),
                                        recorded and recorded.control)  # fmt: skip
-        boundary = functools.partial(BoundaryIn, self.plane, self.inputs, self.sinks.busy)
-        data = await listeners.bind("data", data, self._guarded(b"data", boundary),
+        data = await listeners.bind("data", data, guarded(secret, b"data", boundary),
                                     recorded and recorded.data)  # fmt: skip
         if cfg.external is not None:
             factory = functools.partial(ExternalChannel, self.on_external)
             host, port = await listeners.bind("external", cfg.external, factory)
             say(f"{self.name} external: listening on {host}:{port}")
         return control, data
-
-    def _guarded(self, kind: bytes, channel: Callable[[], Any]) -> Callable[[], Guarded]:
-        """Connections to a worker's control or data listener prove the cluster secret first."""
-
-        def refused(peer: str, why: str) -> None:
-            warn(f"WARNING: refused a {kind.decode()} connection from {peer}: {why}")
-
-        return lambda: Guarded(channel(), AcceptorHandshake(self.secret, kind), refused)
-
-    async def _dial_control(self, role: Any, host: str, port: int) -> str:
-        """A member's control connection to the initializer ("" once up, else why not)."""
-        handshake = DiallerHandshake(self.secret, b"control")
-        return await dial(ControlChannel(role), handshake, host, port)
 
     def build(self, workers: list[str]) -> None:
         """The local topology for a member list in join order, its event log and sinks."""
@@ -194,20 +180,6 @@ class Process:
             self.recovered = None
 
     # -- the flow of messages -------------------------------------------------------------
-
-    def _flow_changed(self, flow: FlowControl) -> None:
-        self.inputs.apply()
-        if flow.paused and self._pause_timer is None:
-            loop = asyncio.get_running_loop()
-            self._pause_timer = loop.call_later(PAUSE_REPORT_S, self._report_pause)
-        elif not flow.paused and self._pause_timer is not None:
-            self._pause_timer.cancel()
-            self._pause_timer = None
-
-    def _report_pause(self) -> None:
-        reasons = ", ".join(sorted(self.flow.reasons))
-        warn(f"WARNING: {self.name} has paused its inputs for over {PAUSE_REPORT_S:g} s "
-             f"(backpressure: {reasons})")  # fmt: skip
 
     def flush(self) -> None:
         self.plane.flush()

@@ -168,7 +168,7 @@ class _Cluster:
         self.stopped = True
         codes = await asyncio.gather(*(worker.stop() for worker in self.workers))
         for worker, code in zip(self.workers, codes):
-            if code not in (0, None):
+            if worker.stopped_by_us and code not in (0, None):
                 log.warning("%s exited with status %s after SIGTERM", worker.name, code)
 
     def check_topology(self, workers: int) -> None:

@@ -18,6 +18,7 @@ import traceback
 from collections import Counter
 from typing import Any, TextIO
 
+from machida.app.python2 import PORTING_GUIDE
 from machida.errors import UserCallbackError
 
 RAISED = "raised"
@@ -28,6 +29,8 @@ UNKNOWN_KEY = "key not in list"
 SUMMARY_INTERVAL_S = 10.0
 # Invalid results are shown with their repr cut to this many characters.
 REPR_LIMIT = 200
+# Keys of the list shown when no key of a partition function has matched it.
+KEYS_SHOWN = 3
 
 
 def label(obj: Any, method: str) -> str:
@@ -40,6 +43,20 @@ def fn_label(fn: Any) -> str:
     """``<module>.<function>`` for a module-level function such as ``serialize``."""
     module = getattr(fn, "__module__", None) or "?"
     return f"{module.rsplit('.', 1)[-1]}.{getattr(fn, '__name__', '?')}"
+
+
+def no_key_matched(key: Any, keys: tuple) -> str:
+    """Why no key matches yet: ``No key has matched yet: int 97 vs a key list of bytes (...)``."""
+    types = sorted({type(k).__name__ for k in keys})
+    shown = ", ".join(short_repr(k) for k in keys[:KEYS_SHOWN])
+    more = ", ..." if len(keys) > KEYS_SHOWN else ""
+    text = (
+        f"No key has matched yet: {type(key).__name__} {short_repr(key)} vs a key list of "
+        f"{' and '.join(types)} ({shown}{more})"
+    )
+    if type(key).__name__ not in types:
+        text += f"; see {PORTING_GUIDE} on keys"
+    return text + "."
 
 
 def short_repr(value: Any) -> str:
@@ -96,18 +113,23 @@ class Callbacks:
             raise UserCallbackError(text, name)
         self._count(INVALID, name, "ERROR: " + text, None)
 
-    def unknown_key(self, name: str, key: Any, state_name: str) -> None:
-        """A partition function chose a key outside the state's key list."""
+    def unknown_key(self, name: str, key: Any, state_name: str, unmatched: tuple = ()) -> None:
+        """A partition function chose a key outside the state's key list.
+
+        ``unmatched`` is the key list when no key has matched it yet: the warning
+        then also compares the key's type with the list's (int 97 vs bytes).
+        """
         self.counters[(UNKNOWN_KEY, name)] += 1
         if state_name in self._warned_states:
             return
         self._warned_states.add(state_name)
-        print(
+        line = (
             f"WARNING: {name} returned key {short_repr(key)} which is not in the key list "
-            f"of state '{state_name}'; message dropped. Further drops are only counted.",
-            file=self.stream,
-            flush=True,
+            f"of state '{state_name}'; message dropped. Further drops are only counted."
         )
+        if unmatched:
+            line += " " + no_key_matched(key, unmatched)
+        print(line, file=self.stream, flush=True)
 
     def bad_frame(
         self, name: str, length: Any, pipeline: str, peer: str, exc: BaseException | None

@@ -6,7 +6,7 @@ the runner's own ``wallaroo`` (``machida/lib/wallaroo.py``) goes first on
 by ``--application-module`` is imported and its ``application_setup(args)`` is
 called. Every way this can go wrong becomes an :class:`ApplicationError` whose
 message is one paragraph for the user, with their traceback where their code
-raised.
+raised; a module that fails on Python 2 syntax gets a line saying so.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import machida.lib
 from machida.app.plan import AppPlan, build_plan
+from machida.app.python2 import python2_hint
 from machida.errors import ApplicationError
 
 LIB_DIR = os.path.dirname(os.path.abspath(machida.lib.__file__))
@@ -52,6 +53,13 @@ def import_application(name: str) -> ModuleType:
                 f"Could not load module '{name}': no module of that name in "
                 f"{os.getcwd()} or on the Python path"
             ) from err
+        raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err
+    except SyntaxError as err:
+        hint = python2_hint(err)
+        if hint is not None:
+            # where the syntax is, not the import machinery's frames, then one line saying why
+            shown = "".join(traceback.format_exception_only(type(err), err)).rstrip()
+            raise ApplicationError(f"{shown}\nCould not load module '{name}': {hint}") from err
         raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err
     except Exception as err:
         raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err

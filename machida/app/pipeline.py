@@ -180,9 +180,11 @@ class LocalTopology:
         index = {key: i for i, key in enumerate(step.keys)}
         partition = step.partition_function.partition
         name = label(step.partition_function, "partition")
-        state_name, u64 = step.state_name, step.u64
+        state_name, u64, keys = step.state_name, step.u64, step.keys
+        matched = False  # whether any key has been in the list: the first miss says so
 
         def route(msg: Any) -> None:
+            nonlocal matched
             try:
                 key = partition(msg)
             except Exception as err:
@@ -202,8 +204,10 @@ class LocalTopology:
                 cb.invalid(name, key, pname, f"state '{state_name}' needs a hashable key")
                 return
             if i is None:
-                cb.unknown_key(name, key, state_name)
-            elif local[i]:
+                cb.unknown_key(name, key, state_name, () if matched else keys)
+                return
+            matched = True
+            if local[i]:
                 apply(i, msg)
             else:
                 send[i](msg)

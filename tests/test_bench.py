@@ -60,3 +60,25 @@ def test_a_failed_start_kills_what_it_started_and_says_why(tmp_path, monkeypatch
     finally:
         started[0].kill()
         started[0].wait()
+
+
+LATENCY = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "bench_latency.py"
+
+
+def test_latency_bench_smoke_run_times_every_window(tmp_path):
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(LATENCY), "--rates", "5000", "--seconds", "1.5",
+         "--modes", "reference,plain", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())["latency"]
+    assert [(r["mode"], r["rate"]) for r in report["results"]] == [
+        ("reference", 5000),
+        ("plain", 5000),
+    ]
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        assert r["messages"] == 7500 and r["achieved"] > 0
+        assert 0 < lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]

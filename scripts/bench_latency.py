@@ -31,8 +31,9 @@ import time
 from array import array
 from pathlib import Path
 
-from bench import NEWEST, Run, start_cluster, start_reference
 from wallaroo_tools.loopback import tool_cmd, unused_port
+
+from bench import NEWEST, Run, start_cluster, start_reference
 
 HERE = Path(__file__).resolve().parent
 RATES = (10_000, 50_000, 100_000, 200_000)

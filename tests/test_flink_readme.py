@@ -16,8 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from test_readme import README_PORTS, walkthrough
-from toolhelp import closed_port
+from test_readme import on_free_ports, walkthrough
 
 
 def on_flink(script: str, parallelism: int) -> str:
@@ -46,10 +45,7 @@ def test_the_flink_script_is_the_readme_one_with_one_command():
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_readme_walkthrough_on_flink_validates(tmp_path, parallelism):
-    # one pass, so that a new port is never rewritten by a later replacement
-    ports = {str(port): str(closed_port()) for port in README_PORTS}
-    script = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{ports.get(m[1], m[1])}",
-                    on_flink(walkthrough(), parallelism))  # fmt: skip
+    script = on_free_ports(on_flink(walkthrough(), parallelism))
     # keep the recorded input and checkpoints in the test's directory instead of /tmp
     script = script.replace(" > init.log", f" --resilience-dir {tmp_path} > init.log")
     env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")

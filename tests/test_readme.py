@@ -21,10 +21,14 @@ def walkthrough() -> str:
     return block.group(1)
 
 
+def on_free_ports(script: str) -> str:
+    """The README's ports replaced by free ones, in one pass (a new port is never rewritten)."""
+    ports = {str(port): str(closed_port()) for port in README_PORTS}
+    return re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{ports.get(m[1], m[1])}", script)
+
+
 def test_readme_walkthrough_runs_verbatim_and_validates(tmp_path):
-    script = walkthrough()
-    for port in README_PORTS:
-        script = script.replace(f"127.0.0.1:{port}", f"127.0.0.1:{closed_port()}")
+    script = on_free_ports(walkthrough())
     # keep recovery files in the test's directory instead of the default /tmp
     script = script.replace("--ponythreads=1 >", f"--ponythreads=1 --resilience-dir {tmp_path} >")
     env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")

@@ -43,6 +43,13 @@ def test_commits_round_trip_with_newest_snapshot_and_origin_winning(tmp_path):
     assert replay.end == len(header(*IDENTITY)) + len(FIRST) + len(SECOND) + len(newer)
 
 
+def test_a_link_logged_as_wholly_acknowledged_numbers_on_after_its_mark(tmp_path):
+    """What a rotated log holds of a link with nothing in flight: only its mark."""
+    path = new_log(tmp_path, encode_commit(incarnation=3, acked={"worker-2": 10}))
+    link = read_log(path, *IDENTITY).links["worker-2"]
+    assert (link.acked, link.next_seq, link.batches) == (10, 11, [])
+
+
 def test_a_header_of_another_worker_is_an_error(tmp_path):
     path = new_log(tmp_path, FIRST)
     with pytest.raises(EventLogError, match="does not match this worker"):

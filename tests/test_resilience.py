@@ -23,6 +23,7 @@ from machida.durability.resilience import Resilience, Settings
 from machida.runtime.dataplane import DataPlane
 from machida.runtime.durable import DurableState
 from machida.runtime.flow import FlowControl
+from machida.wire.boundary import BoundaryDecoder, ack
 
 APP_SOURCE = pathlib.Path(__file__).resolve().parent.parent / "sequence_window.py"
 
@@ -313,24 +314,28 @@ class Worker2:
     """worker-2 as ``machida`` makes it, without its sockets: its command line, its
     application, its data plane and flow control, its recovery files and event log."""
 
+    NAME, PEER, ROLE = "worker-2", "initializer", ()
+
     def __init__(self, directory: pathlib.Path, *extra: str) -> None:
         nowhere = f"127.0.0.1:{closed_port()}"
         config = parse_runner_args(["machida", "--application-module", "sequence_window",
             "--in", nowhere, "--out", nowhere, "--metrics", nowhere, "--control", nowhere,
-            "--name", "worker-2", "--run-with-resilience", "--resilience-dir", str(directory),
-            "--stop-pause", "0", *extra])  # fmt: skip
+            "--name", self.NAME, "--run-with-resilience", "--resilience-dir", str(directory),
+            "--stop-pause", "0", *self.ROLE, *extra])  # fmt: skip
         module, self.plan = load_plan(config.application_module, list(config.app_args))
         self.flow = FlowControl()
         self.sink: list[bytes] = []
+        self.sent: list[bytes] = []  # frames to the other worker
         self.plane = DataPlane(
             self.plan,
-            "worker-2",
+            self.NAME,
             serializers(module),
             self.flow,
             lambda p, data: self.sink.append(data),
-            lambda peer, frame: None,
+            lambda peer, frame: self.sent.append(frame),
         )
-        self.files = RecoveryFiles(str(directory), "sequence_window", "worker-2", False)
+        self.files = RecoveryFiles(str(directory), "sequence_window", self.NAME,
+                                   self.NAME == "initializer")  # fmt: skip
         fingerprint = self.plan.fingerprint(True)
         decision = self.files.inspect(Expectation(fingerprint=fingerprint, resilience=True))
         self.recovering = isinstance(decision, Recover)
@@ -344,15 +349,15 @@ class Worker2:
         return True
 
     def join(self) -> Worker2:
-        """What worker-2 does once it has the member list: topology, event log, files."""
+        """What the worker does once it has the member list: topology, event log, files."""
         self.plane.build(WORKERS)
         self.resilience.open(self.recovering)
         here = ("127.0.0.1", closed_port())
         self.files.write(Topology(
-            module="sequence_window", worker="worker-2", fingerprint=self.plan.fingerprint(True),
+            module="sequence_window", worker=self.NAME, fingerprint=self.plan.fingerprint(True),
             worker_count=2, workers=tuple(WORKERS), resilience=True,
-            owned_keys=self.plan.placement(WORKERS).owned_by("worker-2"), control=here,
-            data=here, peers={"initializer": {"control": here, "data": here}},
+            owned_keys=self.plan.placement(WORKERS).owned_by(self.NAME), control=here,
+            data=here, peers={self.PEER: {"control": here, "data": here}},
         ))  # fmt: skip
         return self
 
@@ -378,6 +383,45 @@ class Worker2:
 
     def stop(self) -> None:
         self.resilience.close()
+
+
+class Initializer(Worker2):
+    """The initializer likewise: its source feeds it, and it forwards key 1's values."""
+
+    NAME, PEER = "initializer", "worker-2"
+    ROLE = ("--cluster-initializer", "--worker-count", "2", "--data", f"127.0.0.1:{closed_port()}")
+
+    def read(self, *values: int) -> None:
+        """``values`` read from the source, then the read's flush (commit, then forwards)."""
+        source = self.plane.open_source(0, "sender")
+        for value in values:
+            source.push(value)
+        self.plane.flush()
+
+    def forwarded(self) -> list[tuple[int, int]]:
+        """Each batch sent to worker-2: (first sequence number, records)."""
+        events = [event for frame in self.sent for event in BoundaryDecoder().feed(frame)]
+        return [(e[1], sum(len(run[4]) for run in e[2])) for e in events if e[0] == "batch"]
+
+
+def test_after_a_rotation_and_a_crash_the_initializer_numbers_on_where_it_was(tmp_path):
+    """A link wholly acknowledged at the rotation must not restart its numbering at 1: worker-2
+    would skip those batches as already seen."""
+
+    async def scenario() -> None:
+        first = Initializer(tmp_path, "--log-rotation").join()
+        first.read(*range(1, 21))
+        assert first.forwarded() == [(1, 10)]
+        first.plane.link_read("worker-2", ack(10))
+        await first.rotate()
+        first.stop()  # a crash after the rotation: the new log is all there is
+        again = Initializer(tmp_path, "--log-rotation").join()
+        assert again.recovering and again.plane.incarnation == first.plane.incarnation
+        again.read(21, 22, 23)
+        assert again.forwarded() == [(11, 2)]
+        again.stop()
+
+    asyncio.run(scenario())
 
 
 def test_a_restart_cuts_off_a_torn_commit_so_later_commits_survive(tmp_path, capsys):

@@ -108,6 +108,9 @@ class LinkLog:
 
     def acknowledged(self, seq: int) -> None:
         self.acked = max(self.acked, seq)
+        # a log that starts after a rotation holds only the mark of a link with nothing in
+        # flight: the numbering goes on after it, or the receiver would skip the new batches
+        self.next_seq = max(self.next_seq, seq + 1)
         while self.batches and sum(self.batches[0][:2]) - 1 <= self.acked:
             self.batches.pop(0)
 

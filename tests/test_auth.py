@@ -146,3 +146,23 @@ def test_an_existing_secret_is_kept(tmp_path, monkeypatch):
     os.write(fd, b"f" * 64)
     os.close(fd)
     assert cluster_secret() == b"f" * 64
+
+
+def test_a_secret_that_cannot_be_created_is_one_line_naming_the_place(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "file"))
+    with pytest.raises(SecretError) as err:
+        cluster_secret()
+    message = str(err.value)
+    assert message.startswith(f"Error: cannot create the cluster secret {default_path()}: ")
+    assert "Not a directory" in message and "--cluster-secret-file" in message
+    assert "\n" not in message
+
+
+def test_a_temporary_file_left_by_a_dead_process_does_not_stop_the_creation(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path = default_path()
+    path.parent.mkdir(mode=0o700)
+    (path.parent / f".cluster-secret.{os.getpid()}").write_text("half")
+    assert len(cluster_secret()) == 64
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cluster-secret"]

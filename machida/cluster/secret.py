@@ -37,9 +37,18 @@ def cluster_secret(path: str | None = None) -> bytes:
     if path is None:
         default = default_path()
         if not default.exists():
-            _create(default)
+            try:
+                _create(default)
+            except OSError as err:
+                raise SecretError(f"Error: cannot create the cluster secret {default}: "
+                                  f"{_reason(err)}; set XDG_CONFIG_HOME to a writable "
+                                  "directory or give --cluster-secret-file") from err  # fmt: skip
         return _read(default)
     return _read(Path(path))
+
+
+def _reason(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else str(err)
 
 
 def _create(path: Path) -> None:
@@ -47,6 +56,8 @@ def _create(path: Path) -> None:
     the same moment keeps the secret written first."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temp = path.with_name(f".{FILE_NAME}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)  # left by an earlier process of the same number that died here
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as file:
@@ -64,8 +75,7 @@ def _read(path: Path) -> bytes:
         info = path.stat()
         text = path.read_bytes().strip()
     except OSError as err:
-        raise SecretError(f"Error: cannot read the cluster secret {path}: "
-                          f"{os.strerror(err.errno) if err.errno else err}") from err  # fmt: skip
+        raise SecretError(f"Error: cannot read the cluster secret {path}: {_reason(err)}") from err
     if info.st_uid != os.getuid():
         raise SecretError(f"Error: the cluster secret {path} belongs to another user")
     if stat.S_IMODE(info.st_mode) & 0o077:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
@@ -294,3 +295,40 @@ def test_a_second_worker_with_a_different_app_is_refused(tmp_path):
         assert b"has already joined" in twin.stderr
         cluster.start_worker(2)
         cluster.wait_ready()
+
+
+BUILD_FAILS_ON_WORKER_2 = """\
+import sys
+import sequence_window
+from sequence_window import *
+
+
+class FragileBuilder(object):
+    def build(self):
+        if "worker-2" in sys.argv:
+            raise ValueError("no room for a window here")
+        return sequence_window.SequenceWindow()
+
+
+sequence_window.SequenceWindowStateBuilder = FragileBuilder
+"""
+
+
+@pytest.mark.parametrize("failing", ["initializer", "worker-2"])
+def test_a_state_builder_that_raises_ends_that_worker_with_one_line(tmp_path, failing):
+    """The builder runs when the member list arrives, inside a control read on worker-2."""
+    marker = "--cluster-initializer" if failing == "initializer" else failing
+    (tmp_path / "fragile.py").write_text(BUILD_FAILS_ON_WORKER_2.replace("worker-2", marker))
+    cluster = Cluster(tmp_path, app="fragile")
+    cluster.start_receiver()
+    with contextlib.closing(cluster):
+        cluster.start_initializer()
+        cluster.start_worker(1)
+        assert cluster.procs[failing].wait() == 1, cluster.report()
+        err = cluster.procs[failing].stderr.decode()
+        errors = [line for line in err.splitlines() if line.startswith("Error:")]
+        assert errors == [
+            "Error: FragileBuilder.build() raised ValueError: no room for a window here while "
+            f"building state 'Sequence Window' on worker '{failing}'"
+        ], cluster.report()
+        assert "Traceback" not in err and "Fatal error" not in err, cluster.report()

@@ -65,6 +65,7 @@ class FakeNode:
 
     def build(self, workers):
         self._note("build", list(workers))
+        return True
 
     def save_topology(self, workers, addresses):
         self._note("save_topology", list(workers))

@@ -95,16 +95,18 @@ class Initializer(Role):
         if self.expected > 1:
             say("All worker channels identified")
         self._send_topology()
-        self._build()
-        self.node.save_topology(self.membership.names, self.membership.addresses())
+        if self._build():
+            self.node.save_topology(self.membership.names, self.membership.addresses())
 
-    def _build(self) -> None:
+    def _build(self) -> bool:
         node = self.node
-        node.build(self.membership.names)
+        if not node.build(self.membership.names):
+            return False
         for member in self.membership.members.values():
             if member.name != INITIALIZER:
                 node.connect(member.name, *member.data)
         asyncio.get_running_loop().create_task(self._self_ready())
+        return True
 
     def _send_topology(self) -> None:
         message = control.encode("topology", workers=self.membership.workers())

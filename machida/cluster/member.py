@@ -100,7 +100,8 @@ class Member(Role):
         if not self.built:
             self.built = True
             names = [w["name"] for w in workers]
-            node.build(names)
+            if not node.build(names):
+                return
             node.save_topology(names, {w["name"]: (w["control"], w["data"]) for w in workers})
         asyncio.get_running_loop().create_task(self._report_ready())
         for w in workers:

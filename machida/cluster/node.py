@@ -44,8 +44,9 @@ class Node(Protocol):
         """Bind this worker's listeners (control connections go to ``role``); the bound
         control and data addresses."""
 
-    def build(self, workers: list[str]) -> None:
-        """The member list in join order is known: topology, sinks, event log."""
+    def build(self, workers: list[str]) -> bool:
+        """The member list in join order is known: topology, sinks, event log. False if that
+        failed (the error is printed and the process is ending)."""
 
     def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
         """Write the recovery files for this member list and these addresses."""

@@ -144,18 +144,26 @@ class Process:
             say(f"{self.name} external: listening on {host}:{port}")
         return control, data
 
-    def build(self, workers: list[str]) -> None:
+    def build(self, workers: list[str]) -> bool:
         """The local topology for a member list in join order, its event log and sinks."""
-        self.plane.build(workers)
+        try:
+            self.plane.build(workers)
+        except ApplicationError as err:  # a state builder raised
+            warn(f"Error: {err}")
+            self.finish(1)
+            return False
         if self.resilience is not None:
             try:
                 self.resilience.open(recovering=self.recovered is not None)
             except EventLogError as err:
                 warn(str(err))
                 self.finish(1)
+                return False
             except OSError as err:
                 self._disk_failed(err.filename or self.config.resilience_dir, err)
+                return False
         self.sinks.start()
+        return True
 
     def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
         bound = self.listeners.bound

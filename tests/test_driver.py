@@ -302,6 +302,23 @@ def test_serialize_failure_on_a_hop_drops_that_message(make_app, test_apps, caps
     assert "cannot pickle bananas" in capsys.readouterr().err
 
 
+def test_a_serialize_that_returns_no_bytes_is_named_with_what_it_returned(make_app, capsys):
+    name = make_app(
+        "from word_lengths import *\n"
+        "from word_lengths import application_setup\n"
+        "import pickle\n"
+        "def serialize(o):\n"
+        "    return 12345 if o == 'banana' else pickle.dumps(o)\n"
+        "def deserialize(b):\n"
+        "    return pickle.loads(b)\n"
+    )
+    driver = Driver(name, workers=2, errors="log")
+    driver.feed(["apple banana cherry"])
+    assert [o.data for o in driver.outputs] == [b"a:5 #1\n", b"c:6 #2\n"]
+    assert driver.counters == {(INVALID, f"{name}.serialize"): 1}
+    assert f"{name}.serialize() returned int: 12345" in capsys.readouterr().err
+
+
 def test_plain_ints_hop_as_in_the_runner_without_serialize(make_app):
     name = make_app(
         "from sequence_window import *\n"

@@ -504,7 +504,13 @@ def test_a_failed_rotation_resumes_and_keeps_logging_to_the_old_file(tmp_path, c
     assert lines[-1] == RESUMING
 
 
-def test_a_state_that_failed_to_serialise_is_logged_by_a_later_commit(tmp_path, capsys):
+@pytest.mark.parametrize(("failure", "reported"), [
+    (ValueError("not yet"), "raised ValueError: not yet"),
+    (4, "serialize_once() returned int: 4"),  # not 4 zero bytes logged as the state
+])  # fmt: skip
+def test_a_state_that_failed_to_serialise_is_logged_by_a_later_commit(
+    tmp_path, capsys, failure, reported
+):
     worker = Worker2(tmp_path).join()
     plane = worker.plane
     serialize, deserialize = plane.serializers
@@ -513,7 +519,9 @@ def test_a_state_that_failed_to_serialise_is_logged_by_a_later_commit(tmp_path, 
     def serialize_once(state):
         if not failed:
             failed.append(state)
-            raise ValueError("not yet")
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
         return serialize(state)
 
     plane.serializers = (serialize_once, deserialize)  # the module's serialize, raising once
@@ -524,4 +532,4 @@ def test_a_state_that_failed_to_serialise_is_logged_by_a_later_commit(tmp_path, 
     assert worker.logged_window() == [0, 0, 1, 3]
     assert plane.callbacks.counters  # the failure was reported
     worker.stop()
-    assert "raised ValueError: not yet" in capsys.readouterr().err
+    assert reported in capsys.readouterr().err

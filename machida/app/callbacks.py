@@ -67,6 +67,15 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 3] + "..."
 
 
+def serialized(data: Any) -> bytes | None:
+    """What the module's ``serialize`` returned, as bytes; ``None`` unless it is bytes-like."""
+    if data.__class__ is bytes:
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    return None
+
+
 class Callbacks:
     """Counts and reports failed user calls for one worker.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-from machida.app.callbacks import Callbacks, fn_label, label
+from machida.app.callbacks import Callbacks, fn_label, label, serialized
 from machida.app.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
 from machida.errors import ApplicationError
 from machida.metrics.stats import Stats
@@ -317,9 +317,10 @@ class LocalTopology:
             self.callbacks.raised(fn_label(self._serialize), err, self.plan.pipelines[p].name)
             return None
         if data.__class__ is not bytes:
-            data = _as_bytes(data) if not isinstance(data, str) else None
+            result, data = data, serialized(data)
             if data is None:
-                self.callbacks.invalid(fn_label(self._serialize), data, self.plan.pipelines[p].name)
+                pname = self.plan.pipelines[p].name
+                self.callbacks.invalid(fn_label(self._serialize), result, pname)
                 return None
         if len(data) > MAX_MESSAGE:
             self.callbacks.invalid(fn_label(self._serialize), data, self.plan.pipelines[p].name,

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from machida.app.callbacks import Callbacks, fn_label
+from machida.app.callbacks import Callbacks, fn_label, serialized
 from machida.console import say
 from machida.durability.eventlog import EventLog, EventLogError, Replay, encode_commit, recover_log
 from machida.durability.recovery import RecoveryFiles
@@ -224,13 +224,19 @@ class Resilience:
         out = []
         for state_name, key_index in sorted(keys):
             state = states[state_name][key_index]
+            # a snapshot that failed is not logged; the state lives on and is logged next time
             try:
-                data = serialize(state)
-                out.append((state_name, key_index, bytes(data)))
+                result = serialize(state)
             except Exception as err:
-                # the snapshot is not logged; the state lives on and is logged next time
                 self.dirty.add((state_name, key_index))
                 self.host.callbacks.raised(fn_label(serialize), err, state_name, "snapshot")
+                continue
+            data = serialized(result)
+            if data is None:
+                self.dirty.add((state_name, key_index))
+                self.host.callbacks.invalid(fn_label(serialize), result, state_name, "snapshot")
+                continue
+            out.append((state_name, key_index, data))
         return out
 
     # -- rotation --------------------------------------------------------------------------

@@ -8,7 +8,9 @@ Nothing an attacker sends may be applied, skipped, deserialized or buffered.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -17,9 +19,13 @@ import socket
 import struct
 from pathlib import Path
 
+import pytest
 from clusterhelp import Cluster
 from toolhelp import DEADLINE, Tool, closed_port, dial_as_a_worker, run_tool
 
+from machida.runtime import channels
+from machida.runtime.channels import ControlChannel
+from machida.wire.auth import DiallerHandshake
 from machida.wire.boundary import encode_batch, hello
 from machida.wire.framing import encode_frame
 
@@ -198,3 +204,21 @@ def test_a_member_that_sends_nonsense_is_cut_off_with_one_line_and_the_cluster_g
         cluster.send(100, "-s", "100", "-i", "0")
         cluster.wait_windows(100)
         assert cluster.validate(100).returncode == 0
+
+
+def test_a_dial_to_an_address_that_never_answers_gives_up(monkeypatch):
+    """A listener whose accept queue is full drops the SYN, as a black-holed address does."""
+    monkeypatch.setattr(channels, "CONNECT_TIMEOUT_S", 0.3)
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # the one the queue holds
+
+            async def attempt() -> str:
+                handshake = DiallerHandshake(b"s" * 40, b"control")
+                return await channels.dial(ControlChannel(None), handshake, "127.0.0.1", port)
+
+            with pytest.raises(OSError) as err:
+                asyncio.run(asyncio.wait_for(attempt(), DEADLINE))
+    assert err.value.errno == errno.ETIMEDOUT

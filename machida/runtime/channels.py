@@ -14,8 +14,11 @@ the peer has proved the cluster secret (:mod:`machida.wire.auth`).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from typing import Any, Callable
 
+from machida.aio import within
 from machida.app.pipeline import SourceConnection
 from machida.console import warn
 from machida.runtime.dataplane import DataPlane, Inbound
@@ -35,6 +38,10 @@ ACK_EVERY_S = 0.005
 # A peer that has not proved the cluster secret by then is closed: the exchange is three
 # small messages, so even a loaded machine answers in well under a second.
 HANDSHAKE_TIMEOUT_S = 10.0
+# A dial that neither connects nor is refused by then gives up (and is retried): an address
+# that drops packets would otherwise hold it for the kernel's SYN retries, about two minutes,
+# even after the peer came back elsewhere. A live peer answers within milliseconds.
+CONNECT_TIMEOUT_S = 5.0
 # A pause of the inputs that lasts this long is reported once (an operator should know).
 PAUSE_REPORT_S = 1.0
 
@@ -355,5 +362,9 @@ async def dial(channel: Channel, handshake: DiallerHandshake, host: str, port: i
     """Connect to ``host:port`` and prove the secret; "" once ``channel`` has the connection,
     else why not (OSError when nothing answers at all)."""
     loop = asyncio.get_running_loop()
-    _, guard = await loop.create_connection(lambda: Guarded(channel, handshake), host, port)
+    connecting = loop.create_connection(lambda: Guarded(channel, handshake), host, port)
+    try:
+        _, guard = await within(connecting, CONNECT_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
     return "" if await guard.settled else guard.why

@@ -6,6 +6,7 @@ the cancellation is dropped (bpo-42130). A retry loop around it then runs on
 after ``task.cancel()``, and whoever awaits that task, such as the ending of
 a worker process, waits forever. :func:`within` and :func:`wait_event` behave
 like ``wait_for`` except that a cancellation of the caller always wins.
+:func:`background` runs a task that can be neither lost nor fail unseen, and
 :func:`close_loop` ends a loop even when one of its tasks will not stop.
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
-from typing import TypeVar
+import functools
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from machida.console import warn
 
@@ -39,6 +42,29 @@ async def within(awaitable: Awaitable[T], timeout: float) -> T:
         await asyncio.wait({task})
         raise asyncio.TimeoutError
     return task.result()
+
+
+# The loop holds its tasks weakly: these are held until they end.
+_BACKGROUND: set[asyncio.Task] = set()
+
+
+def background(coro: Coroutine[Any, Any, Any], failed: Callable[[], None]) -> asyncio.Task:
+    """Run ``coro`` on its own; if it raises, print its traceback (a fault of the runner, not
+    of a peer) and call ``failed()``, so that the process ends instead of waiting forever."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(functools.partial(_ended, failed))
+    return task
+
+
+def _ended(failed: Callable[[], None], task: asyncio.Task) -> None:
+    _BACKGROUND.discard(task)
+    if task.cancelled() or task.exception() is None:
+        return
+    err = task.exception()
+    warn(f"ERROR: {task.get_coro().__qualname__} failed:")
+    traceback.print_exception(type(err), err, err.__traceback__)
+    failed()
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:

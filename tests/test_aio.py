@@ -1,4 +1,4 @@
-"""Timed waits that never lose the waiter's cancellation (machida.aio)."""
+"""Timed waits that never lose the waiter's cancellation, and tasks never lost (machida.aio)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import socket
 
 import pytest
 
-from machida.aio import close_loop, wait_event, within
+from machida import aio
+from machida.aio import background, close_loop, wait_event, within
 from machida.metrics import MetricsClient, Stats
 
 
@@ -124,3 +125,36 @@ def test_close_loop_names_and_leaves_a_task_that_ignores_cancellation(capsys):
     err = capsys.readouterr().err
     assert "WARNING: exiting although 1 task(s) did not stop:" in err
     assert "stubborn" in err
+
+
+def test_a_background_task_that_raises_is_printed_and_ends_the_process(capsys):
+    ended = []
+
+    async def broken() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("a fault of the runner")
+
+    async def scenario() -> None:
+        task = background(broken(), lambda: ended.append(1))
+        await asyncio.wait({task})
+        await asyncio.sleep(0)  # the done callback's turn
+
+    asyncio.run(scenario())
+    err = capsys.readouterr().err
+    assert ended == [1]
+    assert "ERROR: test_a_background_task_that_raises" in err and "broken failed:" in err
+    assert "RuntimeError: a fault of the runner" in err and "Traceback" in err
+
+
+def test_a_background_task_is_held_until_it_ends_then_let_go():
+    async def scenario() -> tuple[bool, bool]:
+        gate = asyncio.Event()
+        task = background(gate.wait(), lambda: None)
+        await asyncio.sleep(0)
+        held = task in aio._BACKGROUND
+        gate.set()
+        await asyncio.wait({task})
+        await asyncio.sleep(0)
+        return held, task in aio._BACKGROUND
+
+    assert asyncio.run(scenario()) == (True, False)

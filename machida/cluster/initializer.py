@@ -53,7 +53,7 @@ class Initializer(Role):
             self.identified = True
             self._build()
         elif not self._maybe_all_identified():
-            asyncio.get_running_loop().create_task(self._waiting_lines())
+            self.spawn(self._waiting_lines())
 
     async def _waiting_lines(self) -> None:
         while not self.membership.complete:
@@ -105,7 +105,7 @@ class Initializer(Role):
         for member in self.membership.members.values():
             if member.name != INITIALIZER:
                 node.connect(member.name, *member.data)
-        asyncio.get_running_loop().create_task(self._self_ready())
+        self.spawn(self._self_ready())
         return True
 
     def _send_topology(self) -> None:
@@ -141,7 +141,7 @@ class Initializer(Role):
     def request_shutdown(self, text: str) -> None:
         if not self.shutting_down:
             self.shutting_down = True
-            asyncio.get_running_loop().create_task(self._shutdown())
+            self.spawn(self._shutdown())
 
     async def _shutdown(self) -> None:
         code = await self.coordinator.run(self.finish_shutdown)

@@ -47,7 +47,7 @@ class Member(Role):
     async def start(self) -> None:
         self.my_control, self.my_data = await self.node.listen(self)
         self.rejoin = self.node.recovered is not None
-        asyncio.get_running_loop().create_task(self._dial())
+        self.spawn(self._dial())
 
     async def _dial(self) -> None:
         host, port = self.initializer
@@ -87,7 +87,7 @@ class Member(Role):
         if not self.shutting_down and self.node.running:
             warn("WARNING: control channel to the initializer lost; reconnecting")
             self.rejoin = True
-            asyncio.get_running_loop().create_task(self._dial())
+            self.spawn(self._dial())
 
     def _on_refused(self, conn: ControlLink, msg: dict) -> None:
         warn(f"Error: the initializer refused this worker: {msg.get('reason')}")
@@ -103,7 +103,7 @@ class Member(Role):
             if not node.build(names):
                 return
             node.save_topology(names, {w["name"]: (w["control"], w["data"]) for w in workers})
-        asyncio.get_running_loop().create_task(self._report_ready())
+        self.spawn(self._report_ready())
         for w in workers:
             if w["name"] != node.name:
                 node.connect(w["name"], w["data"][0], int(w["data"][1]))
@@ -120,7 +120,7 @@ class Member(Role):
         conn.write(control.encode("counts", round=msg["round"], **self.node.counts()))
 
     def _on_finish(self, conn: ControlLink, msg: dict) -> None:
-        asyncio.get_running_loop().create_task(self._finish())
+        self.spawn(self._finish())
 
     async def _finish(self) -> None:
         self.node.quiet_links()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from collections.abc import Coroutine
+from typing import Any, Callable, ClassVar
 
+from machida.aio import background
 from machida.cluster.node import ControlLink, Node
 from machida.console import say, warn
 
@@ -22,6 +24,10 @@ class Role:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.shutting_down = False
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` beside the control reads; if it fails, the process ends with status 1."""
+        background(coro, lambda: self.node.finish(1))
 
     def on_open(self, conn: ControlLink) -> None:
         """A control connection is up."""

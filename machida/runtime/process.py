@@ -23,7 +23,7 @@ import signal
 import sys
 from typing import Any
 
-from machida.aio import close_loop
+from machida.aio import background, close_loop
 from machida.app.callbacks import Callbacks
 from machida.app.loader import BUILD_FAILED, load_plan, serializers
 from machida.app.plan import AppPlan
@@ -278,7 +278,7 @@ class Process:
         if self._stopping:
             os._exit(0)  # a second signal forces the exit
         self._stopping = True
-        asyncio.get_running_loop().create_task(self._stop_on_signal())
+        background(self._stop_on_signal(), lambda: self.finish(1))
 
     async def _stop_on_signal(self) -> None:
         self.flow.open_sources(False)

@@ -97,3 +97,12 @@ def test_recovering_an_intact_log_leaves_it_alone(tmp_path):
     assert recover_log(path, *IDENTITY).entries == 4
     with open(path, "rb") as file:
         assert file.read() == before
+
+
+def test_a_new_log_makes_its_name_durable_too(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr("machida.durability.eventlog.fsync_directory", synced.append)
+    path = new_log(tmp_path, FIRST)
+    assert synced == [str(tmp_path)]
+    EventLog(path, *IDENTITY).close()  # an existing log is only appended to
+    assert synced == [str(tmp_path)]

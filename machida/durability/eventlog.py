@@ -45,6 +45,8 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from machida.durability.recovery import fsync_directory
+
 MAGIC = b"machida-evlog 2 "
 _COMMIT = struct.Struct(">II")
 _NAME = struct.Struct(">H")
@@ -220,6 +222,9 @@ class EventLog:
         if self.file.tell() == 0:
             self.file.write(self.head)
             self.sync()
+            # the new file's name, too, before anything relies on it (a rotation then
+            # removes the older files)
+            fsync_directory(os.path.dirname(path) or ".")
         self.size = self.file.tell()
         self.dirty = False  # something was logged since the last snapshot of every key
 

@@ -175,15 +175,15 @@ class RecoveryFiles:
         paths = self.paths()
         # Until the new set is complete, the old one must not look complete either.
         if _remove(paths[LOCAL_TOPOLOGY]):
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         for ext in EXTENSIONS[1:]:
             if ext in documents:
                 _write_durably(paths[ext], documents[ext])
             else:
                 _remove(paths[ext])
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         _write_durably(paths[LOCAL_TOPOLOGY], documents[LOCAL_TOPOLOGY])
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def read(self, expected_format: int = FORMAT) -> Topology:
         """The recorded set; RecoveryError if a file is missing, unreadable or of another format."""
@@ -227,10 +227,10 @@ class RecoveryFiles:
         mark = self.paths()[LOCAL_TOPOLOGY]
         removed = [p for p in paths if p == mark and _remove(p)]
         if removed:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         removed += [p for p in paths if p != mark and _remove(p)]
         if removed:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         return removed
 
     def _listdir(self) -> list[str]:
@@ -312,7 +312,7 @@ def _write_durably(path: str, document: dict) -> None:
     os.replace(temporary, path)
 
 
-def _fsync_directory(directory: str) -> None:
+def fsync_directory(directory: str) -> None:
     # Renames and unlinks are durable only once the directory itself is synced.
     fd = os.open(directory, os.O_RDONLY)
     try:

@@ -205,3 +205,23 @@ def test_a_backlog_restored_from_a_log_replays_what_was_not_acknowledged():
     empty = Backlog()
     empty.restore(31, [], next_seq=31, acked=30)
     assert (empty.acked, empty.next_seq, empty.unacked) == (30, 31, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"worker": "w", "incarnation": Infinity}', "no incarnation in 0..2**64-1: inf"),
+        (b'{"worker": "w", "incarnation": -1}', "no incarnation in 0..2**64-1: -1"),
+        (b'{"worker": "w", "incarnation": 18446744073709551616}', "0..2**64-1"),
+        (b'{"worker": "w", "incarnation": true}', "no incarnation in 0..2**64-1: True"),
+        (b'{"worker": "w", "incarnation": "5"}', "no incarnation in 0..2**64-1: '5'"),
+        (b'{"worker": 5, "incarnation": 5}', "hello names no worker: 5"),
+        (b'{"worker": "w"}', "'incarnation'"),
+        (b'{"worker": [' * 50_000, "recursion depth"),
+    ],
+)
+def test_a_hello_that_names_no_worker_or_incarnation_stops_the_stream(body, why):
+    decoder = BoundaryDecoder()
+    frame = struct.pack(">IB", 1 + len(body), 0x48) + body
+    assert decoder.feed(frame + ack(3)) == []
+    assert decoder.error is not None and why in str(decoder.error)

@@ -48,6 +48,7 @@ def test_trailing_bytes_wait_for_the_rest_of_their_frame():
         (encode_frame(json.dumps({"type": 7}).encode()), "control message has no type"),
         ((MAX_CONTROL_FRAME + 1).to_bytes(4, "big"), "frame length"),
         (b"\0\0\0\1{", "frame length 1 is outside"),
+        (encode_frame(b"[" * 100_000 + b"]" * 100_000), "control message is not JSON"),
     ],
 )
 def test_a_malformed_frame_keeps_what_came_before_and_stops_the_stream(frame, why):

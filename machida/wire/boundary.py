@@ -245,16 +245,26 @@ class BoundaryDecoder:
                 elif kind == ACK:
                     events.append(("ack", _SEQ.unpack_from(frame, 1)[0]))
                 elif kind == HELLO:
-                    info = json.loads(frame[1:])
-                    events.append(("hello", str(info["worker"]), int(info["incarnation"])))
+                    events.append(_hello(frame))
                 else:
                     raise FrameError(f"unknown data frame kind {kind!r}")
-            except (struct.error, ValueError, KeyError, TypeError, FrameError) as err:
+            except (struct.error, ValueError, KeyError, TypeError, RecursionError,
+                    FrameError) as err:  # fmt: skip
                 self.error = err if isinstance(err, FrameError) else FrameError(str(err))
                 return events
         if self._frames.error is not None:
             self.error = self._frames.error
         return events
+
+
+def _hello(frame: bytes) -> tuple[str, str, int]:
+    info = json.loads(frame[1:])
+    worker, incarnation = info["worker"], info["incarnation"]
+    if not isinstance(worker, str):
+        raise FrameError(f"hello names no worker: {worker!r:.80}")
+    if incarnation.__class__ is not int or not 0 <= incarnation <= U64_MAX:
+        raise FrameError(f"hello has no incarnation in 0..2**64-1: {incarnation!r:.80}")
+    return ("hello", worker, incarnation)
 
 
 def _runs(frame: bytes, pos: int) -> list[tuple]:

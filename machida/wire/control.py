@@ -61,7 +61,7 @@ class ControlDecoder:
         for frame in self._frames.feed(data):
             try:
                 message = json.loads(frame)
-            except ValueError as err:
+            except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
                 self.error = FrameError(f"control message is not JSON: {err}")
                 return messages
             if not isinstance(message, dict) or not isinstance(message.get("type"), str):

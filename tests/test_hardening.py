@@ -222,3 +222,38 @@ def test_a_dial_to_an_address_that_never_answers_gives_up(monkeypatch):
             with pytest.raises(OSError) as err:
                 asyncio.run(asyncio.wait_for(attempt(), DEADLINE))
     assert err.value.errno == errno.ETIMEDOUT
+
+
+def test_refusal_lines_are_bounded_and_the_rest_counted(capsys):
+    now = [100.0]
+    door = channels.Door("data", clock=lambda: now[0])
+    for i in range(channels.REFUSAL_LINES + 5):
+        door.refused(f"10.0.0.1:{i}", "wrong secret")
+    now[0] += channels.REFUSAL_WINDOW_S
+    door.refused("10.0.0.2:1", "wrong secret")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == channels.REFUSAL_LINES + 1
+    assert lines[0] == "WARNING: refused a data connection from 10.0.0.1:0: wrong secret"
+    assert lines[-1] == ("WARNING: refused a data connection from 10.0.0.2:1: wrong secret "
+                         "(5 more refused since the last line)")  # fmt: skip
+
+
+def test_a_stranger_cannot_hold_more_than_a_bounded_number_of_handshakes(monkeypatch, capsys):
+    monkeypatch.setattr(channels, "MAX_PENDING_HANDSHAKES", 3)
+
+    async def scenario() -> tuple[list[bytes], bytes]:
+        factory = channels.guarded(b"s" * 40, b"data", lambda: channels.Ignored())
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        challenges = [await reader.readexactly(1) for reader, _ in held]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        extra = await asyncio.wait_for(reader.read(), DEADLINE)  # closed at once: EOF
+        for _, w in [*held, (reader, writer)]:
+            w.close()
+        server.close()
+        return challenges, extra
+
+    challenges, extra = asyncio.run(scenario())
+    assert all(challenges) and extra == b""
+    assert "more than 3 connections proving the secret" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from typing import Any, Callable
 
 from machida.aio import within
@@ -42,6 +43,14 @@ HANDSHAKE_TIMEOUT_S = 10.0
 # that drops packets would otherwise hold it for the kernel's SYN retries, about two minutes,
 # even after the peer came back elsewhere. A live peer answers within milliseconds.
 CONNECT_TIMEOUT_S = 5.0
+# Connections of one listener still proving the secret beyond which new ones are closed at
+# once: a cluster has a handful of peers, and each unproven connection holds a descriptor for
+# up to HANDSHAKE_TIMEOUT_S, so a stranger opening many could starve the worker's own.
+MAX_PENDING_HANDSHAKES = 64
+# A listener reports at most this many refusals per REFUSAL_WINDOW_S (the rest are counted in
+# the next line), so that a stranger cannot flood the log; a few are each worth a line.
+REFUSAL_LINES = 10
+REFUSAL_WINDOW_S = 10.0
 # A pause of the inputs that lasts this long is reported once (an operator should know).
 PAUSE_REPORT_S = 1.0
 
@@ -270,6 +279,40 @@ class Ignored(Channel):
         pass
 
 
+class Door:
+    """What a listener's handshakes share: how many are pending (at most
+    :data:`MAX_PENDING_HANDSHAKES`) and the refusal lines (at most
+    :data:`REFUSAL_LINES` per :data:`REFUSAL_WINDOW_S`)."""
+
+    def __init__(self, kind: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kind = kind
+        self.pending = 0
+        self._clock = clock
+        self._window_start = -REFUSAL_WINDOW_S
+        self._lines = 0
+        self._unreported = 0
+
+    def admit(self) -> bool:
+        if self.pending >= MAX_PENDING_HANDSHAKES:
+            return False
+        self.pending += 1
+        return True
+
+    def release(self) -> None:
+        self.pending -= 1
+
+    def refused(self, peer: str, why: str) -> None:
+        now = self._clock()
+        if now - self._window_start >= REFUSAL_WINDOW_S:
+            self._window_start, self._lines = now, 0
+        if self._lines >= REFUSAL_LINES:
+            self._unreported += 1
+            return
+        more = f" ({self._unreported} more refused since the last line)" if self._unreported else ""
+        warn(f"WARNING: refused a {self.kind} connection from {peer}: {why}{more}")
+        self._lines, self._unreported = self._lines + 1, 0
+
+
 class Guarded(asyncio.Protocol):
     """Runs the cluster-secret handshake, then hands the connection to ``channel``.
 
@@ -277,8 +320,8 @@ class Guarded(asyncio.Protocol):
     at most the handshake's few fixed-size bytes are read. On success the
     transport's protocol becomes the channel itself (no cost per read
     afterwards). On failure, or if the handshake takes longer than
-    :data:`HANDSHAKE_TIMEOUT_S`, the connection is closed and ``refused(peer,
-    why)`` is called once. :attr:`settled` is the outcome for a dialler that
+    :data:`HANDSHAKE_TIMEOUT_S`, the connection is closed and an acceptor's
+    ``door`` reports it. :attr:`settled` is the outcome for a dialler that
     waits for it: True, or False with the reason in :attr:`why`.
     """
 
@@ -286,11 +329,12 @@ class Guarded(asyncio.Protocol):
         self,
         channel: Channel,
         handshake: AcceptorHandshake | DiallerHandshake,
-        refused: Callable[[str, str], None] | None = None,
+        door: Door | None = None,
     ) -> None:
         self.channel = channel
         self.handshake = handshake
-        self.refused = refused
+        self.door = door
+        self.admitted = False
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.why = ""
@@ -302,6 +346,11 @@ class Guarded(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
+        if self.door is not None:
+            self.admitted = self.door.admit()
+            if not self.admitted:
+                self._fail(f"more than {MAX_PENDING_HANDSHAKES} connections proving the secret")
+                return
         if isinstance(self.handshake, AcceptorHandshake):
             transport.write(self.handshake.start())  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
@@ -333,13 +382,15 @@ class Guarded(asyncio.Protocol):
         if not self.settled.done():
             self.why = why
             self._settle(False)
-            if self.refused is not None:
-                self.refused(self.peer, why)
+            if self.door is not None:
+                self.door.refused(self.peer, why)
             self.transport.close()
 
     def _settle(self, ok: bool) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.admitted:
+            self.door.release()
         self.settled.set_result(ok)
 
 
@@ -347,10 +398,8 @@ def guarded(secret: bytes, kind: bytes, channel: Callable[[], Channel]) -> Calla
     """A factory for a worker's control or data listener: each connection proves the cluster
     secret before ``channel()`` gets it; a refusal is one line naming the peer."""
 
-    def refused(peer: str, why: str) -> None:
-        warn(f"WARNING: refused a {kind.decode()} connection from {peer}: {why}")
-
-    return lambda: Guarded(channel(), AcceptorHandshake(secret, kind), refused)
+    door = Door(kind.decode())
+    return lambda: Guarded(channel(), AcceptorHandshake(secret, kind), door)
 
 
 async def dial_control(secret: bytes, role: Any, host: str, port: int) -> str:

@@ -9,7 +9,7 @@ cost to the user's own calls plus a function call per step. A message for a key
 owned by another worker goes to the sender ``forward_to(owner, route)`` gave
 for that key (the runner gives a list's ``append``, so a forward is one C
 call); one arriving from another worker enters through
-:meth:`LocalTopology.arrive`. Encoded output goes to ``sink_for(pipeline)``.
+:meth:`LocalTopology.arrival`. Encoded output goes to ``sink_for(pipeline)``.
 Failures of user code go to :class:`machida.app.callbacks.Callbacks`.
 """
 
@@ -296,17 +296,14 @@ class LocalTopology:
         entry = self._chain(p, 0, tail, f"peer {peer}") if first > 0 else tail
         return SourceConnection(self, p, peer, entry)
 
-    def arrive(self, p: int, pos: int, key_index: int, msg: Any) -> None:
-        """A message for a key this worker owns, from another worker."""
-        self._arrivals[(p, pos)](key_index, msg)
-
     def owns(self, p: int, pos: int, key_index: int) -> bool:
         """Whether key ``key_index`` of the state step at ``pos`` of pipeline ``p`` is here."""
         owned = self._owned.get((p, pos))
         return owned is not None and key_index in owned
 
     def arrival(self, p: int, pos: int) -> Callable[[int, Any], None]:
-        """``apply(key_index, msg)`` of the state step at ``pos``: for a run of arrivals."""
+        """``apply(key_index, msg)`` of the state step at ``pos``, for messages from another
+        worker (a run of them at a time)."""
         return self._arrivals[(p, pos)]
 
     def hop_out(self, msg: Any, p: int) -> bytes | None:
@@ -365,11 +362,6 @@ class SourceConnection:
         """A message already decoded (the driver's ``feed``)."""
         self._counts.messages_in += 1
         self._entry(msg)
-
-    def feed(self, data: bytes) -> None:
-        """Frame, decode and process every complete frame in ``data``."""
-        self.push_payloads(self.frames(data))
-        self.report_bad_frame()
 
     def frames(self, data: bytes) -> list[bytes]:
         """The payloads of every complete frame in ``data`` (``payload_length`` per frame)."""

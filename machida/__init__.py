@@ -3,8 +3,10 @@
 The package loads an application module written for machida, turns its
 ``application_setup(args)`` into a frozen plan, and carries messages through
 the user's objects, either in-process (:mod:`machida.testing`) or on a
-cluster of worker processes (the ``machida`` command). Its layers, each
-importing only from the ones above it:
+cluster of worker processes (the ``machida`` command). Its layers, whose
+imports form no cycle (``tests/test_layers.py`` checks it, and that the codecs,
+the model and the cores of the runtime and the cluster load neither asyncio
+nor socket):
 
 * :mod:`machida.wire`: the byte formats (sources, boundaries, control,
   external channel, metrics records), sans-I/O codecs;

@@ -10,5 +10,6 @@
   dispatch and the end of a clean shutdown;
 * :mod:`~machida.cluster.initializer` and :mod:`~machida.cluster.member`: the
   two roles, over the control channel (:mod:`machida.wire.control`);
-* :mod:`~machida.cluster.shutdown`: the initializer's clean-shutdown coordinator.
+* :mod:`~machida.cluster.shutdown`: the initializer's clean-shutdown coordinator;
+* :mod:`~machida.cluster.secret`: the cluster secret's file, found or created.
 """

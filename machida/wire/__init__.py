@@ -4,6 +4,7 @@ Each module is sans-I/O: feed it bytes, get back every complete frame of the
 read at once (earlier frames are kept when a later one is bad, and ``.error``
 is set); ask it to encode, get bytes.
 
+* :mod:`~machida.wire.auth`: the cluster-secret handshake that opens every control and data link;
 * :mod:`~machida.wire.framing`: ``u32be length | payload``, the frame all channels share;
 * :mod:`~machida.wire.source`: a source's frames, sized by the application's ``payload_length``;
 * :mod:`~machida.wire.boundary`: the data links between workers (batches, acknowledgements);

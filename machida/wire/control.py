@@ -18,7 +18,7 @@ Message types and their fields:
 | ``ready`` | worker → initializer | ``name`` |
 | ``shutdown_request`` | worker → initializer | ``reason`` |
 | ``poll`` / ``counts`` | initializer ↔ worker | ``round``; ``sent``, ``applied``, ``backlog`` |
-| ``finish`` / ``finished`` | initializer ↔ worker | — |
+| ``finish`` / ``finished`` | initializer ↔ worker | —; ``name``, ``code`` |
 | ``abort`` | initializer → worker | ``reason`` |
 | ``rotate_log`` | any → owner | ``worker`` |
 """

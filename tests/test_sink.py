@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 from machida.aio import wait_event
 from machida.runtime.sink import HIGH_WATER, Sink
@@ -61,3 +63,43 @@ def test_output_queued_while_the_sink_is_down_unblocks_once_it_is_delivered():
     blocked_calls, received, sent = asyncio.run(main())
     assert blocked_calls == [True, False]
     assert received == sent
+
+
+def test_what_the_transport_held_when_the_connection_dropped_is_sent_again():
+    """A receiver that reads nothing, then resets its connection: the writes the transport
+    still held go to the next connection, whole, and the last write is among them."""
+
+    async def main():
+        lines: list[str] = []
+        sink = Sink("127.0.0.1", 0, lambda blocked: None, lines.append)
+        accepted: asyncio.Queue = asyncio.Queue()
+
+        async def accept(reader, writer):
+            await accepted.put((reader, writer))
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        sink.port = server.sockets[0].getsockname()[1]
+        sink.start()
+        _, first = await asyncio.wait_for(accepted.get(), 10)
+        assert await wait_event(sink.connected, 10)
+        frames = [i.to_bytes(4, "big") + bytes([i % 251]) * (CHUNK - 4) for i in range(64)]
+        for frame in frames:  # 4 MiB into a receiver that reads nothing: the transport keeps most
+            sink.write(frame)
+        assert sink.buffered > 0
+        sock = first.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        first.close()  # a reset: what was in flight is gone
+        reader, second = await asyncio.wait_for(accepted.get(), 10)
+        got = bytearray()
+        while not got.endswith(frames[-1]):  # without the resending, nothing ever comes
+            got += await asyncio.wait_for(reader.read(1 << 20), 10)
+        sink.close()
+        second.close()
+        server.close()
+        return bytes(got), frames, lines
+
+    got, frames, lines = asyncio.run(main())
+    assert got and len(got) % CHUNK == 0  # whole writes only
+    resent = [got[i : i + CHUNK] for i in range(0, len(got), CHUNK)]
+    assert resent == frames[-len(resent) :]  # a tail of the writes, in order, ending at the last
+    assert any("lost; reconnecting" in line for line in lines)

@@ -6,7 +6,10 @@ connection is retried every second until it is up (``Waiting for sink at
 h:p`` every ten seconds) and again if it drops; meanwhile output waits in a
 buffer that counts toward backpressure. When the buffered bytes (ours plus
 the transport's) pass :data:`HIGH_WATER`, the sink tells the worker to pause
-its inputs, and to resume under :data:`LOW_WATER`.
+its inputs, and to resume under :data:`LOW_WATER`. If the connection drops while
+the transport still holds bytes, the writes since its buffer was last seen
+empty are sent again on the next connection (whole, so a receiver may see some
+windows twice but never a torn frame or a gap).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Sink:
         self._protocol: _SinkProtocol | None = None
         self._queue: list[bytes] = []
         self._queued_bytes = 0
+        self._held: list[bytes] = []  # writes the transport may not have handed on yet
         self._blocked = False
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -98,8 +102,13 @@ class Sink:
 
     def write(self, data: bytes) -> None:
         """Hand ``data`` to the connection, or queue it while the connection is down."""
-        if self._transport is not None:
-            self._transport.write(data)
+        transport = self._transport
+        if transport is not None:
+            transport.write(data)
+            if transport.get_write_buffer_size():
+                self._held.append(data)
+            elif self._held:
+                self._held.clear()  # the kernel has every byte so far
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
@@ -122,7 +131,9 @@ class Sink:
             return
         self._transport = self._protocol = None
         self.connected.clear()
-        self._set_blocked(False)
+        self._queue, self._held = self._held + self._queue, []
+        self._queued_bytes = sum(len(data) for data in self._queue)
+        self._set_blocked(self._queued_bytes > HIGH_WATER)
         if not self._closing:
             self._log(f"WARNING: sink connection to {self.address} lost; reconnecting")
             self.start()

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-# machida.md §6.4: pause inputs at 16 384 unacknowledged messages on a link, resume below 8 192.
+# machida.md §6.4: pause inputs at 16 384 unacknowledged messages on a link, resume below 8 192
+# (some 30 ms of input at full speed: enough to keep a link busy, little to hold and replay).
 LINK_HIGH_WATER = 16_384
 LINK_LOW_WATER = 8_192
 SINK = "sink"

@@ -53,7 +53,8 @@ _RUN = struct.Struct(">BHHII")
 _LEN = struct.Struct(">I")
 U64_MAX = (1 << 64) - 1
 _SWAP = sys.byteorder == "little"
-# Replays are cut into batches of at most this many records.
+# Replays are cut into batches of at most this many records (the link's pause mark), so that the
+# receiver applies and acknowledges a long replay as it goes instead of all at once.
 MAX_BATCH_RECORDS = 16_384
 # The largest data frame a receiver accepts; a sender cuts its batches to fit. It leaves room
 # for one message as large as a source payload may be (16 MiB) twice over, for what serialize

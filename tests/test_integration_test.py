@@ -72,7 +72,7 @@ def test_a_sequence_sender_run_on_two_workers_passes_the_validator_in_giles_mode
     assert "Integration test completed successfully for command" in result.stderr
     got = list(records((tmp_path / "received.txt").read_bytes(), GILES))
     assert [ts for ts, _ in got] == list(range(1000))  # giles mode: the record index
-    assert not (tmp_path / "res").exists()  # emptied before, removed after
+    assert not (tmp_path / "res").exists()  # created by the run, so removed after it
 
 
 def test_workers_are_named_and_started_with_the_2017_flags_in_order(tmp_path):
@@ -266,9 +266,37 @@ def test_a_resilient_command_runs_and_its_recovery_files_are_cleared(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, explain(result)
     assert "****RESILIENCE MODE is active****" in result.stderr
-    assert not res.exists()
+    assert list(res.iterdir()) == []  # the directory was there before, so it stays
     log = (tmp_path / "run.log").read_text()
     assert "Integration test completed successfully" in log and "worker1: Running:" in log
+
+
+def test_only_the_workers_recovery_files_are_removed_from_the_resilience_dir(tmp_path):
+    # --resilience-dir . in an application's directory: its own files must survive
+    mine = {
+        "app.py": "# the application",
+        "input.txt": "a\n",
+        "echo-initializer.txt": "notes",
+        "echo-worker7.workers": "not a worker of this run",
+        "initializer.workers": "x",
+    }
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    leftovers = [
+        "echo-initializer.local-topology",
+        "echo-worker1.tcp-data.tmp",
+        "other-initializer-00000000000000ff.evlog",
+        "echo-worker1.evlog",
+    ]
+    for name in leftovers:
+        (tmp_path / name).write_text("{}")
+    result = integration_test(
+        tmp_path, "--csv-sender", "a", "--workers", "2", "--command", ECHO,
+        "--sink-expect", "1", "--validation-cmp", "--expected-csv", "L:a",
+        "--resilience-dir", ".",
+    )  # fmt: skip
+    assert result.returncode == 0, explain(result)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == mine
 
 
 # -- exit statuses -----------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, metavar="N", default=1, help="records per send (default 1)"
     )
     parser.add_argument("--resilience-dir", metavar="DIR", default="/tmp/res-dir",
-                        help="emptied before, removed after (default /tmp/res-dir)")  # fmt: skip
+                        help="where the workers' recovery files go; those are removed "
+                        "before and after the run (default /tmp/res-dir)")  # fmt: skip
     stop = parser.add_argument_group("When to stop (default: when the metrics show no traffic)")
     stop.add_argument("--sink-expect", type=int, metavar="N", action="append",
                       help="records each sink must receive (once, or once per sink)")  # fmt: skip

@@ -324,6 +324,14 @@ USAGE_ERRORS = [
     ([*VALID, "--sink-mode", "newlines", "--giles-mode"], "--giles-mode needs --sink-mode framed"),
     ([*VALID, "--output", "a.txt,b.txt"], "--output names 2 file(s) for 1 sink(s)"),
     ([*VALID, "--workers", "two"], "argument --workers: invalid int value: 'two'"),
+    ([*VALID, "--workers", "0"], "--workers must be at least 1"),
+    ([*VALID, "--sources", "0"], "--sources must be at least 1"),
+    (
+        [CMP, "--expected-csv", "a", "--command", "machida --application-module 'echo"],
+        'argument --command: cannot split "machida --application-module \'echo": '
+        "No closing quotation",
+    ),
+    ([CMP, "--expected-csv", "a", "--command", " "], "argument --command: the worker command"),
 ]
 
 
@@ -371,12 +379,6 @@ def test_a_run_that_fails_exits_1_with_the_reason_and_the_workers_output(tmp_pat
     if "boom" in command:
         assert "MaybeExit.compute() raised SystemExit(3)" in result.stderr
     assert not (tmp_path / "res").exists()
-
-
-def test_zero_workers_is_a_failed_run(tmp_path):
-    result = integration_test(tmp_path, *VALID, "--workers", "0")
-    assert result.returncode == 1, explain(result)
-    assert "workers must be 1 or more" in result.stderr
 
 
 # -- the range notation ------------------------------------------------------------------------

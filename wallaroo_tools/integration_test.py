@@ -161,7 +161,13 @@ def parse_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Run:
                      "must be used with '--validation-cmp'.")  # fmt: skip
     if args.validation_cmd and not args.output:
         parser.error("'--output' is required with '--validation-cmd'")
-    for flag in ("sources", "sinks", "batch_size"):
+    try:
+        argv = tuple(shlex.split(args.command))
+    except ValueError as err:  # an unbalanced quote
+        parser.error(f"argument --command: cannot split {args.command!r}: {err}")
+    if not argv:
+        parser.error("argument --command: the worker command is empty")
+    for flag in ("workers", "sources", "sinks", "batch_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     expect = args.sink_expect
@@ -184,7 +190,7 @@ def parse_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Run:
             parser.error(f"{spec.flag} sends to source {spec.source}, but --sources is "
                          f"{args.sources} (sources count from 0)")  # fmt: skip
     return Run(
-        command=args.command, senders=(), workers=args.workers, sources=args.sources,
+        command=args.command, argv=argv, senders=(), workers=args.workers, sources=args.sources,
         sinks=args.sinks, sink_mode=args.sink_mode, batch_size=args.batch_size, host=args.host,
         resilience_dir=args.resilience_dir.rstrip("/") or "/", sink_expect=expect,
         sink_expect_timeout=args.sink_expect_timeout, delay=args.delay, outputs=outputs,
@@ -274,8 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     log.debug("Running integration test with the following options:")
     for key, value in sorted(vars(args).items()):
         log.debug("%s: %r", key, value)
-    if run.workers < 1:
-        return fail("workers must be 1 or more")
     try:
         senders = tuple(load_sender(spec) for spec in args.senders or [])
     except InputError as err:

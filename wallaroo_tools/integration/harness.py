@@ -64,6 +64,7 @@ class Run:
     """Everything one run needs, from the command line."""
 
     command: str
+    argv: tuple  # the command, split as a shell would
     senders: tuple  # of Sender
     workers: int = 1
     sources: int = 1
@@ -273,7 +274,7 @@ async def pipeline_test(run: Run) -> list[Sink]:
         except OSError as err:
             raise RunError(f"cannot listen on {run.host}: {err.strerror or err}") from None
         outputs = ",".join(f"{run.host}:{sink.port}" for sink in sinks)
-        await cluster.start(commands(run.command, run.host, ports, outputs, metrics.port,
+        await cluster.start(commands(run.argv, run.host, ports, outputs, metrics.port,
                                      run.resilience_dir, run.workers))  # fmt: skip
         await cluster.wait_ready(READY_TIMEOUT_S)
         try:

@@ -117,13 +117,18 @@ class Timing:
 
 
 class Recorder:
-    """What every connection shares: the file, the count and the end of the run."""
+    """What every connection shares: the file, the count and the end of the run.
+
+    A write to ``received.txt`` that fails (a full disk) ends the run with
+    status 1 and one line naming the file and the error.
+    """
 
     def __init__(self, config: Config, out: BinaryIO | None, stopped: asyncio.Future) -> None:
         self.config = config
         self.out = out
         self.stopped = stopped
         self.count = 0
+        self.failed = False
         self.timing = Timing() if config.metrics else None
         self.connections: set[asyncio.Transport] = set()
 
@@ -140,11 +145,33 @@ class Recorder:
             self.timing.first_record()
         if self.out is not None:
             ts, pack = time.time_ns(), GILES_HEADER.pack
-            self.out.write(b"".join([pack(len(f), ts) + f for f in frames]))
+            try:
+                self.out.write(b"".join([pack(len(f), ts) + f for f in frames]))
+            except OSError as err:
+                self.write_failed(err)
+                return
         self.count += len(frames)
         if expect is not None and self.count >= expect:
             print(f"{self.count} expected messages received. Terminating...", flush=True)
             self.stopped.set_result(0)
+
+    def write_failed(self, err: OSError) -> None:
+        """Say why ``received.txt`` cannot be written, once, and end the run with status 1."""
+        if not self.failed:
+            self.failed = True
+            print(f"Error: cannot write {RECEIVED}: {err.strerror or err}", file=sys.stderr)
+        if not self.stopped.done():
+            self.stopped.set_result(1)
+
+    def close(self) -> None:
+        """Close the file; what is still buffered is written now, and may fail too."""
+        out, self.out = self.out, None
+        if out is None:
+            return
+        try:
+            out.close()
+        except OSError as err:
+            self.write_failed(err)
 
     def report(self, line: str) -> None:
         """A problem with one connection (stderr); quiet once the run is over."""
@@ -220,15 +247,15 @@ async def serve(config: Config) -> int:
     _install_signals(loop, stopped)
     print(LISTENING, flush=True)
     try:
-        return await stopped
+        await stopped
     finally:
         server.close()
         for transport in list(recorder.connections):
             transport.abort()
-        if out is not None:
-            out.close()
+        recorder.close()
         if recorder.timing is not None:
             recorder.timing.finish(recorder.count)
+    return 1 if recorder.failed else stopped.result()
 
 
 def run(argv: list[str]) -> int:

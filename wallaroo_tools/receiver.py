@@ -29,7 +29,14 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from machida.options import Option, OptionParser, UsageError, parse_host_port, run_cli
+from machida.options import (
+    Option,
+    OptionParser,
+    UsageError,
+    parse_host_port,
+    parse_int,
+    run_cli,
+)
 from machida.wire.framing import FrameDecoder
 from wallaroo_tools.layouts import GILES_HEADER
 
@@ -39,7 +46,8 @@ USAGE = (
 )
 OPTIONS = [
     Option("listen", "l", metavar="HOST:PORT", help="address to listen on (required)"),
-    Option("expect", "e", kind="int", metavar="N", help="stop after N messages"),
+    # read here, not by the parser, so that every bad value gets the 2017 tool's words
+    Option("expect", "e", metavar="N", help="stop after N messages"),
     Option("no-write", "w", kind="flag", help="count, but do not write received.txt"),
     Option("metrics", "m", kind="flag", help="print start, end and throughput"),
     Option("name", "n", metavar="NAME", help="Dagon node name (no effect)"),
@@ -89,10 +97,18 @@ def parse_config(argv: list[str]) -> Config | None:
         _address(values["phone_home"], "phone-home", "127.0.0.1:8080")
     if ("phone_home" in given) != ("name" in given):
         raise _Refused("'--phone-home' must be used in conjunction with '--name'")
-    expect = values["expect"]
-    if expect is not None and expect < 1:
-        raise _Refused("'--expect' must be an integer greater than 0")
+    expect = None if values["expect"] is None else _expect(values["expect"])
     return Config(host, port, expect, not values["no_write"], bool(values["metrics"]))
+
+
+def _expect(text: str) -> int:
+    try:
+        expect = parse_int(text)
+    except ValueError:
+        expect = 0
+    if expect < 1:
+        raise _Refused("'--expect' must be an integer greater than 0")
+    return expect
 
 
 class Timing:

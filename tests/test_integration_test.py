@@ -15,12 +15,13 @@ import re
 import struct
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from wallaroo_tools.integration.inputs import InputError, parse_range
-from wallaroo_tools.layouts import GILES, records
+from wallaroo_tools.layouts import FRAMED, GILES, records
 
 APPS = Path(__file__).resolve().parent / "apps"
 BIN = Path(sys.executable).parent
@@ -182,13 +183,24 @@ def test_sink_expect_times_out_when_fewer_arrive(tmp_path):
     assert "timed out after 1 seconds waiting for the sinks (sink 0: 2 of 3)" in result.stderr
 
 
-def test_delay_waits_then_validates(tmp_path):
+def logged_at(log: str, message: str) -> datetime:
+    """When the harness logged ``message`` (its log lines start with the asctime)."""
+    line = next(line for line in log.splitlines() if message in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_delay_waits_that_long_after_the_senders_then_validates(tmp_path):
     result = integration_test(
         tmp_path, "--csv-sender", "1,2", "--command", ECHO, "--delay", "1",
-        "--validation-cmp", "--expected-csv", "L:1,L:2", "--log-level", "debug",
+        "--validation-cmd", "true", "--output", "received.bin", "--log-level", "debug",
     )  # fmt: skip
     assert result.returncode == 0, explain(result)
-    assert "Waiting 1 seconds before shutting off workers." in result.stderr
+    waited = logged_at(result.stderr, "Waiting 1 seconds before shutting off workers.")
+    stopped = logged_at(result.stderr, "Shutting down workers.")
+    assert (stopped - waited).total_seconds() >= 0.999, explain(result)
+    # how much arrives within the delay depends on the machine; what arrived is in order
+    got = [body for _, body in records((tmp_path / "received.bin").read_bytes(), FRAMED)]
+    assert got == [b"L:1", b"L:2"][: len(got)], got
 
 
 def test_without_a_stop_condition_the_metrics_say_when_the_cluster_is_idle(tmp_path):

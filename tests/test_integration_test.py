@@ -393,6 +393,14 @@ def test_a_run_that_fails_exits_1_with_the_reason_and_the_workers_output(tmp_pat
     assert not (tmp_path / "res").exists()
 
 
+def test_help_shows_each_sender_with_its_optional_source_and_header_format(tmp_path):
+    result = integration_test(tmp_path, "--help")
+    assert result.returncode == 0, explain(result)
+    for flag, what in [("--framed-file-sender", "FILES"), ("--newline-file-sender", "FILES"),
+                       ("--sequence-sender", "RANGE"), ("--csv-sender", "ITEMS")]:  # fmt: skip
+        assert f"  {flag} {what} [SOURCE [HEADER_FORMAT]]" in result.stdout, result.stdout
+
+
 # -- the range notation ------------------------------------------------------------------------
 
 

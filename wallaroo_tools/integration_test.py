@@ -59,18 +59,16 @@ Each sender sends its records to one source, one sender after another:
 log = logging.getLogger("integration")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a sender's values as ``WHAT [SOURCE [HEADER_FORMAT]]``."""
-
-    def _format_args(self, action, default_metavar):  # type: ignore[override]
-        if action.nargs == "+" and isinstance(action.metavar, tuple):
-            first, *rest = action.metavar
-            return first + "".join(f" [{m}" for m in rest) + "]" * len(rest)
-        return super()._format_args(action, default_metavar)
-
-
 class _SenderAction(argparse.Action):
-    """Appends ``(flag, values)`` to one list, so the senders keep their order."""
+    """A sender flag: ``WHAT [SOURCE [HEADER_FORMAT]]``, appended to one list in order.
+
+    All the sender flags share one destination, so the senders run in the
+    order they were given. ``shape`` is how the help shows the values.
+    """
+
+    def __init__(self, option_strings, dest, what: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="+", metavar=what, **kwargs)
+        self.shape = f"{what} [SOURCE [HEADER_FORMAT]]"
 
     def __call__(self, parser, namespace, values, option_string=None):
         senders = list(getattr(namespace, self.dest, None) or [])
@@ -79,6 +77,15 @@ class _SenderAction(argparse.Action):
         except InputError as err:
             parser.error(str(err))
         setattr(namespace, self.dest, senders)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, except that a sender flag's values read as its ``shape``."""
+
+    def _format_args(self, action, default_metavar):  # type: ignore[override]
+        if isinstance(action, _SenderAction):
+            return action.shape
+        return super()._format_args(action, default_metavar)
 
 
 class _CsvAction(argparse.Action):
@@ -100,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--sequence-sender", "RANGE", "the integers of RANGE, e.g. '(0,1000]', as u64s"),
         ("--csv-sender", "ITEMS", "each item of a comma-separated list"),
     ):
-        senders.add_argument(flag, dest="senders", action=_SenderAction, nargs="+",
-                             metavar=(what, "SOURCE", "HEADER_FORMAT"), help=text)  # fmt: skip
+        senders.add_argument(flag, dest="senders", action=_SenderAction, what=what, help=text)
     parser.add_argument(
         "--host", default="127.0.0.1", metavar="HOST", help="address of every component"
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from machida.testing import Driver, run
+from wallaroo_tools.layouts import FRAMED, records
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -119,6 +120,49 @@ def test_market_spread_state_is_shared_by_its_two_pipelines(in_example):
     )
     assert driver.state("symbol-data", b"ACME").offer == 100.2
     assert driver.owner("symbol-data", b"ACME") == "initializer"  # key 0 of the list
+
+
+def market_spread_check(here: Path, tmp_path: Path, verdicts: list[bytes]):
+    out = tmp_path / "received.txt"
+    out.write_bytes(b"".join(frame(v) for v in verdicts))
+    return subprocess.run(
+        [sys.executable, "_test/validate.py", "--expected", str(tmp_path / "_expected.txt"),
+         "--output", str(out)], cwd=here, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_market_spread_check_allows_orders_before_the_first_quote_and_nothing_else(
+    in_example, tmp_path
+):
+    here = in_example("market_spread")
+    shutil.copy(here / "symbols.txt", tmp_path)
+    subprocess.run([sys.executable, str(here / "_test/gen.py"), "--orders", "300"], cwd=tmp_path,
+                   check=True, capture_output=True)  # fmt: skip
+    data = (tmp_path / "_expected.txt").read_bytes()
+    expected = [payload for _, payload in records(data, FRAMED)]
+    acme = [i for i, v in enumerate(expected) if v.split()[1] == b"ACME"]
+    assert len(acme) >= 3 and not expected[acme[0]].endswith(b"(no quote)")
+
+    def no_quote(v: bytes) -> bytes:
+        return v.rsplit(b": ", 1)[0] + b": rejected (no quote)"
+
+    # the quotes came late for ACME's first two orders: still correct, in any order
+    early = list(expected)
+    early[acme[0]], early[acme[1]] = no_quote(early[acme[0]]), no_quote(early[acme[1]])
+    result = market_spread_check(here, tmp_path, early[::-1])
+    assert result.returncode == 0, result.stdout
+    assert "2 order(s) came before their symbol's first quote" in result.stdout
+    # but once an order has met the quote, a later one cannot miss it
+    late = list(expected)
+    late[acme[1]] = no_quote(late[acme[1]])
+    result = market_spread_check(here, tmp_path, late)
+    assert result.returncode == 1 and f"wrong:      {late[acme[1]].decode()}" in result.stdout
+    # a wrong verdict, a lost one and a repeated one all fail
+    wrong = list(expected)
+    wrong[acme[2]] = wrong[acme[2]].rsplit(b": ", 1)[0] + b": accepted!"
+    for verdicts in (wrong, expected[1:], [*expected, expected[0]]):
+        result = market_spread_check(here, tmp_path, verdicts)
+        assert result.returncode == 1 and "Market Spread output is wrong" in result.stdout
 
 
 def test_counter_state_lives_on_the_initializer(in_example):

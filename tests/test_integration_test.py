@@ -15,12 +15,13 @@ import re
 import struct
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from wallaroo_tools.integration.inputs import InputError, parse_range
-from wallaroo_tools.layouts import GILES, records
+from wallaroo_tools.layouts import FRAMED, GILES, records
 
 APPS = Path(__file__).resolve().parent / "apps"
 BIN = Path(sys.executable).parent
@@ -72,7 +73,7 @@ def test_a_sequence_sender_run_on_two_workers_passes_the_validator_in_giles_mode
     assert "Integration test completed successfully for command" in result.stderr
     got = list(records((tmp_path / "received.txt").read_bytes(), GILES))
     assert [ts for ts, _ in got] == list(range(1000))  # giles mode: the record index
-    assert not (tmp_path / "res").exists()  # emptied before, removed after
+    assert not (tmp_path / "res").exists()  # created by the run, so removed after it
 
 
 def test_workers_are_named_and_started_with_the_2017_flags_in_order(tmp_path):
@@ -182,13 +183,24 @@ def test_sink_expect_times_out_when_fewer_arrive(tmp_path):
     assert "timed out after 1 seconds waiting for the sinks (sink 0: 2 of 3)" in result.stderr
 
 
-def test_delay_waits_then_validates(tmp_path):
+def logged_at(log: str, message: str) -> datetime:
+    """When the harness logged ``message`` (its log lines start with the asctime)."""
+    line = next(line for line in log.splitlines() if message in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def test_delay_waits_that_long_after_the_senders_then_validates(tmp_path):
     result = integration_test(
         tmp_path, "--csv-sender", "1,2", "--command", ECHO, "--delay", "1",
-        "--validation-cmp", "--expected-csv", "L:1,L:2", "--log-level", "debug",
+        "--validation-cmd", "true", "--output", "received.bin", "--log-level", "debug",
     )  # fmt: skip
     assert result.returncode == 0, explain(result)
-    assert "Waiting 1 seconds before shutting off workers." in result.stderr
+    waited = logged_at(result.stderr, "Waiting 1 seconds before shutting off workers.")
+    stopped = logged_at(result.stderr, "Shutting down workers.")
+    assert (stopped - waited).total_seconds() >= 0.999, explain(result)
+    # how much arrives within the delay depends on the machine; what arrived is in order
+    got = [body for _, body in records((tmp_path / "received.bin").read_bytes(), FRAMED)]
+    assert got == [b"L:1", b"L:2"][: len(got)], got
 
 
 def test_without_a_stop_condition_the_metrics_say_when_the_cluster_is_idle(tmp_path):
@@ -266,9 +278,37 @@ def test_a_resilient_command_runs_and_its_recovery_files_are_cleared(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, explain(result)
     assert "****RESILIENCE MODE is active****" in result.stderr
-    assert not res.exists()
+    assert list(res.iterdir()) == []  # the directory was there before, so it stays
     log = (tmp_path / "run.log").read_text()
     assert "Integration test completed successfully" in log and "worker1: Running:" in log
+
+
+def test_only_the_workers_recovery_files_are_removed_from_the_resilience_dir(tmp_path):
+    # --resilience-dir . in an application's directory: its own files must survive
+    mine = {
+        "app.py": "# the application",
+        "input.txt": "a\n",
+        "echo-initializer.txt": "notes",
+        "echo-worker7.workers": "not a worker of this run",
+        "initializer.workers": "x",
+    }
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    leftovers = [
+        "echo-initializer.local-topology",
+        "echo-worker1.tcp-data.tmp",
+        "other-initializer-00000000000000ff.evlog",
+        "echo-worker1.evlog",
+    ]
+    for name in leftovers:
+        (tmp_path / name).write_text("{}")
+    result = integration_test(
+        tmp_path, "--csv-sender", "a", "--workers", "2", "--command", ECHO,
+        "--sink-expect", "1", "--validation-cmp", "--expected-csv", "L:a",
+        "--resilience-dir", ".",
+    )  # fmt: skip
+    assert result.returncode == 0, explain(result)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == mine
 
 
 # -- exit statuses -----------------------------------------------------------------------------
@@ -296,6 +336,14 @@ USAGE_ERRORS = [
     ([*VALID, "--sink-mode", "newlines", "--giles-mode"], "--giles-mode needs --sink-mode framed"),
     ([*VALID, "--output", "a.txt,b.txt"], "--output names 2 file(s) for 1 sink(s)"),
     ([*VALID, "--workers", "two"], "argument --workers: invalid int value: 'two'"),
+    ([*VALID, "--workers", "0"], "--workers must be at least 1"),
+    ([*VALID, "--sources", "0"], "--sources must be at least 1"),
+    (
+        [CMP, "--expected-csv", "a", "--command", "machida --application-module 'echo"],
+        'argument --command: cannot split "machida --application-module \'echo": '
+        "No closing quotation",
+    ),
+    ([CMP, "--expected-csv", "a", "--command", " "], "argument --command: the worker command"),
 ]
 
 
@@ -345,10 +393,12 @@ def test_a_run_that_fails_exits_1_with_the_reason_and_the_workers_output(tmp_pat
     assert not (tmp_path / "res").exists()
 
 
-def test_zero_workers_is_a_failed_run(tmp_path):
-    result = integration_test(tmp_path, *VALID, "--workers", "0")
-    assert result.returncode == 1, explain(result)
-    assert "workers must be 1 or more" in result.stderr
+def test_help_shows_each_sender_with_its_optional_source_and_header_format(tmp_path):
+    result = integration_test(tmp_path, "--help")
+    assert result.returncode == 0, explain(result)
+    for flag, what in [("--framed-file-sender", "FILES"), ("--newline-file-sender", "FILES"),
+                       ("--sequence-sender", "RANGE"), ("--csv-sender", "ITEMS")]:  # fmt: skip
+        assert f"  {flag} {what} [SOURCE [HEADER_FORMAT]]" in result.stdout, result.stdout
 
 
 # -- the range notation ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ exiting, against a deadline.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -205,6 +206,35 @@ def test_dagon_options_are_accepted_together_and_do_nothing(tmp_path):
         assert tool.wait() == 0, tool.report()
 
 
+def full_disk(tmp_path) -> None:
+    """received.txt in ``tmp_path`` becomes /dev/full: every write to it fails with ENOSPC."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    (tmp_path / "received.txt").symlink_to("/dev/full")
+
+
+NO_SPACE = b"Error: cannot write received.txt: No space left on device\n"
+
+
+def test_a_full_disk_at_the_end_is_one_line_and_exit_1(tmp_path):
+    full_disk(tmp_path)
+    tool, port = start(tmp_path, "-e", "1")
+    with tool:
+        send(port, frame(b"kept in the buffer until the file is closed"))
+        assert tool.wait() == 1, tool.report()
+    assert tool.stderr == NO_SPACE, tool.report()
+
+
+def test_a_full_disk_while_receiving_ends_the_run_with_one_line_and_exit_1(tmp_path):
+    full_disk(tmp_path)
+    tool, port = start(tmp_path)  # no --expect: only the failed write can end it
+    with tool:
+        send(port, frame(b"x" * (2 << 20)))  # past the file's buffer, so written at once
+        assert tool.wait() == 1, tool.report()
+    assert tool.stderr == NO_SPACE, tool.report()
+    assert b"expected messages received" not in tool.stdout
+
+
 LISTEN = ["-l", "127.0.0.1:7002"]
 WITHOUT_NAME = "'--phone-home' must be used in conjunction with '--name'"
 BAD_EXPECT = "'--expect' must be an integer greater than 0"
@@ -217,7 +247,8 @@ BAD_EXPECT = "'--expect' must be an integer greater than 0"
         (["-l", "127.0.0.1"], "'--listen' argument should be in format: '127.0.0.1:8080"),
         ([*LISTEN, "-e", "0"], BAD_EXPECT),
         ([*LISTEN, "--expect=-5"], BAD_EXPECT),
-        ([*LISTEN, "-e", "many"], "Error: option --expect needs an integer, got 'many'"),
+        ([*LISTEN, "-e", "many"], BAD_EXPECT),
+        ([*LISTEN, "--expect="], BAD_EXPECT),
         ([*LISTEN, "-n", "r1"], WITHOUT_NAME),
         ([*LISTEN, "-d", "127.0.0.1:9"], WITHOUT_NAME),
         ([*LISTEN, "-n", "r", "-d", "dagon"],

@@ -59,18 +59,16 @@ Each sender sends its records to one source, one sender after another:
 log = logging.getLogger("integration")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a sender's values as ``WHAT [SOURCE [HEADER_FORMAT]]``."""
-
-    def _format_args(self, action, default_metavar):  # type: ignore[override]
-        if action.nargs == "+" and isinstance(action.metavar, tuple):
-            first, *rest = action.metavar
-            return first + "".join(f" [{m}" for m in rest) + "]" * len(rest)
-        return super()._format_args(action, default_metavar)
-
-
 class _SenderAction(argparse.Action):
-    """Appends ``(flag, values)`` to one list, so the senders keep their order."""
+    """A sender flag: ``WHAT [SOURCE [HEADER_FORMAT]]``, appended to one list in order.
+
+    All the sender flags share one destination, so the senders run in the
+    order they were given. ``shape`` is how the help shows the values.
+    """
+
+    def __init__(self, option_strings, dest, what: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="+", metavar=what, **kwargs)
+        self.shape = f"{what} [SOURCE [HEADER_FORMAT]]"
 
     def __call__(self, parser, namespace, values, option_string=None):
         senders = list(getattr(namespace, self.dest, None) or [])
@@ -79,6 +77,15 @@ class _SenderAction(argparse.Action):
         except InputError as err:
             parser.error(str(err))
         setattr(namespace, self.dest, senders)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, except that a sender flag's values read as its ``shape``."""
+
+    def _format_args(self, action, default_metavar):  # type: ignore[override]
+        if isinstance(action, _SenderAction):
+            return action.shape
+        return super()._format_args(action, default_metavar)
 
 
 class _CsvAction(argparse.Action):
@@ -100,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--sequence-sender", "RANGE", "the integers of RANGE, e.g. '(0,1000]', as u64s"),
         ("--csv-sender", "ITEMS", "each item of a comma-separated list"),
     ):
-        senders.add_argument(flag, dest="senders", action=_SenderAction, nargs="+",
-                             metavar=(what, "SOURCE", "HEADER_FORMAT"), help=text)  # fmt: skip
+        senders.add_argument(flag, dest="senders", action=_SenderAction, what=what, help=text)
     parser.add_argument(
         "--host", default="127.0.0.1", metavar="HOST", help="address of every component"
     )
@@ -136,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, metavar="N", default=1, help="records per send (default 1)"
     )
     parser.add_argument("--resilience-dir", metavar="DIR", default="/tmp/res-dir",
-                        help="emptied before, removed after (default /tmp/res-dir)")  # fmt: skip
+                        help="where the workers' recovery files go; those are removed "
+                        "before and after the run (default /tmp/res-dir)")  # fmt: skip
     stop = parser.add_argument_group("When to stop (default: when the metrics show no traffic)")
     stop.add_argument("--sink-expect", type=int, metavar="N", action="append",
                       help="records each sink must receive (once, or once per sink)")  # fmt: skip
@@ -160,7 +167,13 @@ def parse_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Run:
                      "must be used with '--validation-cmp'.")  # fmt: skip
     if args.validation_cmd and not args.output:
         parser.error("'--output' is required with '--validation-cmd'")
-    for flag in ("sources", "sinks", "batch_size"):
+    try:
+        argv = tuple(shlex.split(args.command))
+    except ValueError as err:  # an unbalanced quote
+        parser.error(f"argument --command: cannot split {args.command!r}: {err}")
+    if not argv:
+        parser.error("argument --command: the worker command is empty")
+    for flag in ("workers", "sources", "sinks", "batch_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     expect = args.sink_expect
@@ -183,7 +196,7 @@ def parse_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Run:
             parser.error(f"{spec.flag} sends to source {spec.source}, but --sources is "
                          f"{args.sources} (sources count from 0)")  # fmt: skip
     return Run(
-        command=args.command, senders=(), workers=args.workers, sources=args.sources,
+        command=args.command, argv=argv, senders=(), workers=args.workers, sources=args.sources,
         sinks=args.sinks, sink_mode=args.sink_mode, batch_size=args.batch_size, host=args.host,
         resilience_dir=args.resilience_dir.rstrip("/") or "/", sink_expect=expect,
         sink_expect_timeout=args.sink_expect_timeout, delay=args.delay, outputs=outputs,
@@ -273,8 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     log.debug("Running integration test with the following options:")
     for key, value in sorted(vars(args).items()):
         log.debug("%s: %r", key, value)
-    if run.workers < 1:
-        return fail("workers must be 1 or more")
     try:
         senders = tuple(load_sender(spec) for spec in args.senders or [])
     except InputError as err:

@@ -29,7 +29,14 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from machida.options import Option, OptionParser, UsageError, parse_host_port, run_cli
+from machida.options import (
+    Option,
+    OptionParser,
+    UsageError,
+    parse_host_port,
+    parse_int,
+    run_cli,
+)
 from machida.wire.framing import FrameDecoder
 from wallaroo_tools.layouts import GILES_HEADER
 
@@ -39,7 +46,8 @@ USAGE = (
 )
 OPTIONS = [
     Option("listen", "l", metavar="HOST:PORT", help="address to listen on (required)"),
-    Option("expect", "e", kind="int", metavar="N", help="stop after N messages"),
+    # read here, not by the parser, so that every bad value gets the 2017 tool's words
+    Option("expect", "e", metavar="N", help="stop after N messages"),
     Option("no-write", "w", kind="flag", help="count, but do not write received.txt"),
     Option("metrics", "m", kind="flag", help="print start, end and throughput"),
     Option("name", "n", metavar="NAME", help="Dagon node name (no effect)"),
@@ -89,10 +97,18 @@ def parse_config(argv: list[str]) -> Config | None:
         _address(values["phone_home"], "phone-home", "127.0.0.1:8080")
     if ("phone_home" in given) != ("name" in given):
         raise _Refused("'--phone-home' must be used in conjunction with '--name'")
-    expect = values["expect"]
-    if expect is not None and expect < 1:
-        raise _Refused("'--expect' must be an integer greater than 0")
+    expect = None if values["expect"] is None else _expect(values["expect"])
     return Config(host, port, expect, not values["no_write"], bool(values["metrics"]))
+
+
+def _expect(text: str) -> int:
+    try:
+        expect = parse_int(text)
+    except ValueError:
+        expect = 0
+    if expect < 1:
+        raise _Refused("'--expect' must be an integer greater than 0")
+    return expect
 
 
 class Timing:
@@ -117,13 +133,18 @@ class Timing:
 
 
 class Recorder:
-    """What every connection shares: the file, the count and the end of the run."""
+    """What every connection shares: the file, the count and the end of the run.
+
+    A write to ``received.txt`` that fails (a full disk) ends the run with
+    status 1 and one line naming the file and the error.
+    """
 
     def __init__(self, config: Config, out: BinaryIO | None, stopped: asyncio.Future) -> None:
         self.config = config
         self.out = out
         self.stopped = stopped
         self.count = 0
+        self.failed = False
         self.timing = Timing() if config.metrics else None
         self.connections: set[asyncio.Transport] = set()
 
@@ -140,11 +161,33 @@ class Recorder:
             self.timing.first_record()
         if self.out is not None:
             ts, pack = time.time_ns(), GILES_HEADER.pack
-            self.out.write(b"".join([pack(len(f), ts) + f for f in frames]))
+            try:
+                self.out.write(b"".join([pack(len(f), ts) + f for f in frames]))
+            except OSError as err:
+                self.write_failed(err)
+                return
         self.count += len(frames)
         if expect is not None and self.count >= expect:
             print(f"{self.count} expected messages received. Terminating...", flush=True)
             self.stopped.set_result(0)
+
+    def write_failed(self, err: OSError) -> None:
+        """Say why ``received.txt`` cannot be written, once, and end the run with status 1."""
+        if not self.failed:
+            self.failed = True
+            print(f"Error: cannot write {RECEIVED}: {err.strerror or err}", file=sys.stderr)
+        if not self.stopped.done():
+            self.stopped.set_result(1)
+
+    def close(self) -> None:
+        """Close the file; what is still buffered is written now, and may fail too."""
+        out, self.out = self.out, None
+        if out is None:
+            return
+        try:
+            out.close()
+        except OSError as err:
+            self.write_failed(err)
 
     def report(self, line: str) -> None:
         """A problem with one connection (stderr); quiet once the run is over."""
@@ -220,15 +263,15 @@ async def serve(config: Config) -> int:
     _install_signals(loop, stopped)
     print(LISTENING, flush=True)
     try:
-        return await stopped
+        await stopped
     finally:
         server.close()
         for transport in list(recorder.connections):
             transport.abort()
-        if out is not None:
-            out.close()
+        recorder.close()
         if recorder.timing is not None:
             recorder.timing.finish(recorder.count)
+    return 1 if recorder.failed else stopped.result()
 
 
 def run(argv: list[str]) -> int:

@@ -298,7 +298,8 @@ def run(argv: list[str]) -> int:
     except OSError as err:
         return report(Result(False, f"Could not read input file '{path}': {err.strerror}", 0))
     if not result.ok and result.windows == 0 and result.message.startswith("Expected max"):
-        # no window at all: say that, not which final check it fails
+        # no window at all: say that, not which final check it fails (2017 named the
+        # Expected max check; the README lists this among the tools' deviations)
         result = Result(False, f"Input file '{path}' holds no windows to validate.", 0)
     return report(result)
 

@@ -1,9 +1,12 @@
-"""Word Count: split lines of text into words and keep a running count of each word.
+"""Word Count: a running tally of every word in a stream of text lines.
 
-Lines arrive framed (u32be length, then the UTF-8 text). A stateless step
-splits each line into words; a state partition keyed by the word's first
-letter ('a'..'z', and '!' for anything else) counts each word; every count is
-sent to the sink as the framed text "word => count".
+Each message is one line of UTF-8 text behind a u32be length. WordsOfLine
+turns a line into its words (lowercased, punctuation trimmed from both ends)
+and returns them all at once with compute_multi. Every word then goes to the
+tally of its first letter: the state "tallies by first letter" is partitioned
+by str keys, one per letter 'a'..'z' plus OTHER for words that begin with
+anything else. AddOne bumps the word's tally, and the sink gets the framed
+text "word => tally" from the worker that owns the letter.
 """
 
 import string
@@ -11,91 +14,82 @@ import struct
 
 import wallaroo
 
+LENGTH = struct.Struct(">I")
+# the key of words that do not begin with a lowercase ASCII letter
+OTHER = "!"
+FIRST_LETTERS = list(string.ascii_lowercase) + [OTHER]
+
 
 def application_setup(args):
-    in_host, in_port = wallaroo.tcp_parse_input_addrs(args)[0]
-    out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
+    source_host, source_port = wallaroo.tcp_parse_input_addrs(args)[0]
+    sink_host, sink_port = wallaroo.tcp_parse_output_addrs(args)[0]
 
-    word_partitions = list(string.ascii_lowercase)
-    word_partitions.append("!")
-
-    ab = wallaroo.ApplicationBuilder("Word Count Application")
-    ab.new_pipeline("Split and Count", wallaroo.TCPSourceConfig(in_host, in_port, Decoder()))
-    ab.to_parallel(Split)
-    ab.to_state_partition(
-        CountWord(), WordTotalsBuilder(), "word totals", WordPartitionFunction(), word_partitions
+    builder = wallaroo.ApplicationBuilder("Word Tally")
+    builder.new_pipeline(
+        "Lines to Tallies", wallaroo.TCPSourceConfig(source_host, source_port, LineDecoder())
     )
-    ab.to_sink(wallaroo.TCPSinkConfig(out_host, out_port, Encoder()))
-    return ab.build()
+    builder.to_parallel(WordsOfLine)
+    builder.to_state_partition(
+        AddOne(), EmptyTally(), "tallies by first letter", ByFirstLetter(), FIRST_LETTERS
+    )
+    builder.to_sink(wallaroo.TCPSinkConfig(sink_host, sink_port, TallyLineEncoder()))
+    return builder.build()
 
 
-class Decoder(object):
+class LineDecoder(object):
     def header_length(self):
-        return 4
+        return LENGTH.size
 
-    def payload_length(self, bs):
-        return struct.unpack(">I", bs)[0]
+    def payload_length(self, header):
+        return LENGTH.unpack(header)[0]
 
-    def decode(self, bs):
-        # bs is bytes: the text becomes a str here, once, for every later step
-        return bs.decode("utf-8")
+    def decode(self, payload):
+        # the only place that sees bytes: every later step works on str
+        return payload.decode("utf-8")
 
 
-class Split(object):
+class WordsOfLine(object):
     def name(self):
-        return "split into words"
+        return "words of a line"
 
-    def compute_multi(self, data):
-        words = []
-        for word in data.lower().split():
-            word = word.strip(string.punctuation)
-            if word:
-                words.append(word)
-        return words
+    def compute_multi(self, line):
+        trimmed = (piece.strip(string.punctuation) for piece in line.lower().split())
+        return [word for word in trimmed if word]
 
 
-class WordPartitionFunction(object):
-    def partition(self, data):
-        # a str key, matched against the str keys of word_partitions
-        first = data[0]
-        if "a" <= first <= "z":
-            return first
-        return "!"
+class ByFirstLetter(object):
+    def partition(self, word):
+        # a str, like the keys in FIRST_LETTERS
+        return word[0] if word[0] in string.ascii_lowercase else OTHER
 
 
-class CountWord(object):
-    def name(self):
-        return "count word"
+class LetterTally(object):
+    """How many times each word beginning with one letter has been seen."""
 
-    def compute(self, word, word_totals):
-        word_totals.update(word)
-        return (word_totals.get_count(word), True)
-
-
-class WordTotals(object):
     def __init__(self):
-        self.word_totals = {}
+        self.seen = {}
 
-    def update(self, word):
-        self.word_totals[word] = self.word_totals.get(word, 0) + 1
-
-    def get_count(self, word):
-        return WordCount(word, self.word_totals[word])
+    def add(self, word):
+        self.seen[word] = self.seen.get(word, 0) + 1
+        return self.seen[word]
 
 
-class WordCount(object):
-    def __init__(self, word, count):
-        self.word = word
-        self.count = count
-
-
-class WordTotalsBuilder(object):
+class EmptyTally(object):
     def build(self):
-        return WordTotals()
+        return LetterTally()
 
 
-class Encoder(object):
-    def encode(self, data):
-        # the sink gets bytes: encode the text and frame it
-        text = "{} => {}".format(data.word, data.count).encode("utf-8")
-        return struct.pack(">I", len(text)) + text
+class AddOne(object):
+    def name(self):
+        return "add one to the word's tally"
+
+    def compute(self, word, tally):
+        # (output, the state changed)
+        return ((word, tally.add(word)), True)
+
+
+class TallyLineEncoder(object):
+    def encode(self, word_and_tally):
+        # the sink gets bytes: the UTF-8 text behind its length
+        text = ("%s => %d" % word_and_tally).encode("utf-8")
+        return LENGTH.pack(len(text)) + text

@@ -1,6 +1,7 @@
 """One ``integration_test`` run, start to end, in the 2017 harness's order.
 
-1. empty (or create) the resilience directory;
+1. create the resilience directory, or remove the recovery files of this
+   run's workers from it (any other file in it is left alone);
 2. start the sinks and a metrics receiver on free ports, then choose the
    source, control, external and data ports (:mod:`.workers`);
 3. start the workers 50 ms apart, the initializer first, failing if one has
@@ -11,7 +12,8 @@
    meanwhile fails the run;
 6. SIGTERM the workers, stop the sinks, and check that the initializer
    reported a topology of ``--workers`` workers;
-7. save the sinks' records to ``--output``, and remove the resilience directory.
+7. save the sinks' records to ``--output``, and remove the workers' recovery
+   files again, and the resilience directory if step 1 created it.
 
 :func:`pipeline_test` returns the sinks for the validation, or raises
 :class:`RunError` with the reason and every worker's output.
@@ -26,11 +28,12 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from machida.durability.recovery import EXTENSIONS, TEMP_SUFFIX
 from machida.metrics import serve_records
 from wallaroo_tools.integration.inputs import Sender, batches
 from wallaroo_tools.integration.sinks import Sink
 from wallaroo_tools.integration.stopping import Idle, StopError, metrics_idle, over, sink_expect
-from wallaroo_tools.integration.workers import Worker, choose_ports, commands
+from wallaroo_tools.integration.workers import Worker, choose_ports, commands, worker_names
 
 READY = b"Application has successfully initialized"
 TOPOLOGY = re.compile(rb"(\w+) worker topology")
@@ -61,6 +64,7 @@ class Run:
     """Everything one run needs, from the command line."""
 
     command: str
+    argv: tuple  # the command, split as a shell would
     senders: tuple  # of Sender
     workers: int = 1
     sources: int = 1
@@ -76,26 +80,48 @@ class Run:
     giles: bool = False
 
 
-def _files(path: str) -> list[str]:
-    return [e.path for e in os.scandir(path) if e.is_file() or e.is_symlink()]
+def recovery_file(names: list[str]) -> re.Pattern[str]:
+    """The names the runner gives these workers' recovery files and event logs.
+
+    ``<module>-<worker>.<ext>`` and ``<module>-<worker>[-<16 hex>].evlog``, each
+    possibly with the runner's temporary suffix (machida/durability/recovery.py);
+    the module is left open so a wrapper command is covered too.
+    """
+    workers = "|".join(re.escape(name) for name in names)
+    kinds = "|".join(re.escape(ext) for ext in EXTENSIONS)
+    return re.compile(
+        rf".+-(?:{workers})(?:\.(?:{kinds})|(?:-[0-9a-fA-F]{{16}})?\.evlog)"
+        rf"(?:{re.escape(TEMP_SUFFIX)})?"
+    )
 
 
-def prepare_resilience_dir(path: str) -> None:
+def _recovery_files(path: str, workers: int) -> list[str]:
+    ours = recovery_file(worker_names(workers))
+    with os.scandir(path) as entries:
+        return [e.path for e in entries if ours.fullmatch(e.name) and not e.is_dir()]
+
+
+def prepare_resilience_dir(path: str, workers: int) -> bool:
+    """Create ``path`` or clear this run's recovery files from it; whether it was created."""
     try:
+        created = not os.path.isdir(path)
         os.makedirs(path, exist_ok=True)
-        for file in _files(path):
+        for file in _recovery_files(path, workers):
             os.remove(file)
     except OSError as err:
         raise RunError(f"cannot prepare --resilience-dir {path}: {err.strerror or err}") from None
+    return created
 
 
-def remove_resilience_dir(path: str) -> None:
+def clear_resilience_dir(path: str, workers: int, created: bool) -> None:
+    """Remove the run's recovery files, and the directory too if the run created it."""
     try:
-        for file in _files(path):
+        for file in _recovery_files(path, workers):
             os.remove(file)
-        os.rmdir(path)
+        if created:
+            os.rmdir(path)
     except OSError as err:
-        log.warning("could not remove --resilience-dir %s: %s", path, err.strerror or err)
+        log.warning("could not clear --resilience-dir %s: %s", path, err.strerror or err)
 
 
 class _Cluster:
@@ -228,7 +254,7 @@ async def _send_and_stop(run: Run, ports, sinks: list[Sink], idle: Idle, news) -
 
 async def pipeline_test(run: Run) -> list[Sink]:
     """Run the test; returns the sinks with their records, or raises :class:`RunError`."""
-    prepare_resilience_dir(run.resilience_dir)
+    created = prepare_resilience_dir(run.resilience_dir, run.workers)
     loop = asyncio.get_running_loop()
     sinks = [Sink(i, run.sink_mode) for i in range(run.sinks)]
     cluster = _Cluster()
@@ -248,7 +274,7 @@ async def pipeline_test(run: Run) -> list[Sink]:
         except OSError as err:
             raise RunError(f"cannot listen on {run.host}: {err.strerror or err}") from None
         outputs = ",".join(f"{run.host}:{sink.port}" for sink in sinks)
-        await cluster.start(commands(run.command, run.host, ports, outputs, metrics.port,
+        await cluster.start(commands(run.argv, run.host, ports, outputs, metrics.port,
                                      run.resilience_dir, run.workers))  # fmt: skip
         await cluster.wait_ready(READY_TIMEOUT_S)
         try:
@@ -283,7 +309,7 @@ async def pipeline_test(run: Run) -> list[Sink]:
             sink.close()
         if metrics is not None:
             metrics.close()
-        remove_resilience_dir(run.resilience_dir)
+        clear_resilience_dir(run.resilience_dir, run.workers, created)
 
 
 def _save(sinks: list[Sink], run: Run) -> None:

@@ -64,11 +64,10 @@ def worker_names(count: int) -> list[str]:
 
 
 def commands(
-    command: str, host: str, ports: Ports, outputs: str, metrics: int, res_dir: str, workers: int
+    base: tuple, host: str, ports: Ports, outputs: str, metrics: int, res_dir: str, workers: int
 ) -> list[tuple[str, list[str]]]:
-    """``(name, argv)`` per worker, the initializer first."""
+    """``(name, argv)`` per worker, the initializer first; ``base`` is the split ``--command``."""
     inputs = ",".join(f"{host}:{port}" for port in ports.sources)
-    base = shlex.split(command)
     common = ["--in", inputs, "--out", outputs, "--metrics", f"{host}:{metrics}",
               "--control", f"{host}:{ports.control}", "--resilience-dir", res_dir]  # fmt: skip
     initializer = ["--worker-count", str(workers), "--data", f"{host}:{ports.data}",

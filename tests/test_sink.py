@@ -86,6 +86,7 @@ def test_what_the_transport_held_when_the_connection_dropped_is_sent_again():
         for frame in frames:  # 4 MiB into a receiver that reads nothing: the transport keeps most
             sink.write(frame)
         assert sink.buffered > 0
+        assert sink._held_bytes < sink.buffered + CHUNK  # no more kept than may be needed
         sock = first.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         first.close()  # a reset: what was in flight is gone

@@ -7,15 +7,16 @@ h:p`` every ten seconds) and again if it drops; meanwhile output waits in a
 buffer that counts toward backpressure. When the buffered bytes (ours plus
 the transport's) pass :data:`HIGH_WATER`, the sink tells the worker to pause
 its inputs, and to resume under :data:`LOW_WATER`. If the connection drops while
-the transport still holds bytes, the writes since its buffer was last seen
-empty are sent again on the next connection (whole, so a receiver may see some
-windows twice but never a torn frame or a gap).
+the transport still holds bytes, the fewest last writes that cover what it held
+at the latest write are sent again on the next connection (whole, so a receiver
+may see some windows twice but never a torn frame or a gap).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Callable
 
 from machida.app.plan import AppPlan
@@ -67,7 +68,9 @@ class Sink:
         self._protocol: _SinkProtocol | None = None
         self._queue: list[bytes] = []
         self._queued_bytes = 0
-        self._held: list[bytes] = []  # writes the transport may not have handed on yet
+        # the last writes, covering what the transport held at the latest write
+        self._held: deque[bytes] = deque()
+        self._held_bytes = 0
         self._blocked = False
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -105,15 +108,25 @@ class Sink:
         transport = self._transport
         if transport is not None:
             transport.write(data)
-            if transport.get_write_buffer_size():
-                self._held.append(data)
+            inside = transport.get_write_buffer_size()
+            if inside:
+                self._hold(data, inside)
             elif self._held:
                 self._held.clear()  # the kernel has every byte so far
+                self._held_bytes = 0
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
         if self._queued_bytes > HIGH_WATER:
             self._set_blocked(True)
+
+    def _hold(self, data: bytes, inside: int) -> None:
+        """Keep ``data``, and of the earlier writes only what the transport may still hold."""
+        held = self._held
+        held.append(data)
+        self._held_bytes += len(data)
+        while self._held_bytes - len(held[0]) >= inside:
+            self._held_bytes -= len(held.popleft())
 
     @property
     def buffered(self) -> int:
@@ -131,8 +144,10 @@ class Sink:
             return
         self._transport = self._protocol = None
         self.connected.clear()
-        self._queue, self._held = self._held + self._queue, []
+        self._queue = [*self._held, *self._queue]
         self._queued_bytes = sum(len(data) for data in self._queue)
+        self._held.clear()
+        self._held_bytes = 0
         self._set_blocked(self._queued_bytes > HIGH_WATER)
         if not self._closing:
             self._log(f"WARNING: sink connection to {self.address} lost; reconnecting")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from machida.app.loader import load_plan
 from machida.errors import ApplicationError, FrameError
+from machida.runtime.dataplane import ints_round_trip
 from machida_flink import batch
 from machida_flink import ingress_log as log
 from machida_flink.options import ConfigError, help_text, parse
@@ -106,10 +107,10 @@ def test_without_the_probe_ints_are_serialized_and_refused_messages_left_out():
     assert data[:1] == b"S" and batch.decode(data, hop_in) == [1, 3]
 
 
-def test_the_int_probe_rejects_a_pair_that_changes_ints():
-    assert batch.ints_round_trip(pickle.dumps, pickle.loads)
-    assert not batch.ints_round_trip(lambda v: str(v).encode(), lambda b: b.decode())
-    assert not batch.ints_round_trip(lambda v: 1 / 0, pickle.loads)
+def test_the_int_probe_the_stages_share_with_the_runner_rejects_a_pair_that_changes_ints():
+    assert ints_round_trip((pickle.dumps, pickle.loads))
+    assert not ints_round_trip((lambda v: str(v).encode(), lambda b: b.decode()))
+    assert not ints_round_trip((lambda v: 1 / 0, pickle.loads))
 
 
 @pytest.mark.parametrize("data", [b"", b"Qabc", b"X", b"S\x00\x00\x00\x09ab", b"S\x00"])

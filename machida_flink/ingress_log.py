@@ -82,6 +82,8 @@ def split_frames(body: memoryview) -> list[bytes]:
     append = out.append
     pos, end = 0, len(body)
     while pos < end:
+        if end - pos < LENGTH.size:
+            raise FrameError(f"a FRAMES entry ends inside a frame's length at byte {pos} of {end}")
         (length,) = unpack(body, pos)
         stop = pos + 4 + length
         if stop > end:

@@ -3,6 +3,7 @@ translation into a job's shape, and the command line. No JVM, no sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 
@@ -69,11 +70,77 @@ def test_requests_decode_whatever_the_reads(requests, data):
     assert got == requests and decoder.error is None
 
 
+@given(st.lists(st.one_of(
+    st.tuples(st.just(log.SUBSCRIBE), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
+    st.tuples(st.just(log.COMMIT), st.none(), st.integers(0, 2**64 - 1)),
+), max_size=8))  # fmt: skip
+def test_requests_decode_byte_by_byte(requests):
+    stream = b"".join(
+        log.subscribe(s, o) if k == log.SUBSCRIBE else log.commit(o) for k, s, o in requests
+    )
+    decoder = log.RequestDecoder()
+    got = []
+    for i in range(len(stream)):
+        got += decoder.feed(stream[i : i + 1])
+    assert got == requests and decoder.error is None
+
+
 def test_an_unknown_request_stops_the_decoder():
     decoder = log.RequestDecoder()
     assert decoder.feed(log.commit(5) + b"\x07" + log.commit(6)) == [(log.COMMIT, None, 5)]
     assert "unknown ingress request kind 7" in str(decoder.error)
     assert decoder.feed(log.commit(8)) == []
+
+
+@given(st.lists(st.binary(max_size=60), max_size=8))
+def test_random_reads_never_crash_the_request_decoder(reads):
+    decoder = log.RequestDecoder()
+    for data in reads:
+        for kind, stream, offset in decoder.feed(data):
+            assert kind in (log.SUBSCRIBE, log.COMMIT) and 0 <= offset < 2**64
+            assert (stream is None) == (kind == log.COMMIT)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_are_entries_or_a_frame_error(data):
+    try:
+        entries = log.split_entries(data)
+    except FrameError:
+        return
+    assert sum(log.ENTRY.size + len(body) for _, _, body in entries) == len(data)
+    assert all(kind in log.KINDS for kind, _, _ in entries)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_are_frames_or_a_frame_error(data):
+    try:
+        frames = log.split_frames(memoryview(data))
+    except FrameError:
+        return
+    assert sum(4 + len(f) for f in frames) == len(data)
+
+
+@pytest.mark.parametrize("body", [b"\x00", b"\x00\x00\x00", b"\x00\x00\x00\x01a\x00\x00"])
+def test_a_frames_body_cut_inside_a_length_is_a_frame_error(body):
+    with pytest.raises(FrameError, match="inside a frame's length"):
+        log.split_frames(memoryview(body))
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), payloads), max_size=6), st.data())
+def test_records_cut_between_entries_split_the_same(entries, data):
+    whole = [log.frames_entry(conn, frames) for conn, frames in entries]
+    cuts = data.draw(st.lists(st.integers(0, len(whole)), max_size=4))
+    pieces = [b"".join(part) for part in split_list(whole, cuts)]
+
+    def plain(record: bytes) -> list:
+        return [(k, c, bytes(b)) for k, c, b in log.split_entries(record)]
+
+    assert [e for piece in pieces for e in plain(piece)] == plain(b"".join(whole))
+
+
+def split_list(items: list, cuts: list[int]) -> list[list]:
+    cuts = sorted(cuts)
+    return [items[a:b] for a, b in zip([0, *cuts], [*cuts, len(items)])]
 
 
 # -- message batches ---------------------------------------------------------------------------
@@ -117,6 +184,12 @@ def test_the_int_probe_the_stages_share_with_the_runner_rejects_a_pair_that_chan
 def test_a_broken_batch_is_a_frame_error(data):
     with pytest.raises(FrameError):
         batch.decode(data, hop_in)
+
+
+@given(st.binary(max_size=120))
+def test_random_bytes_are_a_batch_or_a_frame_error(data):
+    with contextlib.suppress(FrameError):
+        batch.decode(data, lambda b: (True, bytes(b)))
 
 
 # -- translation -------------------------------------------------------------------------------

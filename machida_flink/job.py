@@ -158,8 +158,12 @@ def environment(options: JobOptions, name: str, jar: Path):
     )
 
 
-def build_job(env, plan: AppPlan, shape: Shape, wiring, ingress: tuple[str, int]) -> None:
-    """Add the application's operators to ``env`` (see :mod:`machida_flink.translate`)."""
+def build_job(env, plan: AppPlan, shape: Shape, wiring, ingress: tuple[str, int],
+              token: str) -> None:  # fmt: skip
+    """Add the application's operators to ``env`` (see :mod:`machida_flink.translate`).
+
+    ``token`` (hex) is the ingress's secret for this run: the sources present it when
+    they subscribe."""
     from pyflink.common import Types, WatermarkStrategy
     from pyflink.datastream.connectors import Sink, Source
     from pyflink.java_gateway import get_gateway
@@ -172,7 +176,7 @@ def build_job(env, plan: AppPlan, shape: Shape, wiring, ingress: tuple[str, int]
     for p, pipeline in enumerate(plan.pipelines):
         streams = get_gateway().new_array(jvm.int, 1)
         streams[0] = p
-        source = Source(jvm.machida.flink.IngressSource(ingress[0], ingress[1], streams))
+        source = Source(jvm.machida.flink.IngressSource(ingress[0], ingress[1], streams, token))
         raw = env.from_source(
             source, WatermarkStrategy.no_watermarks(), f"ingress '{pipeline.name}'",
             Types.PRIMITIVE_ARRAY(Types.BYTE()),

@@ -24,7 +24,14 @@ import time
 from pathlib import Path
 
 from machida.app.loader import serializers
-from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder, encode
+from machida.runtime.listeners import BindError
+from machida.wire.external import (
+    CLEAN_SHUTDOWN,
+    PRINT,
+    ROTATE_LOG,
+    ExternalFrameDecoder,
+    encode,
+)
 from machida_flink import jar, job
 from machida_flink.ingress import Ingress
 from machida_flink.options import FlinkConfig
@@ -76,14 +83,17 @@ class FlinkRunner:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
         self._discard_stale()
-        self.ingress = Ingress(self.plan, self.directory, self.prefix)
+        paths = [
+            self.directory / f"{self.prefix}-{p}.ingress" for p in range(len(self.plan.pipelines))
+        ]
+        self.ingress = Ingress(self.plan, paths)
         try:
-            for line in await self.ingress.listen_sources():
-                say(line)
-        except OSError as err:
+            await self.ingress.bind(self.config.ingress)
+        except BindError as err:
             warn(str(err))
             return 1
-        await self.ingress.serve(*self.config.ingress)
+        for line in await self.ingress.open_sources():
+            say(line)
         external = await self._listen_external()
         try:
             return await self._run_job()
@@ -113,14 +123,15 @@ class FlinkRunner:
             threading.Thread(target=target, args=(loop,), daemon=True).start()
         ready = asyncio.ensure_future(self.ingress.all_subscribed())
         ended = asyncio.ensure_future(self._terminal())
-        await asyncio.wait([ready, ended], return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
+        failed = asyncio.ensure_future(self.ingress.failed.wait())
+        await asyncio.wait([ready, ended, failed], return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and not failed.done():
             say(READY)
         waits = [asyncio.ensure_future(e.wait()) for e in (self.shutdown, self.stop_signal)]
-        await asyncio.wait([ended, *waits], return_when=asyncio.FIRST_COMPLETED)
-        for task in [ready, *waits]:
+        await asyncio.wait([ended, failed, *waits], return_when=asyncio.FIRST_COMPLETED)
+        for task in [ready, failed, *waits]:
             task.cancel()
-        if self.shutdown.is_set() and not ended.done():
+        if (self.shutdown.is_set() or self.ingress.failed.is_set()) and not ended.done():
             return await self._clean_shutdown(ended)
         if self.stop_signal.is_set():
             ended.cancel()
@@ -159,7 +170,14 @@ class FlinkRunner:
             fingerprint=self.plan.fingerprint(),
         )
         serializers(self.module)  # the same lookup the operators make, so errors show here
-        job.build_job(env, self.plan, self.shape, wiring, self._ingress_address())
+        job.build_job(
+            env,
+            self.plan,
+            self.shape,
+            wiring,
+            self._ingress_address(),
+            self.ingress.token.hex(),
+        )
         self.job_client = env.execute_async(name)
         return str(self.job_client.get_job_id())
 
@@ -247,7 +265,7 @@ class FlinkRunner:
             return 1
         self._remove_files()
         say("Connections: Finished shutdown procedure.")
-        return 0
+        return 1 if self.ingress.failure is not None else 0
 
     def _remove_files(self) -> None:
         say("Removing recovery files")

@@ -55,7 +55,10 @@ def test_a_source_that_cannot_listen_stops_before_the_job(tmp_path):
             f"127.0.0.1:{closed_port()}", "--resilience-dir", str(tmp_path),
         )  # fmt: skip
     assert result.returncode == 1, explain(result)
-    assert result.stderr.startswith("Sequence Window source is unable to listen"), explain(result)
+    assert result.stderr == (
+        f"Error: Sequence Window source is unable to listen on 127.0.0.1:{port}: "
+        f"Address already in use\n"
+    ), explain(result)
     assert "Flink job" not in result.stdout
 
 

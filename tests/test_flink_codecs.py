@@ -54,30 +54,54 @@ def test_an_unknown_entry_kind_is_a_frame_error():
         log.split_entries(log.entry(9, 0))
 
 
-@given(st.lists(st.one_of(
-    st.tuples(st.just(log.SUBSCRIBE), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
-    st.tuples(st.just(log.COMMIT), st.none(), st.integers(0, 2**64 - 1)),
-), max_size=8), st.data())  # fmt: skip
-def test_requests_decode_whatever_the_reads(requests, data):
-    stream = b"".join(
-        log.subscribe(s, o) if k == log.SUBSCRIBE else log.commit(o) for k, s, o in requests
+TOKEN = bytes(range(log.TOKEN_SIZE))
+
+
+def subscribe(stream: int, offset: int, token: bytes = TOKEN) -> bytes:
+    return log.SUBSCRIBE_REQUEST.pack(log.SUBSCRIBE, stream, offset, token)
+
+
+def commit(offset: int) -> bytes:
+    return log.COMMIT_REQUEST.pack(log.COMMIT, offset)
+
+
+def test_a_subscription_has_the_documented_bytes():
+    assert subscribe(2, 5) == bytes.fromhex("01 00000002 0000000000000005") + TOKEN
+    assert commit(7) == bytes.fromhex("02 0000000000000007")
+
+
+requests = st.lists(st.one_of(
+    st.tuples(st.just(log.SUBSCRIBE), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
+              st.binary(min_size=log.TOKEN_SIZE, max_size=log.TOKEN_SIZE)),
+    st.tuples(st.just(log.COMMIT), st.none(), st.integers(0, 2**64 - 1), st.just(b"")),
+), max_size=8)  # fmt: skip
+
+
+def encode_requests(requests: list) -> bytes:
+    return b"".join(
+        subscribe(s, o, t) if k == log.SUBSCRIBE else commit(o) for k, s, o, t in requests
     )
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    cuts = sorted(cuts)
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+@given(requests, st.data())
+def test_requests_decode_whatever_the_reads(requests, data):
+    stream = encode_requests(requests)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=5))
     decoder = log.RequestDecoder()
     got = []
-    for start, stop in zip([0, *cuts], [*cuts, len(stream)]):
-        got += decoder.feed(stream[start:stop])
+    for part in split_at(stream, cuts):
+        got += decoder.feed(part)
     assert got == requests and decoder.error is None
 
 
-@given(st.lists(st.one_of(
-    st.tuples(st.just(log.SUBSCRIBE), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
-    st.tuples(st.just(log.COMMIT), st.none(), st.integers(0, 2**64 - 1)),
-), max_size=8))  # fmt: skip
+@given(requests)
 def test_requests_decode_byte_by_byte(requests):
-    stream = b"".join(
-        log.subscribe(s, o) if k == log.SUBSCRIBE else log.commit(o) for k, s, o in requests
-    )
+    stream = encode_requests(requests)
     decoder = log.RequestDecoder()
     got = []
     for i in range(len(stream)):
@@ -87,18 +111,19 @@ def test_requests_decode_byte_by_byte(requests):
 
 def test_an_unknown_request_stops_the_decoder():
     decoder = log.RequestDecoder()
-    assert decoder.feed(log.commit(5) + b"\x07" + log.commit(6)) == [(log.COMMIT, None, 5)]
+    assert decoder.feed(commit(5) + b"\x07" + commit(6)) == [(log.COMMIT, None, 5, b"")]
     assert "unknown ingress request kind 7" in str(decoder.error)
-    assert decoder.feed(log.commit(8)) == []
+    assert decoder.feed(commit(8)) == []
 
 
 @given(st.lists(st.binary(max_size=60), max_size=8))
 def test_random_reads_never_crash_the_request_decoder(reads):
     decoder = log.RequestDecoder()
     for data in reads:
-        for kind, stream, offset in decoder.feed(data):
+        for kind, stream, offset, token in decoder.feed(data):
             assert kind in (log.SUBSCRIBE, log.COMMIT) and 0 <= offset < 2**64
             assert (stream is None) == (kind == log.COMMIT)
+            assert len(token) == (log.TOKEN_SIZE if kind == log.SUBSCRIBE else 0)
 
 
 @given(st.binary(max_size=200))
@@ -141,6 +166,21 @@ def test_records_cut_between_entries_split_the_same(entries, data):
 def split_list(items: list, cuts: list[int]) -> list[list]:
     cuts = sorted(cuts)
     return [items[a:b] for a, b in zip([0, *cuts], [*cuts, len(items)])]
+
+
+# -- a reader's commits ------------------------------------------------------------------------
+
+
+def test_commits_move_forward_within_what_was_sent():
+    subscription = log.Subscription(0, 100)
+    subscription.sent = 500
+    assert subscription.commit(log.COMMIT, 100) is None
+    assert subscription.commit(log.COMMIT, 300) is None
+    assert subscription.commit(log.COMMIT, 300) is None
+    assert subscription.commit(log.COMMIT, 299) == "commit 299 goes back from 300"
+    assert subscription.commit(log.COMMIT, 501) == "commit 501 is beyond the 500 bytes sent"
+    assert subscription.commit(log.SUBSCRIBE, 400) == "a second subscription on one connection"
+    assert subscription.committed == 300
 
 
 # -- message batches ---------------------------------------------------------------------------
@@ -291,12 +331,20 @@ def test_help_lists_the_flink_flags():
 
 
 def test_a_released_prefix_gives_its_disk_back_and_keeps_the_offsets(tmp_path):
-    from machida_flink.ingress import Stream
+    from machida_flink.ingress import Stream, punch_hole
 
-    stream = Stream(0, tmp_path / "s.ingress", on_pressure=lambda: None)
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"\1" * 8192)
+    fd = os.open(probe, os.O_RDWR)
+    try:
+        if not punch_hole(fd, 0, 4096):
+            pytest.skip(f"the file system of {tmp_path} cannot punch holes (fallocate)")
+    finally:
+        os.close(fd)
+    stream = Stream(tmp_path / "s.ingress", on_pressure=lambda stream: None)
     data = bytes(range(256)) * 4096  # 1 MiB
     stream.append(data)
-    stream.sync()
+    os.fsync(stream.fd)  # so that the blocks are allocated before they are counted
     before = os.stat(stream.path).st_blocks
     stream.release(600_000)
     assert stream.released == 600_000 // 4096 * 4096

@@ -33,6 +33,7 @@ from machida.wire.external import (
     encode,
 )
 from machida_flink import jar, job
+from machida_flink.files import RunFiles, RunLocked, remove
 from machida_flink.ingress import Ingress
 from machida_flink.options import FlinkConfig
 from machida_flink.translate import shape
@@ -63,8 +64,8 @@ class FlinkRunner:
         self.plan = plan
         self.shape = shape(plan)
         self.directory = Path(config.resilience_dir)
-        self.prefix = f"{config.application_module}-flink"
-        self.checkpoints = self.directory / f"{self.prefix}-checkpoints"
+        self.files = RunFiles(self.directory, config.application_module, config.name)
+        self.checkpoints = self.files.checkpoints
         self.ingress: Ingress | None = None
         self.status = "CREATED"
         self.status_changed = asyncio.Event()
@@ -79,13 +80,22 @@ class FlinkRunner:
     # -- the whole run ---------------------------------------------------------------------
 
     async def run(self) -> int:
+        try:
+            self.files.lock()
+        except RunLocked as err:
+            warn(str(err))
+            return 1
+        try:
+            return await self._locked_run()
+        finally:
+            self.files.unlock()
+
+    async def _locked_run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
         self._discard_stale()
-        paths = [
-            self.directory / f"{self.prefix}-{p}.ingress" for p in range(len(self.plan.pipelines))
-        ]
+        paths = [self.files.stream(p) for p in range(len(self.plan.pipelines))]
         self.ingress = Ingress(self.plan, paths)
         try:
             await self.ingress.bind(self.config.ingress)
@@ -273,22 +283,13 @@ class FlinkRunner:
         for path in [*self.ingress.paths, self.checkpoints]:
             if path.exists():
                 say(f"...Removing {path}...")
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink()
+                remove(path)
         say("Recovery files removed.")
 
     def _discard_stale(self) -> None:
-        stale = sorted(self.directory.glob(f"{self.prefix}-*.ingress"))
-        if self.checkpoints.exists():
-            stale.append(self.checkpoints)
-        for path in stale:
+        for path in self.files.stale():
             warn(f"WARNING: discarding {path}, left by a run that did not shut down cleanly")
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink()
+            remove(path)
 
     async def _listen_external(self):
         if self.config.external is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import subprocess
 import sys
@@ -60,6 +61,22 @@ def test_a_source_that_cannot_listen_stops_before_the_job(tmp_path):
         f"Address already in use\n"
     ), explain(result)
     assert "Flink job" not in result.stdout
+
+
+def test_a_second_run_with_the_same_module_and_name_is_refused(tmp_path):
+    lock = tmp_path / "sequence_window-initializer-flink.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = machida_flink(
+            "--application-module", "sequence_window", "--in", f"127.0.0.1:{closed_port()}",
+            "--out", f"127.0.0.1:{closed_port()}", "--resilience-dir", str(tmp_path),
+        )  # fmt: skip
+    assert result.returncode == 1, explain(result)
+    assert result.stderr == (
+        f"Error: another machida-flink run uses {lock} (same module and --name in {tmp_path}); "
+        f"give this one another --name or --resilience-dir\n"
+    ), explain(result)
+    assert "source listening" not in result.stdout
 
 
 def test_states_feeding_each_other_are_refused(make_app, tmp_path):

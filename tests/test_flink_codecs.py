@@ -313,6 +313,7 @@ def test_flags_and_the_applications_own_arguments(tmp_path):
         (["--application-module", "m", "--jobmanager", "nowhere"], "--jobmanager expects"),
         (["--application-module", "m", "--resilience-dir", "/no/such/dir"], "doesn't exist"),
         (["--application-module", "m", "--join", "h:1"], "--join (autoscale) is not supported"),
+        (["--application-module", "m", "--name", "a/b"], "must not contain '/'"),
     ],
 )
 def test_bad_flags_are_one_line(words, message):

@@ -78,7 +78,7 @@ def test_sequence_window_per_key_equals_the_driver_and_a_bad_frame_closes_one_co
         "Connections: Finished shutdown procedure.",
     ):
         assert line in out_text, flink.report()  # fmt: skip
-    assert not list(tmp_path.glob("sequence_window-flink*")), "recovery files left behind"
+    assert not list(tmp_path.glob("sequence_window-*")), "recovery files left behind"
 
 
 FEATURE_WORDS = [

@@ -68,9 +68,9 @@ def test_sequence_window_per_key_equals_the_driver_and_a_bad_frame_closes_one_co
             rb"'Sequence Window', peer 127\.0\.0\.1:\d+\]; connection closed\n",
             flink.stderr,
         ), flink.report()
-        assert b"Traceback" not in flink.stderr, flink.report()
         assert shutdown(flink, external) == 0, flink.report()
         assert recv.stop() == 0  # flushes what it received, so the count below is final
+    assert b"Traceback" not in flink.stderr, flink.report()
     # read again once the job has drained and finished: nothing may come after the bad frame
     assert len(lines(recv)) == len(expected_frames), "output arrived after the bad frame"
     out_text = flink.stdout.decode()

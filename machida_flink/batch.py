@@ -2,8 +2,9 @@
 
 Messages cross operators (and TaskManagers) the way they crossed machida
 workers: through the module's ``serialize``/``deserialize``, except plain u64
-ints, which travel as raw 8-byte words when a probe shows the module's pair
-gives them back unchanged (machida's runner does the same between workers). A
+ints, which travel as raw 8-byte words when the runner's probe
+(:func:`machida.runtime.dataplane.ints_round_trip`) shows the module's pair
+gives them back unchanged, as between machida's workers. A
 batch is the messages of one key from one source read, in order, so a record
 costs one Java-Python crossing however many messages it carries.
 
@@ -28,18 +29,6 @@ SERIALIZED = b"S"[0]
 U64_MAX = (1 << 64) - 1
 _LENGTH = struct.Struct(">I")
 _BIG_ENDIAN = sys.byteorder == "big"
-
-
-def ints_round_trip(serialize: Callable[[Any], Any], deserialize: Callable[[Any], Any]) -> bool:
-    """Whether ints may skip the module's pair: a few probes come back equal and ``int``."""
-    try:
-        for value in (0, 1, 12, 2**32 + 5, 2**63, U64_MAX):
-            back = deserialize(serialize(value))
-            if back != value or back.__class__ is not int:
-                return False
-    except Exception:
-        return False
-    return True
 
 
 def encode(messages: list, hop_out: Callable[[Any], bytes | None], raw_ints: bool) -> bytes:

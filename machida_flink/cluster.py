@@ -14,9 +14,11 @@ and the TaskManagers get this interpreter's ``site-packages`` on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import site
 import subprocess
 import sys
@@ -24,10 +26,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-from machida_flink.jar import flink_home
+from machida.console import os_reason
+from machida_flink.jar import JarError, flink_home
 
 START_S = 90.0
 DEFAULT_DIR = ".flink"
+
+
+class ScriptError(Exception):
+    """One of Flink's daemon scripts failed; the message names it."""
 
 
 def cluster_dir(given: str | None = None) -> Path:
@@ -96,7 +103,10 @@ def environment(directory: Path) -> dict:
 
 def _script(name: str, *args: str, env: dict) -> None:
     script = flink_home() / "bin" / name
-    subprocess.run(["bash", str(script), *args], env=env, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(["bash", str(script), *args], env=env, stdout=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise ScriptError(f"{script} {' '.join(args)} exited with status {done.returncode}; "
+                          f"see {env['FLINK_LOG_DIR']}")  # fmt: skip
 
 
 def overview(rest_port: int) -> dict | None:
@@ -124,22 +134,40 @@ def pids(directory: Path, role: str = "taskexecutor") -> list[int]:
 
 def start(directory: Path, taskmanagers: int, slots: int, rest_port: int, rpc_port: int) -> int:
     env = prepare(directory, rest_port, rpc_port, slots)
-    _script("jobmanager.sh", "start", env=env)
-    for _ in range(taskmanagers):
-        _script("taskmanager.sh", "start", env=env)
+    try:
+        _script("jobmanager.sh", "start", env=env)
+        for _ in range(taskmanagers):
+            _script("taskmanager.sh", "start", env=env)
+    except ScriptError as err:
+        _abandon(directory, env)
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
     deadline = time.monotonic() + START_S
     while True:
         info = overview(rest_port)
         if info and info.get("taskmanagers", 0) >= taskmanagers:
             break
         if time.monotonic() > deadline:
-            print(f"Error: the cluster did not come up; see {directory / 'log'}", file=sys.stderr)
+            _abandon(directory, env)
+            print(f"Error: the cluster did not come up within {START_S:.0f} s (stopped what "
+                  f"had started); see {directory / 'log'}", file=sys.stderr)  # fmt: skip
             return 1
         time.sleep(0.25)
     print(f"Flink cluster up: a JobManager and {taskmanagers} TaskManager(s) of {slots} slot(s)")
     print(f"Web UI and REST: http://127.0.0.1:{rest_port}  (logs in {directory / 'log'})")
     print(f"Submit with: machida-flink --jobmanager 127.0.0.1:{rest_port} ...")
     return 0
+
+
+def _abandon(directory: Path, env: dict) -> None:
+    """Stop a cluster that did not come up: the scripts first, then any process they missed."""
+    started = pids(directory, "taskexecutor") + pids(directory, "standalonesession")
+    for name in ("taskmanager.sh", "jobmanager.sh"):
+        with contextlib.suppress(ScriptError):
+            _script(name, "stop-all", env=env)
+    for pid in started:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def stop(directory: Path) -> int:
@@ -165,12 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpc-port", type=int, default=6123)
     opts = parser.parse_args(argv)
     directory = cluster_dir(opts.dir)
-    if opts.command == "stop":
-        return stop(directory)
-    if overview(opts.rest_port) is not None:
-        print(f"Error: something already answers on 127.0.0.1:{opts.rest_port}", file=sys.stderr)
+    try:
+        if opts.command == "stop":
+            return stop(directory)
+        if overview(opts.rest_port) is not None:
+            print(f"Error: something already answers on 127.0.0.1:{opts.rest_port}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        return start(directory, opts.taskmanagers, opts.slots, opts.rest_port, opts.rpc_port)
+    except (ScriptError, JarError) as err:
+        print(f"Error: {err}", file=sys.stderr)
         return 1
-    return start(directory, opts.taskmanagers, opts.slots, opts.rest_port, opts.rpc_port)
+    except OSError as err:
+        print(f"Error: {err.filename or directory}: {os_reason(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

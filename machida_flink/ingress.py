@@ -10,12 +10,20 @@ that pipeline's *stream*, a file in ``--resilience-dir`` (entries of
 :mod:`machida_flink.ingress_log`). The job's source reads each stream by byte
 offset from the ingress's serve port and keeps the offset in its checkpoints;
 a restored task asks for the stream again from there. Nothing the ingress
-accepted is lost by a task or TaskManager failure.
+recorded is lost by a task or TaskManager failure. The files live as long as
+this process: they are not synced to disk, because nothing reads them after it.
+
+The serve port answers only the job's own readers: each subscription carries
+the run's random token (:attr:`Ingress.token`), and a connection without it is
+closed with one line before anything else it sent is read. A reader's commits
+free disk, so they are checked too (:class:`~machida_flink.ingress_log.Subscription`).
 
 Backpressure: a stream more than :data:`HIGH_WATER` bytes ahead of what its
-reader has been sent stops the reading of that pipeline's source connections,
-which the senders feel as TCP flow control; reading resumes below
-:data:`LOW_WATER`.
+reader has been sent stops the reading of that pipeline's source connections
+(the other pipelines go on), which the senders feel as TCP flow control;
+reading resumes below :data:`LOW_WATER`. A disk that refuses a write stops the
+whole ingress (:meth:`Ingress.record`): every sender connection is closed, and
+what was recorded before is still served, so the job can drain it.
 """
 
 from __future__ import annotations
@@ -23,16 +31,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hmac
 import os
+import secrets
+import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Callable
 
 from machida.app.callbacks import Callbacks
 from machida.app.plan import AppPlan
+from machida.console import os_reason, warn
+from machida.runtime.listeners import BindError
 from machida.wire.source import SourceFramer
 from machida_flink import ingress_log as log
+
+Address = tuple[str, int]
 
 # A stream may run this far ahead of its reader before the senders are paused
 # (the job is starting, restarting or slower than the senders); files, not memory, hold it.
@@ -40,8 +54,11 @@ HIGH_WATER = 64 * 1024 * 1024
 LOW_WATER = 16 * 1024 * 1024
 # One serve read: large enough that a reader catching up gets big records.
 SERVE_CHUNK = 1024 * 1024
-# Durable against a machine crash within this long (one fdatasync per period with new data).
-SYNC_EVERY_S = 0.2
+# A job's reader subscribes as soon as it connects; anything slower is not one.
+SUBSCRIBE_S = 10.0
+# What ends a stream for its reader. It is sent after the last recorded entry and never
+# written, so that a stream still ends when the disk refuses every further write.
+END_ENTRY = log.entry(log.END, 0)
 # Disk is given back in whole pages.
 PAGE = 4096
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
@@ -62,30 +79,34 @@ def punch_hole(fd: int, start: int, end: int) -> bool:
 class Stream:
     """One pipeline's recorded input: an append-only file, its size, and who reads it."""
 
-    def __init__(self, index: int, path: Path, on_pressure: Callable[[], None]) -> None:
-        self.index = index
+    def __init__(self, path: Path, on_pressure: Callable[[Stream], None]) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.size = 0
-        self.synced = 0
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.size = 0  # what was written whole; only this much is ever served
         self.served = 0  # the furthest offset sent to a reader
         self.released = 0  # disk below this offset was given back (checkpointed)
         self.ended = False
+        self.paused = False
         self.subscribed = asyncio.Event()
         self.grown = asyncio.Event()
         self._on_pressure = on_pressure
 
     def append(self, data: bytes) -> None:
-        os.write(self.fd, data)
-        self.size += len(data)
+        """Write ``data`` whole after the last entry. An OSError (disk full) leaves
+        :attr:`size` as it was, so a partly written entry is never served."""
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], self.size + done)
+        self.size += done
         self.grown.set()
         if self.size - self.served > HIGH_WATER:
-            self._on_pressure()
+            self._on_pressure(self)
 
     def end(self) -> None:
-        if not self.ended:
-            self.append(log.entry(log.END, 0))
-            self.ended = True
+        """Nothing more comes: a reader at the end gets :data:`END_ENTRY` and finishes."""
+        self.ended = True
+        self.grown.set()
 
     def release(self, offset: int) -> None:
         """Give back the disk under ``[0, offset)``; offsets and the file's size stay as they are.
@@ -93,18 +114,12 @@ class Stream:
         Only a completed checkpoint's offset is released, and a restore never goes back
         further than the latest completed checkpoint, so no reader asks for those bytes again.
         """
-        end = min(offset, self.synced) // PAGE * PAGE
+        end = min(offset, self.size) // PAGE * PAGE
         if end > self.released and self.fd >= 0 and punch_hole(self.fd, self.released, end):
             self.released = end
 
     def read(self, offset: int) -> bytes:
         return os.pread(self.fd, min(SERVE_CHUNK, self.size - offset), offset)
-
-    def sync(self) -> None:
-        if self.synced != self.size and self.fd >= 0:
-            size = self.size
-            os.fdatasync(self.fd)
-            self.synced = size
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -130,15 +145,20 @@ class SourceProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if self.ingress.stopped:  # accepted just before the listener closed: the stream has ended
+            transport.close()
+            return
         self.ingress.sources.add(self)
-        self.stream.append(log.entry(log.OPENED, self.connection, self.peer.encode()))
-        if self.ingress.paused:
+        opened = log.entry(log.OPENED, self.connection, self.peer.encode())
+        if self.ingress.record(self.stream, opened) and self.stream.paused:
             self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         payloads = self.framer.feed(data)
-        if payloads:
-            self.stream.append(log.frames_entry(self.connection, payloads))
+        if payloads and not self.ingress.record(
+            self.stream, log.frames_entry(self.connection, payloads)
+        ):
+            return
         why = self.framer.error
         if why is not None:
             name = self.ingress.plan.pipelines[self.pipeline].name
@@ -154,7 +174,7 @@ class SourceProtocol(asyncio.Protocol):
             return
         self.ingress.sources.discard(self)
         left = self.framer.pending
-        if left and self.framer.error is None:
+        if left and self.framer.error is None and self.ingress.failure is None:
             name = self.ingress.plan.pipelines[self.pipeline].name
             print(
                 f"WARNING: source connection from {self.peer} closed in the middle of a frame; "
@@ -163,27 +183,27 @@ class SourceProtocol(asyncio.Protocol):
                 flush=True,
             )
         if not self.stream.ended:
-            self.stream.append(log.entry(log.CLOSED, self.connection))
+            self.ingress.record(self.stream, log.entry(log.CLOSED, self.connection))
 
 
 class Ingress:
     """Every pipeline's source listener and stream, and the serve port readers use."""
 
-    def __init__(self, plan: AppPlan, directory: Path, prefix: str) -> None:
+    def __init__(self, plan: AppPlan, paths: list[Path]) -> None:
         self.plan = plan
         self.callbacks = Callbacks("ingress", "log")
+        self.token = secrets.token_bytes(log.TOKEN_SIZE)
         self.sources: set[SourceProtocol] = set()
-        self.paused = False
+        self.opened = False  # whether senders were ever accepted
+        self.stopped = False
+        self.closed = False
+        self.failure: OSError | None = None
+        self.failed = asyncio.Event()
         self._connections = 0
-        self.streams = [
-            Stream(i, directory / f"{prefix}-{i}.ingress", self._pressure)
-            for i in range(len(plan.pipelines))
-        ]
+        self.streams = [Stream(path, self._pressure) for path in paths]
         self.listeners: list[asyncio.base_events.Server] = []
         self.server: asyncio.base_events.Server | None = None
-        self.address: tuple[str, int] = ("", 0)
-        self._stop_sync = threading.Event()
-        self._syncer = threading.Thread(target=self._sync_loop, name="ingress-sync", daemon=True)
+        self.address: Address = ("", 0)
 
     def next_connection(self) -> int:
         self._connections += 1
@@ -193,106 +213,74 @@ class Ingress:
     def paths(self) -> list[Path]:
         return [stream.path for stream in self.streams]
 
-    async def listen_sources(self) -> list[str]:
-        """Bind every pipeline's source; returns the ``<pipeline> source listening ...`` lines.
+    # -- listening ---------------------------------------------------------------------------
 
-        A source that cannot bind raises OSError with ``<pipeline> source is unable to listen``.
-        """
+    async def bind(self, serve: Address) -> None:
+        """Bind every pipeline's source and the serve port. The sources accept nothing until
+        :meth:`open_sources`. Raises :class:`BindError` with the line to print."""
         loop = asyncio.get_running_loop()
-        lines = []
         for p, pipeline in enumerate(self.plan.pipelines):
-            source = pipeline.source
+            host, port = pipeline.source.host, pipeline.source.port
             try:
                 server = await loop.create_server(
-                    lambda p=p: SourceProtocol(self, p), source.host, int(source.port)
+                    lambda p=p: SourceProtocol(self, p), host, int(port), start_serving=False
                 )
-            except (OSError, ValueError) as err:
-                raise OSError(f"{pipeline.name} source is unable to listen: {err}") from err
+            except (OSError, ValueError, OverflowError) as err:
+                raise BindError(f"Error: {pipeline.name} source is unable to listen on "
+                                f"{host}:{port}: {bind_reason(err)}") from err  # fmt: skip
             self.listeners.append(server)
+        try:
+            self.server = await asyncio.start_server(self._serve_reader, *serve)
+        except (OSError, OverflowError) as err:
+            raise BindError(f"Error: unable to listen on {serve[0]}:{serve[1]} for the ingress "
+                            f"(--ingress): {bind_reason(err)}") from err  # fmt: skip
+        self.address = self.server.sockets[0].getsockname()[:2]
+
+    async def open_sources(self) -> list[str]:
+        """Start accepting senders; returns the ``<pipeline> source listening on`` lines."""
+        self.opened = True
+        lines = []
+        for server, pipeline in zip(self.listeners, self.plan.pipelines):
+            await server.start_serving()
             host, port = server.sockets[0].getsockname()[:2]
             lines.append(f"{pipeline.name} source listening on {host}:{port}")
-        self._syncer.start()
         return lines
 
-    async def serve(self, host: str, port: int) -> tuple[str, int]:
-        """Open the port the job's readers subscribe on; returns its real address."""
-        self.server = await asyncio.start_server(self._serve_reader, host, port)
-        self.address = self.server.sockets[0].getsockname()[:2]
-        return self.address
+    # -- recording ---------------------------------------------------------------------------
 
-    async def all_subscribed(self) -> None:
-        await asyncio.gather(*(stream.subscribed.wait() for stream in self.streams))
-
-    async def _serve_reader(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        decoder = log.RequestDecoder()
+    def record(self, stream: Stream, data: bytes) -> bool:
+        """Append an entry; False once the disk has refused a write (then nothing more is)."""
+        if self.failure is not None or self.closed:
+            return False
         try:
-            first = await reader.readexactly(log.SUBSCRIBE_REQUEST.size)
-            requests = decoder.feed(first)
-            if not requests or requests[0][0] != log.SUBSCRIBE:
-                return self._refuse(writer, f"expected a subscription, got {first!r}")
-            _, index, offset = requests[0]
-            if index >= len(self.streams) or offset > self.streams[index].size:
-                return self._refuse(writer, f"no stream {index} at offset {offset}")
-            stream = self.streams[index]
-            stream.subscribed.set()
-            commits = asyncio.ensure_future(self._read_commits(reader, decoder, writer, stream))
-            try:
-                await self._send(stream, offset, writer)
-            finally:
-                commits.cancel()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+            stream.append(data)
+        except OSError as err:
+            self.failure = err
+            warn(f"ERROR: cannot write {stream.path}: {os_reason(err)}; the ingress stops "
+                 f"accepting input and closes every sender connection (that write is not "
+                 f"recorded; what was recorded before is still processed)")  # fmt: skip
+            self.stop_sources()
+            self.failed.set()
+            return False
+        return True
 
-    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
-        peer = writer.get_extra_info("peername")
-        print(f"ERROR: ingress reader {peer}: {why}; connection closed", file=sys.stderr)
-
-    async def _send(self, stream: Stream, offset: int, writer: asyncio.StreamWriter) -> None:
-        while True:
-            if offset < stream.size:
-                data = stream.read(offset)
-                writer.write(data)
-                offset += len(data)
-                stream.served = max(stream.served, offset)
-                self._relieve()
-                await writer.drain()
-            elif stream.ended:
-                await writer.drain()
-                return
-            else:
-                stream.grown.clear()
-                await stream.grown.wait()
-
-    async def _read_commits(self, reader, decoder, writer, stream: Stream) -> None:
-        """A completed checkpoint no longer needs what lies before its offset: free that disk."""
-        while True:
-            data = await reader.read(4096)
-            if not data:
-                return
-            for kind, _, offset in decoder.feed(data):
-                if kind == log.COMMIT:
-                    stream.release(offset)
-            if decoder.error is not None:
-                self._refuse(writer, str(decoder.error))
-                writer.close()
-                return
-
-    def _pressure(self) -> None:
-        if not self.paused:
-            self.paused = True
+    def _pressure(self, stream: Stream) -> None:
+        if not stream.paused:
+            stream.paused = True
             for source in self.sources:
-                source.transport.pause_reading()
+                if source.stream is stream:
+                    source.transport.pause_reading()
 
-    def _relieve(self) -> None:
-        if self.paused and all(s.size - s.served < LOW_WATER for s in self.streams):
-            self.paused = False
+    def _relieve(self, stream: Stream) -> None:
+        if stream.paused and stream.size - stream.served < LOW_WATER:
+            stream.paused = False
             for source in self.sources:
-                source.transport.resume_reading()
+                if source.stream is stream:
+                    source.transport.resume_reading()
 
     def stop_sources(self) -> None:
         """Stop accepting and close every sender connection; each stream then ends."""
+        self.stopped = True
         for server in self.listeners:
             server.close()
         for source in list(self.sources):
@@ -300,18 +288,107 @@ class Ingress:
             source.transport.close()
         for stream in self.streams:
             stream.end()
-            stream.sync()
 
-    def _sync_loop(self) -> None:
-        while not self._stop_sync.wait(SYNC_EVERY_S):
-            for stream in self.streams:
-                with contextlib.suppress(OSError):
-                    stream.sync()
+    # -- serving -----------------------------------------------------------------------------
+
+    async def all_subscribed(self) -> None:
+        await asyncio.gather(*(stream.subscribed.wait() for stream in self.streams))
+
+    async def _serve_reader(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        peer = writer.get_extra_info("peername")
+        peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        try:
+            await self._serve(reader, writer, peer)
+        except (ConnectionError, OSError):
+            pass  # the reader went away; a restored reader subscribes again
+        except asyncio.CancelledError:
+            pass  # the process is ending
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str):
+        decoder = log.RequestDecoder()
+        try:
+            first = await asyncio.wait_for(
+                reader.readexactly(log.SUBSCRIBE_REQUEST.size), SUBSCRIBE_S
+            )
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+            return _refuse(peer, "no subscription with this run's token")
+        requests = decoder.feed(first)
+        if not (requests and requests[0][0] == log.SUBSCRIBE
+                and hmac.compare_digest(requests[0][3], self.token)):  # fmt: skip
+            return _refuse(peer, "no subscription with this run's token")
+        _, index, offset, _ = requests[0]
+        if index >= len(self.streams):
+            return _refuse(peer, f"no stream {index}")
+        stream = self.streams[index]
+        if not stream.released <= offset <= stream.size:
+            return _refuse(peer, f"stream {index} holds offsets {stream.released} to "
+                                 f"{stream.size}, not {offset}")  # fmt: skip
+        stream.subscribed.set()
+        subscription = log.Subscription(index, offset)
+        tasks = [
+            asyncio.ensure_future(self._send(stream, subscription, writer)),
+            asyncio.ensure_future(self._read_commits(reader, decoder, stream, subscription, peer)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+        for task in done:
+            task.result()
+
+    async def _send(self, stream: Stream, subscription: log.Subscription, writer) -> None:
+        while True:
+            if subscription.sent < stream.size:
+                data = stream.read(subscription.sent)
+                writer.write(data)
+                subscription.sent += len(data)
+                if subscription.sent > stream.served:
+                    stream.served = subscription.sent
+                    self._relieve(stream)
+                await writer.drain()
+            elif stream.ended:
+                writer.write(END_ENTRY)
+                await writer.drain()
+                return
+            else:
+                stream.grown.clear()
+                await stream.grown.wait()
+
+    async def _read_commits(self, reader, decoder, stream: Stream,
+                            subscription: log.Subscription, peer: str) -> None:  # fmt: skip
+        """A completed checkpoint no longer needs what lies before its offset: free that disk."""
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                return
+            for kind, _, offset, _ in decoder.feed(data):
+                why = subscription.commit(kind, offset)
+                if why is not None:
+                    return _refuse(peer, why)
+                stream.release(offset)
+            if decoder.error is not None:
+                return _refuse(peer, str(decoder.error))
 
     def close(self) -> None:
-        self._stop_sync.set()
+        self.closed = True
+        for source in list(self.sources):
+            source.transport.close()
         for server in [*self.listeners, self.server]:
             if server is not None:
                 server.close()
         for stream in self.streams:
             stream.close()
+
+
+def _refuse(peer: str, why: str) -> None:
+    warn(f"ERROR: ingress connection from {peer}: {why}; connection closed")
+
+
+def bind_reason(err: Exception) -> str:
+    """The OS's words for a bind failure (the resolver's for an unknown host)."""
+    if isinstance(err, socket.gaierror):
+        return err.strerror
+    return os_reason(err) if isinstance(err, OSError) else str(err)

@@ -12,9 +12,10 @@ body`` where ``n`` counts everything after the length field:
 * ``END``: the stream ends here (clean shutdown); the source finishes.
 
 Readers talk to the ingress with two requests: ``SUBSCRIBE`` (``0x01 | u32be
-stream | u64be offset``: send me the stream from here) and ``COMMIT`` (``0x02 |
-u64be offset``: a completed checkpoint no longer needs what lies before it).
-Nothing here imports a socket or an event loop.
+stream | u64be offset | token``: send me the stream from here; ``token`` is the
+run's :data:`TOKEN_SIZE` random bytes, which only the job's sources are given)
+and ``COMMIT`` (``0x02 | u64be offset``: a completed checkpoint no longer needs
+what lies before it). Nothing here imports a socket or an event loop.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ ENTRY_TAIL = ENTRY.size - LENGTH.size
 
 SUBSCRIBE = 1
 COMMIT = 2
-SUBSCRIBE_REQUEST = struct.Struct(">BIQ")
+# The serve port's shared secret: a fresh random token per run, in every subscription.
+TOKEN_SIZE = 32
+SUBSCRIBE_REQUEST = struct.Struct(f">BIQ{TOKEN_SIZE}s")
 COMMIT_REQUEST = struct.Struct(">BQ")
 REQUEST_SIZES = {SUBSCRIBE: SUBSCRIBE_REQUEST.size, COMMIT: COMMIT_REQUEST.size}
 
@@ -82,6 +85,8 @@ def split_frames(body: memoryview) -> list[bytes]:
     append = out.append
     pos, end = 0, len(body)
     while pos < end:
+        if end - pos < LENGTH.size:
+            raise FrameError(f"a FRAMES entry ends inside a frame's length at byte {pos} of {end}")
         (length,) = unpack(body, pos)
         stop = pos + 4 + length
         if stop > end:
@@ -92,10 +97,10 @@ def split_frames(body: memoryview) -> list[bytes]:
 
 
 class RequestDecoder:
-    """Splits what a reader sends into ``(kind, stream, offset)`` requests.
+    """Splits what a reader sends into ``(kind, stream, offset, token)`` requests.
 
-    ``stream`` is ``None`` for a commit. An unknown request kind sets
-    :attr:`error`; the requests before it are still returned.
+    ``stream`` is ``None`` and ``token`` empty for a commit. An unknown request
+    kind sets :attr:`error`; the requests before it are still returned.
     """
 
     __slots__ = ("_buf", "error")
@@ -104,11 +109,11 @@ class RequestDecoder:
         self._buf = b""
         self.error: FrameError | None = None
 
-    def feed(self, data: bytes) -> list[tuple[int, int | None, int]]:
+    def feed(self, data: bytes) -> list[tuple[int, int | None, int, bytes]]:
         if self.error is not None:
             return []
         buf = self._buf + data
-        out: list[tuple[int, int | None, int]] = []
+        out: list[tuple[int, int | None, int, bytes]] = []
         pos = 0
         while pos < len(buf):
             size = REQUEST_SIZES.get(buf[pos])
@@ -119,19 +124,39 @@ class RequestDecoder:
             if len(buf) - pos < size:
                 break
             if buf[pos] == SUBSCRIBE:
-                _, stream, offset = SUBSCRIBE_REQUEST.unpack_from(buf, pos)
-                out.append((SUBSCRIBE, stream, offset))
+                _, stream, offset, token = SUBSCRIBE_REQUEST.unpack_from(buf, pos)
+                out.append((SUBSCRIBE, stream, offset, token))
             else:
                 _, offset = COMMIT_REQUEST.unpack_from(buf, pos)
-                out.append((COMMIT, None, offset))
+                out.append((COMMIT, None, offset, b""))
             pos += size
         self._buf = buf[pos:]
         return out
 
 
-def subscribe(stream: int, offset: int) -> bytes:
-    return SUBSCRIBE_REQUEST.pack(SUBSCRIBE, stream, offset)
+class Subscription:
+    """What one authenticated reader connection has been sent and has committed.
 
+    A reader commits the offsets of its completed checkpoints, which only move
+    forward and never pass what this connection sent it; anything else is a
+    reader the ingress cannot trust with the disk under the stream, and
+    :meth:`commit` says why (the caller closes the connection).
+    """
 
-def commit(offset: int) -> bytes:
-    return COMMIT_REQUEST.pack(COMMIT, offset)
+    __slots__ = ("committed", "sent", "stream")
+
+    def __init__(self, stream: int, offset: int) -> None:
+        self.stream = stream
+        self.sent = offset
+        self.committed = offset
+
+    def commit(self, kind: int, offset: int) -> str | None:
+        """Accept a request after the subscription; ``None``, or why it is refused."""
+        if kind != COMMIT:
+            return "a second subscription on one connection"
+        if offset < self.committed:
+            return f"commit {offset} goes back from {self.committed}"
+        if offset > self.sent:
+            return f"commit {offset} is beyond the {self.sent} bytes sent"
+        self.committed = offset
+        return None

@@ -31,6 +31,8 @@ from machida.app.plan import AppPlan
 from machida_flink.translate import Shape
 
 GATEWAY_START_S = 60.0
+# A failing task restarts this many times, a second apart, before the job fails.
+RESTART_ATTEMPTS = 30
 # The maximum parallelism fixes Flink's key groups, hence where each key lands.
 MAX_PARALLELISM = 128
 
@@ -42,8 +44,6 @@ class JobOptions:
     state_backend: str
     checkpoint_dir: Path
     jobmanager: tuple[str, int] | None
-    flink_conf: tuple = ()
-    restart_attempts: int = 30
 
 
 def start_gateway() -> subprocess.Popen:
@@ -62,13 +62,20 @@ def start_gateway() -> subprocess.Popen:
     )
     threading.Thread(target=_forward, args=(proc.stderr,), daemon=True).start()
     deadline = time.monotonic() + GATEWAY_START_S
-    while not (info.exists() and info.stat().st_size >= 4):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"Flink's JVM did not start (exit status {proc.poll()})")
-        time.sleep(0.05)
-    os.environ["PYFLINK_GATEWAY_PORT"] = str(struct.unpack("!I", info.read_bytes()[:4])[0])
-    info.unlink()
-    os.rmdir(info_dir)
+    try:
+        while not (info.exists() and info.stat().st_size >= 4):
+            if proc.poll() is not None:
+                raise RuntimeError(f"Flink's JVM exited with status {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Flink's JVM did not start within {GATEWAY_START_S:.0f} s")
+            time.sleep(0.05)
+        os.environ["PYFLINK_GATEWAY_PORT"] = str(struct.unpack("!I", info.read_bytes()[:4])[0])
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        shutil.rmtree(info_dir, ignore_errors=True)
     return proc
 
 
@@ -120,11 +127,9 @@ def configuration(options: JobOptions, name: str):
         "execution.checkpointing.dir": options.checkpoint_dir.resolve().as_uri(),
         "state.backend.type": options.state_backend,
         "restart-strategy.type": "fixed-delay",
-        "restart-strategy.fixed-delay.attempts": str(options.restart_attempts),
+        "restart-strategy.fixed-delay.attempts": str(RESTART_ATTEMPTS),
         "restart-strategy.fixed-delay.delay": "1 s",
     }
-    for key, value in options.flink_conf:
-        settings[key] = value
     for key, value in settings.items():
         conf.set_string(key, value)
     return conf
@@ -153,8 +158,12 @@ def environment(options: JobOptions, name: str, jar: Path):
     )
 
 
-def build_job(env, plan: AppPlan, shape: Shape, wiring, ingress: tuple[str, int]) -> None:
-    """Add the application's operators to ``env`` (see :mod:`machida_flink.translate`)."""
+def build_job(env, plan: AppPlan, shape: Shape, wiring, ingress: tuple[str, int],
+              token: str) -> None:  # fmt: skip
+    """Add the application's operators to ``env`` (see :mod:`machida_flink.translate`).
+
+    ``token`` (hex) is the ingress's secret for this run: the sources present it when
+    they subscribe."""
     from pyflink.common import Types, WatermarkStrategy
     from pyflink.datastream.connectors import Sink, Source
     from pyflink.java_gateway import get_gateway
@@ -167,7 +176,7 @@ def build_job(env, plan: AppPlan, shape: Shape, wiring, ingress: tuple[str, int]
     for p, pipeline in enumerate(plan.pipelines):
         streams = get_gateway().new_array(jvm.int, 1)
         streams[0] = p
-        source = Source(jvm.machida.flink.IngressSource(ingress[0], ingress[1], streams))
+        source = Source(jvm.machida.flink.IngressSource(ingress[0], ingress[1], streams, token))
         raw = env.from_source(
             source, WatermarkStrategy.no_watermarks(), f"ingress '{pipeline.name}'",
             Types.PRIMITIVE_ARRAY(Types.BYTE()),

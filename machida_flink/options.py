@@ -29,7 +29,12 @@ OWN_OPTIONS = [
         metavar="DIR",
         help="the ingress's recorded input and Flink's checkpoints (default /tmp)",
     ),
-    Option("name", "n", metavar="NAME", help="name used in this process's lines"),
+    Option(
+        "name",
+        "n",
+        metavar="NAME",
+        help="name in this process's lines and files (default initializer)",
+    ),
     Option("metrics", "m", metavar="HOST:PORT", help="accepted; Flink reports its own metrics"),
     Option("parallelism", kind="int", default=1, minimum=1, metavar="N", help="default 1"),
     Option(
@@ -136,8 +141,12 @@ def parse(argv: list[str]) -> FlinkConfig:
         )
     if "join" in parsed.given:
         raise ConfigError(
-            "Error: --join (autoscale) is not supported; rescale the Flink job instead."
+            "Error: --join (autoscale) is not supported; a run keeps the --parallelism it "
+            "started with."
         )
+    name = values["name"] or "initializer"
+    if "/" in name or "\0" in name:
+        raise ConfigError(f"--name {name!r} must not contain '/': it is part of file names")
     directory = values["resilience_dir"]
     if directory.endswith("/") and directory != "/":
         raise ConfigError("--resilience-dir must not end in /")
@@ -154,7 +163,7 @@ def parse(argv: list[str]) -> FlinkConfig:
         application_module=values["application_module"],
         external=_address("--external", values["external"]),
         resilience_dir=directory,
-        name=values["name"] or "initializer",
+        name=name,
         parallelism=values["parallelism"],
         checkpoint_interval_ms=values["checkpoint_interval"],
         state_backend=values["state_backend"],

@@ -7,7 +7,9 @@ calls block. Console lines follow machida's where they mean the same thing:
 ``<pipeline> source listening on``, ``Application has successfully
 initialized.`` once the job's readers have subscribed to every stream, and on
 ``cluster_shutdown`` the clean-shutdown lines, after the job has drained and
-finished.
+finished. A first SIGTERM or SIGINT drains the same way (the job cannot resume
+in a later run, so stopping without draining would lose input); a second one
+exits at once with status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -24,9 +27,11 @@ import time
 from pathlib import Path
 
 from machida.app.loader import serializers
+from machida.runtime.listeners import BindError
 from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder, encode
 from machida_flink import jar, job
-from machida_flink.ingress import Ingress
+from machida_flink.files import RunFiles, RunLocked, remove
+from machida_flink.ingress import Ingress, bind_reason
 from machida_flink.options import FlinkConfig
 from machida_flink.translate import shape
 
@@ -35,6 +40,8 @@ READY = "Application has successfully initialized."
 # intervals (a finishing Flink job takes one last checkpoint).
 DRAIN_S = 30.0
 POLL_S = 0.25
+# A forced exit (second signal) waits this long for a session cluster to take the cancel.
+FORCE_CANCEL_S = 3.0
 TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
 
 
@@ -56,43 +63,56 @@ class FlinkRunner:
         self.plan = plan
         self.shape = shape(plan)
         self.directory = Path(config.resilience_dir)
-        self.prefix = f"{config.application_module}-flink"
-        self.checkpoints = self.directory / f"{self.prefix}-checkpoints"
+        self.files = RunFiles(self.directory, config.application_module, config.name)
+        self.checkpoints = self.files.checkpoints
         self.ingress: Ingress | None = None
+        self.external = None
         self.status = "CREATED"
         self.status_changed = asyncio.Event()
+        # set by cluster_shutdown or the first SIGTERM/SIGINT: drain the job and finish
         self.shutdown = asyncio.Event()
-        self.stop_signal = asyncio.Event()
+        self.signalled = False
         self.job_client = None
         self.gateway = None
         self.failure = ""
         self.cancelling = False
-        self.scratch = Path(tempfile.mkdtemp(prefix="machida-flink-"))
+        self.scratch: Path | None = None
 
     # -- the whole run ---------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal)
-        self._discard_stale()
-        self.ingress = Ingress(self.plan, self.directory, self.prefix)
         try:
-            for line in await self.ingress.listen_sources():
-                say(line)
-        except OSError as err:
+            self.files.lock()
+        except RunLocked as err:
             warn(str(err))
             return 1
-        await self.ingress.serve(*self.config.ingress)
-        external = await self._listen_external()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
         try:
+            self._discard_stale()
+            self.scratch = Path(tempfile.mkdtemp(prefix="machida-flink-"))
+            paths = [self.files.stream(p) for p in range(len(self.plan.pipelines))]
+            self.ingress = Ingress(self.plan, paths)
+            try:
+                await self.ingress.bind(self.config.ingress)
+                self.external = await self._listen_external()
+            except BindError as err:
+                warn(str(err))
+                return 1
             return await self._run_job()
         finally:
-            if external is not None:
-                external.close()
-            self.ingress.close()
+            if self.external is not None:
+                self.external.close()
+            if self.ingress is not None:
+                self.ingress.close()
+                if not self.ingress.opened:  # no sender was ever accepted: nothing to keep
+                    for path in self.ingress.paths:
+                        remove(path)
             await asyncio.to_thread(self._stop_jvm)
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+            self.files.unlock()
 
     async def _run_job(self) -> int:
         where = (
@@ -111,31 +131,44 @@ class FlinkRunner:
         loop = asyncio.get_running_loop()
         for target in (self._watch, self._await_result):
             threading.Thread(target=target, args=(loop,), daemon=True).start()
+        if not self.shutdown.is_set():  # senders are accepted only once there is a job
+            for line in await self.ingress.open_sources():
+                say(line)
         ready = asyncio.ensure_future(self.ingress.all_subscribed())
         ended = asyncio.ensure_future(self._terminal())
-        await asyncio.wait([ready, ended], return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
-            say(READY)
-        waits = [asyncio.ensure_future(e.wait()) for e in (self.shutdown, self.stop_signal)]
-        await asyncio.wait([ended, *waits], return_when=asyncio.FIRST_COMPLETED)
-        for task in [ready, *waits]:
-            task.cancel()
-        if self.shutdown.is_set() and not ended.done():
+        stops = [asyncio.ensure_future(e.wait()) for e in (self.shutdown, self.ingress.failed)]
+        try:
+            await asyncio.wait([ready, ended, *stops], return_when=asyncio.FIRST_COMPLETED)
+            if ready.done() and not self._stopping():
+                say(READY)
+                await asyncio.wait([ended, *stops], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in [ready, *stops]:
+                task.cancel()
+        if self._stopping() and not ended.done():
             return await self._clean_shutdown(ended)
-        if self.stop_signal.is_set():
-            ended.cancel()
-            await asyncio.to_thread(self._cancel)
-            return 0
-        warn(f"ERROR: the Flink job ended {self.status}{self.failure}")
+        warn(f"ERROR: the Flink job ended {self.status}{self.failure}{self._lost()}")
         return 1
+
+    def _lost(self) -> str:
+        """What a run that ends without draining says about its input."""
+        if not self.ingress.opened:
+            return ""
+        return (f"; input it had not processed is lost with this run ({self.files.prefix}-*"
+                f".ingress in {self.directory} are kept to look at; the next start discards "
+                f"them)")  # fmt: skip
+
+    def _stopping(self) -> bool:
+        return self.shutdown.is_set() or self.ingress.failed.is_set()
 
     # -- the JVM side (called in threads) ----------------------------------------------------
 
     def _submit(self) -> str:
-        # py4j logs every failed call with a traceback; once the job has ended (and an
-        # embedded MiniCluster has shut down) the status polls fail by design.
-        for name in ("py4j", ""):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        # py4j logs every failed call with a traceback, through the root logger, whose level
+        # PyFlink's imports reset; once the job has ended (and the JVM has stopped) the status
+        # polls and py4j's finalizers fail by design. Failures that matter reach us as
+        # exceptions and are printed as one line.
+        logging.disable(logging.CRITICAL)
         from machida_flink.stages import Wiring
 
         path = jar.ensure()
@@ -159,7 +192,9 @@ class FlinkRunner:
             fingerprint=self.plan.fingerprint(),
         )
         serializers(self.module)  # the same lookup the operators make, so errors show here
-        job.build_job(env, self.plan, self.shape, wiring, self._ingress_address())
+        job.build_job(
+            env, self.plan, self.shape, wiring, self._ingress_address(), self.ingress.token.hex()
+        )
         self.job_client = env.execute_async(name)
         return str(self.job_client.get_job_id())
 
@@ -225,10 +260,28 @@ class FlinkRunner:
             await self.status_changed.wait()
         return self.status
 
-    def _on_signal(self) -> None:
-        if self.stop_signal.is_set():
-            raise SystemExit(1)
-        self.stop_signal.set()
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """The first SIGTERM/SIGINT drains the job as cluster_shutdown does; a second one
+        exits at once, with status 1."""
+        if self.signalled:
+            self._force_exit(sig)
+        self.signalled = True
+        say(f"{sig.name} received: clean shutdown (a second signal exits without draining)")
+        self.shutdown.set()
+
+    def _force_exit(self, sig: signal.Signals) -> None:
+        warn(f"ERROR: second {sig.name}: exiting without draining{self._lost()}")
+        if self.job_client is not None:  # a job on a session cluster outlives this process
+            cancel = threading.Thread(target=self._cancel, daemon=True)
+            cancel.start()
+            cancel.join(FORCE_CANCEL_S)
+        if self.gateway is not None:
+            self.gateway.kill()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        self.files.unlock()
+        sys.stdout.flush()
+        os._exit(1)
 
     async def _clean_shutdown(self, ended: asyncio.Future) -> int:
         self.ingress.stop_sources()
@@ -236,18 +289,17 @@ class FlinkRunner:
         try:
             status = await asyncio.wait_for(asyncio.shield(ended), deadline)
         except asyncio.TimeoutError:
-            warn(
-                f"ERROR: clean shutdown could not drain: the Flink job is still {self.status} "
-                f"after {deadline:.0f} s; recorded input kept in {self.directory}"
-            )
             await asyncio.to_thread(self._cancel)
+            still = f"the Flink job was still {self.status} after {deadline:.0f} s"
+            warn(f"ERROR: clean shutdown could not drain: {still} and is cancelled{self._lost()}")
             return 1
         if status != "FINISHED":
-            warn(f"ERROR: clean shutdown could not drain: the Flink job ended {status}")
+            warn(f"ERROR: clean shutdown could not drain: the Flink job ended "
+                 f"{status}{self.failure}{self._lost()}")  # fmt: skip
             return 1
         self._remove_files()
         say("Connections: Finished shutdown procedure.")
-        return 0
+        return 1 if self.ingress.failure is not None else 0
 
     def _remove_files(self) -> None:
         say("Removing recovery files")
@@ -255,30 +307,25 @@ class FlinkRunner:
         for path in [*self.ingress.paths, self.checkpoints]:
             if path.exists():
                 say(f"...Removing {path}...")
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink()
+                remove(path)
         say("Recovery files removed.")
 
     def _discard_stale(self) -> None:
-        stale = sorted(self.directory.glob(f"{self.prefix}-*.ingress"))
-        if self.checkpoints.exists():
-            stale.append(self.checkpoints)
-        for path in stale:
+        for path in self.files.stale():
             warn(f"WARNING: discarding {path}, left by a run that did not shut down cleanly")
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink()
+            remove(path)
 
     async def _listen_external(self):
         if self.config.external is None:
             return None
         host, port = self.config.external
-        server = await asyncio.get_running_loop().create_server(
-            lambda: ExternalProtocol(self), host, port
-        )
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                lambda: ExternalProtocol(self), host, port
+            )
+        except (OSError, OverflowError) as err:
+            raise BindError(f"Error: unable to listen on {host}:{port} for the external "
+                            f"channel: {bind_reason(err)}") from err  # fmt: skip
         real = server.sockets[0].getsockname()
         say(f"{self.config.name} external: listening on {real[0]}:{real[1]}")
         return server

@@ -35,6 +35,8 @@ from machida.app.callbacks import Callbacks, label
 from machida.app.loader import load_plan, serializers
 from machida.app.pipeline import LocalTopology
 from machida.app.plan import Placement
+from machida.errors import ApplicationError
+from machida.runtime.dataplane import ints_round_trip
 from machida_flink import batch
 from machida_flink.ingress_log import CLOSED, FRAMES, OPENED, split_entries, split_frames
 
@@ -91,7 +93,7 @@ class _Stage:
         wiring = self.wiring
         module, plan = load_plan(wiring.module, list(wiring.args))
         if plan.fingerprint() != wiring.fingerprint:
-            raise RuntimeError(
+            raise ApplicationError(
                 f"module '{wiring.module}' on this TaskManager builds a different application "
                 f"(fingerprint {plan.fingerprint()}, the job was built from {wiring.fingerprint}); "
                 f"ship the same module to every host"
@@ -115,7 +117,7 @@ class _Stage:
             forward_to=self._forward_to,
             serializers=serializers(module),
         )
-        self._raw_ints = batch.ints_round_trip(*serializers(module))
+        self._raw_ints = ints_round_trip(serializers(module))  # the runner's probe
 
     def close(self) -> None:
         """The operator ends (or restarts): the dropped-message counts, as machida prints them."""
@@ -241,7 +243,7 @@ class StateStage(_Stage, KeyedProcessFunction):
         else:
             ok, state = self.topology.hop_in(bytes(stored), self.wiring.routes[r][0])
             if not ok:
-                raise RuntimeError(
+                raise ApplicationError(
                     f"the checkpointed state of key index {key_index} of state "
                     f"'{self.state_name}' cannot be deserialized; see the error above"
                 )
@@ -249,10 +251,11 @@ class StateStage(_Stage, KeyedProcessFunction):
         return state
 
     def _build(self, key_index: int) -> Any:
+        """A key's first state, as LocalTopology builds one: a failure fails the task."""
         try:
             return self._builder.build()
         except Exception as err:
-            raise RuntimeError(
+            raise ApplicationError(
                 f"{label(self._builder, 'build')}() raised {type(err).__name__}: {err} while "
                 f"building key index {key_index} of state '{self.state_name}'"
             ) from err

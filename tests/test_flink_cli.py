@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from toolhelp import closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def machida_flink(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+def machida_flink(*args: str, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "machida_flink", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=60,
+        timeout=60, env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
@@ -45,18 +48,49 @@ def test_a_build_error_is_reported_as_machida_does(tmp_path):
     assert result.stderr.rstrip().endswith("Something went wrong while building the application")
 
 
-def test_a_source_that_cannot_listen_stops_before_the_job(tmp_path):
+@pytest.mark.parametrize("flag", ["--in", "--external", "--ingress"])
+def test_an_address_that_cannot_listen_is_one_line_and_leaves_nothing(tmp_path, flag):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        addresses = {flag: f"127.0.0.1:{closed_port()}" for flag in ("--in", "--external")}
+        addresses[flag] = f"127.0.0.1:{port}"
         result = machida_flink(
-            "--application-module", "sequence_window", "--in", f"127.0.0.1:{port}", "--out",
-            f"127.0.0.1:{closed_port()}", "--resilience-dir", str(tmp_path),
+            "--application-module", "sequence_window", "--out", f"127.0.0.1:{closed_port()}",
+            "--resilience-dir", str(tmp_path), *(w for pair in addresses.items() for w in pair),
+            env={"TMPDIR": str(scratch)},
         )  # fmt: skip
     assert result.returncode == 1, explain(result)
-    assert result.stderr.startswith("Sequence Window source is unable to listen"), explain(result)
+    what = {
+        "--in": "Sequence Window source is unable to listen on",
+        "--external": "unable to listen on",
+        "--ingress": "unable to listen on",
+    }[flag]
+    line = f"Error: {what} 127.0.0.1:{port}"
+    assert result.stderr.startswith(line) and result.stderr.count("\n") == 1, explain(result)
+    assert result.stderr.rstrip().endswith(": Address already in use"), explain(result)
     assert "Flink job" not in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"], "files left behind"
+    assert not list(scratch.iterdir()), "scratch directory left behind"
+
+
+def test_a_second_run_with_the_same_module_and_name_is_refused(tmp_path):
+    lock = tmp_path / "sequence_window-initializer-flink.lock"
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = machida_flink(
+            "--application-module", "sequence_window", "--in", f"127.0.0.1:{closed_port()}",
+            "--out", f"127.0.0.1:{closed_port()}", "--resilience-dir", str(tmp_path),
+        )  # fmt: skip
+    assert result.returncode == 1, explain(result)
+    assert result.stderr == (
+        f"Error: another machida-flink run uses {lock} (same module and --name in {tmp_path}); "
+        f"give this one another --name or --resilience-dir\n"
+    ), explain(result)
+    assert "source listening" not in result.stdout
 
 
 def test_states_feeding_each_other_are_refused(make_app, tmp_path):

@@ -3,6 +3,7 @@ translation into a job's shape, and the command line. No JVM, no sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from machida.app.loader import load_plan
 from machida.errors import ApplicationError, FrameError
+from machida.runtime.dataplane import ints_round_trip
 from machida_flink import batch
 from machida_flink import ingress_log as log
 from machida_flink.options import ConfigError, help_text, parse
@@ -52,27 +54,133 @@ def test_an_unknown_entry_kind_is_a_frame_error():
         log.split_entries(log.entry(9, 0))
 
 
-@given(st.lists(st.one_of(
-    st.tuples(st.just(log.SUBSCRIBE), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
-    st.tuples(st.just(log.COMMIT), st.none(), st.integers(0, 2**64 - 1)),
-), max_size=8), st.data())  # fmt: skip
-def test_requests_decode_whatever_the_reads(requests, data):
-    stream = b"".join(
-        log.subscribe(s, o) if k == log.SUBSCRIBE else log.commit(o) for k, s, o in requests
+TOKEN = bytes(range(log.TOKEN_SIZE))
+
+
+def subscribe(stream: int, offset: int, token: bytes = TOKEN) -> bytes:
+    return log.SUBSCRIBE_REQUEST.pack(log.SUBSCRIBE, stream, offset, token)
+
+
+def commit(offset: int) -> bytes:
+    return log.COMMIT_REQUEST.pack(log.COMMIT, offset)
+
+
+def test_a_subscription_has_the_documented_bytes():
+    assert subscribe(2, 5) == bytes.fromhex("01 00000002 0000000000000005") + TOKEN
+    assert commit(7) == bytes.fromhex("02 0000000000000007")
+
+
+requests = st.lists(st.one_of(
+    st.tuples(st.just(log.SUBSCRIBE), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1),
+              st.binary(min_size=log.TOKEN_SIZE, max_size=log.TOKEN_SIZE)),
+    st.tuples(st.just(log.COMMIT), st.none(), st.integers(0, 2**64 - 1), st.just(b"")),
+), max_size=8)  # fmt: skip
+
+
+def encode_requests(requests: list) -> bytes:
+    return b"".join(
+        subscribe(s, o, t) if k == log.SUBSCRIBE else commit(o) for k, s, o, t in requests
     )
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    cuts = sorted(cuts)
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+@given(requests, st.data())
+def test_requests_decode_whatever_the_reads(requests, data):
+    stream = encode_requests(requests)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=5))
     decoder = log.RequestDecoder()
     got = []
-    for start, stop in zip([0, *cuts], [*cuts, len(stream)]):
-        got += decoder.feed(stream[start:stop])
+    for part in split_at(stream, cuts):
+        got += decoder.feed(part)
+    assert got == requests and decoder.error is None
+
+
+@given(requests)
+def test_requests_decode_byte_by_byte(requests):
+    stream = encode_requests(requests)
+    decoder = log.RequestDecoder()
+    got = []
+    for i in range(len(stream)):
+        got += decoder.feed(stream[i : i + 1])
     assert got == requests and decoder.error is None
 
 
 def test_an_unknown_request_stops_the_decoder():
     decoder = log.RequestDecoder()
-    assert decoder.feed(log.commit(5) + b"\x07" + log.commit(6)) == [(log.COMMIT, None, 5)]
+    assert decoder.feed(commit(5) + b"\x07" + commit(6)) == [(log.COMMIT, None, 5, b"")]
     assert "unknown ingress request kind 7" in str(decoder.error)
-    assert decoder.feed(log.commit(8)) == []
+    assert decoder.feed(commit(8)) == []
+
+
+@given(st.lists(st.binary(max_size=60), max_size=8))
+def test_random_reads_never_crash_the_request_decoder(reads):
+    decoder = log.RequestDecoder()
+    for data in reads:
+        for kind, stream, offset, token in decoder.feed(data):
+            assert kind in (log.SUBSCRIBE, log.COMMIT) and 0 <= offset < 2**64
+            assert (stream is None) == (kind == log.COMMIT)
+            assert len(token) == (log.TOKEN_SIZE if kind == log.SUBSCRIBE else 0)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_are_entries_or_a_frame_error(data):
+    try:
+        entries = log.split_entries(data)
+    except FrameError:
+        return
+    assert sum(log.ENTRY.size + len(body) for _, _, body in entries) == len(data)
+    assert all(kind in log.KINDS for kind, _, _ in entries)
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_are_frames_or_a_frame_error(data):
+    try:
+        frames = log.split_frames(memoryview(data))
+    except FrameError:
+        return
+    assert sum(4 + len(f) for f in frames) == len(data)
+
+
+@pytest.mark.parametrize("body", [b"\x00", b"\x00\x00\x00", b"\x00\x00\x00\x01a\x00\x00"])
+def test_a_frames_body_cut_inside_a_length_is_a_frame_error(body):
+    with pytest.raises(FrameError, match="inside a frame's length"):
+        log.split_frames(memoryview(body))
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), payloads), max_size=6), st.data())
+def test_records_cut_between_entries_split_the_same(entries, data):
+    whole = [log.frames_entry(conn, frames) for conn, frames in entries]
+    cuts = data.draw(st.lists(st.integers(0, len(whole)), max_size=4))
+    pieces = [b"".join(part) for part in split_list(whole, cuts)]
+
+    def plain(record: bytes) -> list:
+        return [(k, c, bytes(b)) for k, c, b in log.split_entries(record)]
+
+    assert [e for piece in pieces for e in plain(piece)] == plain(b"".join(whole))
+
+
+def split_list(items: list, cuts: list[int]) -> list[list]:
+    cuts = sorted(cuts)
+    return [items[a:b] for a, b in zip([0, *cuts], [*cuts, len(items)])]
+
+
+# -- a reader's commits ------------------------------------------------------------------------
+
+
+def test_commits_move_forward_within_what_was_sent():
+    subscription = log.Subscription(0, 100)
+    subscription.sent = 500
+    assert subscription.commit(log.COMMIT, 100) is None
+    assert subscription.commit(log.COMMIT, 300) is None
+    assert subscription.commit(log.COMMIT, 300) is None
+    assert subscription.commit(log.COMMIT, 299) == "commit 299 goes back from 300"
+    assert subscription.commit(log.COMMIT, 501) == "commit 501 is beyond the 500 bytes sent"
+    assert subscription.commit(log.SUBSCRIBE, 400) == "a second subscription on one connection"
+    assert subscription.committed == 300
 
 
 # -- message batches ---------------------------------------------------------------------------
@@ -106,16 +214,22 @@ def test_without_the_probe_ints_are_serialized_and_refused_messages_left_out():
     assert data[:1] == b"S" and batch.decode(data, hop_in) == [1, 3]
 
 
-def test_the_int_probe_rejects_a_pair_that_changes_ints():
-    assert batch.ints_round_trip(pickle.dumps, pickle.loads)
-    assert not batch.ints_round_trip(lambda v: str(v).encode(), lambda b: b.decode())
-    assert not batch.ints_round_trip(lambda v: 1 / 0, pickle.loads)
+def test_the_int_probe_the_stages_share_with_the_runner_rejects_a_pair_that_changes_ints():
+    assert ints_round_trip((pickle.dumps, pickle.loads))
+    assert not ints_round_trip((lambda v: str(v).encode(), lambda b: b.decode()))
+    assert not ints_round_trip((lambda v: 1 / 0, pickle.loads))
 
 
 @pytest.mark.parametrize("data", [b"", b"Qabc", b"X", b"S\x00\x00\x00\x09ab", b"S\x00"])
 def test_a_broken_batch_is_a_frame_error(data):
     with pytest.raises(FrameError):
         batch.decode(data, hop_in)
+
+
+@given(st.binary(max_size=120))
+def test_random_bytes_are_a_batch_or_a_frame_error(data):
+    with contextlib.suppress(FrameError):
+        batch.decode(data, lambda b: (True, bytes(b)))
 
 
 # -- translation -------------------------------------------------------------------------------
@@ -199,6 +313,7 @@ def test_flags_and_the_applications_own_arguments(tmp_path):
         (["--application-module", "m", "--jobmanager", "nowhere"], "--jobmanager expects"),
         (["--application-module", "m", "--resilience-dir", "/no/such/dir"], "doesn't exist"),
         (["--application-module", "m", "--join", "h:1"], "--join (autoscale) is not supported"),
+        (["--application-module", "m", "--name", "a/b"], "must not contain '/'"),
     ],
 )
 def test_bad_flags_are_one_line(words, message):
@@ -217,12 +332,20 @@ def test_help_lists_the_flink_flags():
 
 
 def test_a_released_prefix_gives_its_disk_back_and_keeps_the_offsets(tmp_path):
-    from machida_flink.ingress import Stream
+    from machida_flink.ingress import Stream, punch_hole
 
-    stream = Stream(0, tmp_path / "s.ingress", on_pressure=lambda: None)
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"\1" * 8192)
+    fd = os.open(probe, os.O_RDWR)
+    try:
+        if not punch_hole(fd, 0, 4096):
+            pytest.skip(f"the file system of {tmp_path} cannot punch holes (fallocate)")
+    finally:
+        os.close(fd)
+    stream = Stream(tmp_path / "s.ingress", on_pressure=lambda stream: None)
     data = bytes(range(256)) * 4096  # 1 MiB
     stream.append(data)
-    stream.sync()
+    os.fsync(stream.fd)  # so that the blocks are allocated before they are counted
     before = os.stat(stream.path).st_blocks
     stream.release(600_000)
     assert stream.released == 600_000 // 4096 * 4096

@@ -106,13 +106,25 @@ public final class FramedSocketSink implements Sink<Tuple2<Integer, byte[]>> {
             }
         }
 
+        /** Ends every connection (a receiver sees EOF after the last record); the first
+         * failure is thrown once all of them are closed. */
         @Override
         public void close() throws IOException {
+            IOException first = null;
             for (int i = 0; i < sockets.length; i++) {
                 if (sockets[i] != null) {
-                    sockets[i].shutdownOutput();
+                    try {
+                        sockets[i].shutdownOutput();
+                    } catch (IOException e) {
+                        if (first == null) {
+                            first = e;
+                        }
+                    }
                     drop(i);
                 }
+            }
+            if (first != null) {
+                throw first;
             }
         }
     }

@@ -45,6 +45,7 @@ final class IngressReader implements SourceReader<byte[], IngressSplit> {
     /** How long a reader tries to reach an ingress that does not answer before failing. */
     static final long GIVE_UP_MS = 60_000;
 
+    private final byte[] token;
     private final BlockingQueue<Chunk> queue = new ArrayBlockingQueue<>(QUEUE_RECORDS);
     private final Map<String, Fetcher> fetchers = new HashMap<>();
     private final TreeMap<Long, Map<String, Long>> uncommitted = new TreeMap<>();
@@ -64,6 +65,11 @@ final class IngressReader implements SourceReader<byte[], IngressSplit> {
             this.data = data;
             this.endOffset = endOffset;
         }
+    }
+
+    /** {@code token}: the ingress's secret for this run, sent with every subscription. */
+    IngressReader(byte[] token) {
+        this.token = token.clone();
     }
 
     @Override
@@ -196,6 +202,7 @@ final class IngressReader implements SourceReader<byte[], IngressSplit> {
                     out.writeByte(SUBSCRIBE);
                     out.writeInt(split.stream);
                     out.writeLong(split.offset);
+                    out.write(token);
                     out.flush();
                 }
                 read(new DataInputStream(s.getInputStream()));

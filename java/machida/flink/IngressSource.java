@@ -25,12 +25,33 @@ public final class IngressSource
     private final String host;
     private final int port;
     private final int[] streams;
+    private final byte[] token;
 
-    /** {@code streams} are the ingress stream numbers this source reads, from offset 0. */
-    public IngressSource(String host, int port, int[] streams) {
+    /**
+     * {@code streams} are the ingress stream numbers this source reads, from offset 0;
+     * {@code token} (hex) is the ingress's secret for this run, sent with every subscription.
+     */
+    public IngressSource(String host, int port, int[] streams, String token) {
         this.host = host;
         this.port = port;
         this.streams = streams.clone();
+        this.token = fromHex(token);
+    }
+
+    static byte[] fromHex(String hex) {
+        if (hex.length() % 2 != 0) {
+            throw new IllegalArgumentException("an ingress token of odd length " + hex.length());
+        }
+        byte[] out = new byte[hex.length() / 2];
+        for (int i = 0; i < out.length; i++) {
+            int high = Character.digit(hex.charAt(2 * i), 16);
+            int low = Character.digit(hex.charAt(2 * i + 1), 16);
+            if (high < 0 || low < 0) {
+                throw new IllegalArgumentException("an ingress token that is not hex");
+            }
+            out[i] = (byte) (high << 4 | low);
+        }
+        return out;
     }
 
     @Override
@@ -40,7 +61,7 @@ public final class IngressSource
 
     @Override
     public SourceReader<byte[], IngressSplit> createReader(SourceReaderContext context) {
-        return new IngressReader();
+        return new IngressReader(token);
     }
 
     @Override

@@ -2,7 +2,8 @@
 
 ``ApplicationError``: the application module or its action list is wrong;
 nothing can start. ``FrameError``: bytes from a peer cannot be framed; that
-connection is closed and everything else goes on. ``UserCallbackError``: a
+connection is closed and everything else goes on. ``BindError``: a listener
+cannot be bound (the message names the address and the reason). ``UserCallbackError``: a
 user callback raised or returned something invalid (the in-process driver
 raises it when asked to). Messages say what was expected and what arrived.
 """
@@ -20,6 +21,10 @@ class FrameError(Exception):
     def __init__(self, message: str, length: int | None = None) -> None:
         super().__init__(message)
         self.length = length
+
+
+class BindError(Exception):
+    """A listener could not be bound; the message is the line to print."""
 
 
 class UserCallbackError(Exception):

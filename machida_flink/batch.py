@@ -3,7 +3,7 @@
 Messages cross operators (and TaskManagers) the way they crossed machida
 workers: through the module's ``serialize``/``deserialize``, except plain u64
 ints, which travel as raw 8-byte words when the runner's probe
-(:func:`machida.runtime.dataplane.ints_round_trip`) shows the module's pair
+(:func:`machida.app.loader.ints_round_trip`) shows the module's pair
 gives them back unchanged, as between machida's workers. A
 batch is the messages of one key from one source read, in order, so a record
 costs one Java-Python crossing however many messages it carries.

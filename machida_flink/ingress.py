@@ -42,7 +42,7 @@ from typing import Callable
 from machida.app.callbacks import Callbacks
 from machida.app.plan import AppPlan
 from machida.console import os_reason, warn
-from machida.runtime.listeners import BindError
+from machida.errors import BindError
 from machida.wire.source import SourceFramer
 from machida_flink import ingress_log as log
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from machida.app.loader import serializers
-from machida.runtime.listeners import BindError
+from machida.errors import BindError
 from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder, encode
 from machida_flink import jar, job
 from machida_flink.files import RunFiles, RunLocked, remove

@@ -32,11 +32,10 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction,
 from pyflink.datastream.state import ValueStateDescriptor
 
 from machida.app.callbacks import Callbacks, label
-from machida.app.loader import load_plan, serializers
+from machida.app.loader import ints_round_trip, load_plan, serializers
 from machida.app.pipeline import LocalTopology
 from machida.app.plan import Placement
 from machida.errors import ApplicationError
-from machida.runtime.dataplane import ints_round_trip
 from machida_flink import batch
 from machida_flink.ingress_log import CLOSED, FRAMES, OPENED, split_entries, split_frames
 

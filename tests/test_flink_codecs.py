@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from machida.app.loader import load_plan
+from machida.app.loader import ints_round_trip, load_plan
 from machida.errors import ApplicationError, FrameError
-from machida.runtime.dataplane import ints_round_trip
 from machida_flink import batch
 from machida_flink import ingress_log as log
 from machida_flink.options import ConfigError, help_text, parse

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from machida.durability import recovery
+from wallaroo_tools.integration import harness
 from wallaroo_tools.integration.inputs import InputError, parse_range
 from wallaroo_tools.layouts import FRAMED, GILES, records
 
@@ -281,6 +283,11 @@ def test_a_resilient_command_runs_and_its_recovery_files_are_cleared(tmp_path):
     assert list(res.iterdir()) == []  # the directory was there before, so it stays
     log = (tmp_path / "run.log").read_text()
     assert "Integration test completed successfully" in log and "worker1: Running:" in log
+
+
+def test_the_harness_knows_the_recovery_files_the_runner_writes():
+    assert harness.RECOVERY_EXTENSIONS == recovery.EXTENSIONS
+    assert harness.TEMP_SUFFIX == recovery.TEMP_SUFFIX
 
 
 def test_only_the_workers_recovery_files_are_removed_from_the_resilience_dir(tmp_path):

@@ -33,12 +33,13 @@ from array import array
 from typing import Any, Callable
 
 from machida.app.callbacks import Callbacks
+from machida.app.loader import ints_round_trip
 from machida.app.pipeline import LocalTopology, SinkFor, SourceConnection
 from machida.app.plan import AppPlan
 from machida.errors import FrameError
 from machida.metrics.stats import Stats
 from machida.runtime.flow import FlowControl
-from machida.wire.boundary import U64_MAX, Backlog, Batch, BoundaryDecoder, Dedup, ack, hello
+from machida.wire.boundary import Backlog, Batch, BoundaryDecoder, Dedup, ack, hello
 
 # Frames of one source read carried through between two flushes (a read holds up to 256 KiB):
 # the other workers start on their share early and acknowledgements come back sooner.
@@ -324,19 +325,3 @@ def _refused(upstream: str, dedup: Dedup, topology: LocalTopology, first: int, r
             return FrameError(f"a batch has records for pipeline {p}, step {pos}, key index "
                               f"{key_index}, which this worker does not own")  # fmt: skip
     return None
-
-
-def ints_round_trip(pair: tuple) -> bool:
-    """Whether plain ints may cross workers as u64s: the module's pair gives them back as is.
-
-    machida serialised every message; sending an int as 8 bytes is only allowed
-    when the result is identical, which a few probes of the pair confirm.
-    """
-    serialize, deserialize = pair
-    try:
-        return all(
-            (back := deserialize(serialize(v))) == v and back.__class__ is int
-            for v in (0, 1, 12, 2**32 + 5, 2**63, U64_MAX)
-        )
-    except Exception:
-        return False

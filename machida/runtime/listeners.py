@@ -13,12 +13,9 @@ import socket
 from typing import Callable
 
 from machida.console import os_reason, say
+from machida.errors import BindError
 
 Address = tuple[str, int]
-
-
-class BindError(Exception):
-    """A listener could not be bound; the message is the line to print."""
 
 
 class Listeners:

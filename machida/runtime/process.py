@@ -43,7 +43,7 @@ from machida.durability.recovery import (
     removal_lines,
 )
 from machida.durability.resilience import Resilience, Settings, banners
-from machida.errors import ApplicationError
+from machida.errors import ApplicationError, BindError
 from machida.metrics.client import MetricsClient
 from machida.metrics.stats import Stats
 from machida.runtime.channels import (
@@ -60,7 +60,7 @@ from machida.runtime.dataplane import DataPlane
 from machida.runtime.durable import DurableState
 from machida.runtime.flow import FlowControl
 from machida.runtime.links import Links
-from machida.runtime.listeners import BindError, Listeners, local_address_towards
+from machida.runtime.listeners import Listeners, local_address_towards
 from machida.runtime.sink import Sinks
 from machida.wire import external
 from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG

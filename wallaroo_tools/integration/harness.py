@@ -28,7 +28,6 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from machida.durability.recovery import EXTENSIONS, TEMP_SUFFIX
 from machida.metrics import serve_records
 from wallaroo_tools.integration.inputs import Sender, batches
 from wallaroo_tools.integration.sinks import Sink
@@ -36,6 +35,11 @@ from wallaroo_tools.integration.stopping import Idle, StopError, metrics_idle, o
 from wallaroo_tools.integration.workers import Worker, choose_ports, commands, worker_names
 
 READY = b"Application has successfully initialized"
+# The recovery files a worker keeps in its resilience directory, as Wallaroo named them, and the
+# suffix of one being written (machida/durability/recovery.py; a test keeps the two the same).
+RECOVERY_EXTENSIONS = ("local-topology", "tcp-control", "workers", "tcp-data",
+                       "connection-addresses")  # fmt: skip
+TEMP_SUFFIX = ".tmp"
 TOPOLOGY = re.compile(rb"(\w+) worker topology")
 READY_TIMEOUT_S = 30.0
 DEFAULT_SINK_EXPECT_TIMEOUT_S = 30.0
@@ -88,7 +92,7 @@ def recovery_file(names: list[str]) -> re.Pattern[str]:
     the module is left open so a wrapper command is covered too.
     """
     workers = "|".join(re.escape(name) for name in names)
-    kinds = "|".join(re.escape(ext) for ext in EXTENSIONS)
+    kinds = "|".join(re.escape(ext) for ext in RECOVERY_EXTENSIONS)
     return re.compile(
         rf".+-(?:{workers})(?:\.(?:{kinds})|(?:-[0-9a-fA-F]{{16}})?\.evlog)"
         rf"(?:{re.escape(TEMP_SUFFIX)})?"

@@ -96,8 +96,9 @@ class Sink:
                 continue
             self._transport, self._protocol = transport, protocol
             if self._queue:
-                transport.write(b"".join(self._queue))
+                queued = b"".join(self._queue)
                 self._queue, self._queued_bytes = [], 0
+                self._send(transport, queued)
                 # From here the transport reports; asyncio pauses it above HIGH_WATER.
                 self._set_blocked(transport.get_write_buffer_size() > HIGH_WATER)
             self.connected.set()
@@ -107,18 +108,21 @@ class Sink:
         """Hand ``data`` to the connection, or queue it while the connection is down."""
         transport = self._transport
         if transport is not None:
-            transport.write(data)
-            inside = transport.get_write_buffer_size()
-            if inside:
-                self._hold(data, inside)
-            elif self._held:
-                self._held.clear()  # the kernel has every byte so far
-                self._held_bytes = 0
+            self._send(transport, data)
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
         if self._queued_bytes > HIGH_WATER:
             self._set_blocked(True)
+
+    def _send(self, transport: asyncio.WriteTransport, data: bytes) -> None:
+        transport.write(data)
+        inside = transport.get_write_buffer_size()
+        if inside:
+            self._hold(data, inside)
+        elif self._held:
+            self._held.clear()  # the kernel has every byte so far
+            self._held_bytes = 0
 
     def _hold(self, data: bytes, inside: int) -> None:
         """Keep ``data``, and of the earlier writes only what the transport may still hold."""

@@ -257,3 +257,27 @@ def test_a_stranger_cannot_hold_more_than_a_bounded_number_of_handshakes(monkeyp
     challenges, extra = asyncio.run(scenario())
     assert all(challenges) and extra == b""
     assert "more than 3 connections proving the secret" in capsys.readouterr().err
+
+
+def test_a_dial_that_connects_to_itself_lets_the_port_go_at_once(monkeypatch):
+    """With nothing listening on an ephemeral port, the kernel may give the dialling socket
+    that very port and connect it to itself; the port must be free again for the listener."""
+    port = closed_port()
+
+    async def attempt() -> None:
+        loop = asyncio.get_running_loop()
+        real = loop.create_connection
+
+        def to_itself(factory, host, port_):  # force the self-connect the kernel may make
+            return real(factory, host, port_, local_addr=(host, port_))
+
+        monkeypatch.setattr(loop, "create_connection", to_itself)
+        handshake = DiallerHandshake(b"s" * 40, b"control")
+        await channels.dial(ControlChannel(None), handshake, "127.0.0.1", port)
+
+    with pytest.raises(ConnectionRefusedError):
+        asyncio.run(asyncio.wait_for(attempt(), DEADLINE))
+    with socket.socket() as listener:  # as the initializer's control listener binds it
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
+import struct
 import time
 from typing import Any, Callable
 
@@ -51,6 +53,8 @@ MAX_PENDING_HANDSHAKES = 64
 # the next line), so that a stranger cannot flood the log; a few are each worth a line.
 REFUSAL_LINES = 10
 REFUSAL_WINDOW_S = 10.0
+# SO_LINGER on, for 0 s: a close resets the connection and leaves nothing behind.
+_RESET = struct.pack("ii", 1, 0)
 # A pause of the inputs that lasts this long is reported once (an operator should know).
 PAUSE_REPORT_S = 1.0
 
@@ -413,7 +417,16 @@ async def dial(channel: Channel, handshake: DiallerHandshake, host: str, port: i
     loop = asyncio.get_running_loop()
     connecting = loop.create_connection(lambda: Guarded(channel, handshake), host, port)
     try:
-        _, guard = await within(connecting, CONNECT_TIMEOUT_S)
+        transport, guard = await within(connecting, CONNECT_TIMEOUT_S)
     except asyncio.TimeoutError:
         raise TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
+    if transport.get_extra_info("sockname") == transport.get_extra_info("peername"):
+        # Nothing listened, and the kernel gave this socket the very port it dialled (a TCP
+        # self-connect, possible for ports in the ephemeral range): let the port go at once,
+        # for the process that is about to listen there, as if the dial had been refused.
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)  # no TIME_WAIT to hold it
+        transport.abort()
+        await asyncio.sleep(0)  # the abort closes the socket on the loop's next turn
+        raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
     return "" if await guard.settled else guard.why

@@ -76,10 +76,14 @@ class Cluster:
             self.start_receiver()
         else:
             self.out = sink
-        self.start_initializer()
-        for index in range(1, self.count):
-            self.start_worker(index)
-        self.wait_ready()
+        try:
+            self.start_initializer()
+            for index in range(1, self.count):
+                self.start_worker(index)
+            self.wait_ready()
+        except BaseException:
+            self.close()  # the caller's with-block never began: nothing else would stop them
+            raise
         return self
 
     def wait_ready(self, timeout: float = DEADLINE) -> None:

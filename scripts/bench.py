@@ -60,14 +60,16 @@ def expected_windows(n: int) -> int:
 
 
 class Receiver(asyncio.Protocol):
-    """Counts windows and notes, per read, the time and the newest value of each window."""
+    """Counts windows and notes, per read, the time (by ``clock``) and the newest value of each
+    window."""
 
-    def __init__(self, bench: Run) -> None:
+    def __init__(self, bench: Run, clock=time.time_ns) -> None:
         self.bench = bench
+        self.clock = clock
         self.carry = b""
 
     def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
+        now = self.clock()
         buf = self.carry + data if self.carry else data
         cut = buf.rfind(b"]") + 1
         self.carry = buf[cut:]

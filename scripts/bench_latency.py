@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import signal
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from wallaroo_tools.loopback import tool_cmd, unused_port
 
-from bench import NEWEST, Run, start_cluster, start_reference
+from bench import Receiver, Run, start_cluster, start_reference
 
 HERE = Path(__file__).resolve().parent
 RATES = (10_000, 50_000, 100_000, 200_000)
@@ -44,32 +45,13 @@ TIMEOUT_S = 120.0
 WARMUP_NS = 500_000_000
 
 
-class Arrivals(asyncio.Protocol):
-    """Notes, per read of the cluster's output, the time and the newest value of each window."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.carry = b""
-
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic_ns()
-        buf = self.carry + data if self.carry else data
-        cut = buf.rfind(b"]") + 1
-        self.carry = buf[cut:]
-        values = NEWEST.findall(buf, 0, cut)
-        if values:
-            self.run.reads.append((now, values))
-            self.run.count += len(values)
-            if self.run.count >= self.run.expected:
-                self.run.done.set()
-
-
 async def measure(mode: str, rate: int, seconds: float, workdir: Path) -> dict:
     per_tick = max(1, rate // 1000)
     n = int(seconds * 1000) * per_tick
     run = Run(MODES[mode], n, workdir)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Arrivals(run), "127.0.0.1", 0)
+    arrivals = functools.partial(Receiver, run, clock=time.monotonic_ns)  # the pacer's clock
+    server = await loop.create_server(arrivals, "127.0.0.1", 0)
     out = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     in_port = unused_port()
     stamps_file = workdir / f"stamps-{mode}-{rate}.bin"

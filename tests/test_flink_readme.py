@@ -9,14 +9,10 @@ exit 0 after ``cluster_shutdown``.
 
 from __future__ import annotations
 
-import os
-import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
-from test_readme import on_free_ports, walkthrough
+from test_readme import on_free_ports, run_validated, walkthrough
 
 
 def on_flink(script: str, parallelism: int) -> str:
@@ -48,16 +44,7 @@ def test_readme_walkthrough_on_flink_validates(tmp_path, parallelism):
     script = on_free_ports(on_flink(walkthrough(), parallelism))
     # keep the recorded input and checkpoints in the test's directory instead of /tmp
     script = script.replace(" > init.log", f" --resilience-dir {tmp_path} > init.log")
-    env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
-    result = subprocess.run(
-        ["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in tmp_path.glob("*.log"))
-    assert result.returncode == 0, result.stdout + result.stderr + logs
-    assert result.stdout.strip().endswith("Validation successful!")
-    lines = (tmp_path / "received.txt").read_text().splitlines()
-    assert lines[0].startswith("Listening on ") and len(lines) == 101
+    run_validated(script, tmp_path, timeout=300)
     init = (tmp_path / "init.log").read_text()
     assert f"parallelism {parallelism}" in init
     assert "Connections: Finished shutdown procedure." in init

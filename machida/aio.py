@@ -6,8 +6,9 @@ the cancellation is dropped (bpo-42130). A retry loop around it then runs on
 after ``task.cancel()``, and whoever awaits that task, such as the ending of
 a worker process, waits forever. :func:`within` and :func:`wait_event` behave
 like ``wait_for`` except that a cancellation of the caller always wins.
-:func:`background` runs a task that can be neither lost nor fail unseen, and
-:func:`close_loop` ends a loop even when one of its tasks will not stop.
+:func:`background` runs a task that can be neither lost nor fail unseen,
+:func:`close_loop` ends a loop even when one of its tasks will not stop, and
+:func:`listen` binds a listener or raises the one line that says why not.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from machida.console import warn
+from machida.console import os_reason, warn
+from machida.errors import BindError
 
 T = TypeVar("T")
+Address = tuple[str, int]
 # At exit, tasks still running are cancelled and given this long to end.
 END_TASKS_S = 5.0
 
@@ -91,3 +94,14 @@ def close_loop(loop: asyncio.AbstractEventLoop, grace_s: float = END_TASKS_S) ->
     loop.run_until_complete(loop.shutdown_asyncgens())
     asyncio.set_event_loop(None)
     loop.close()
+
+
+async def listen(factory: Callable[[], asyncio.BaseProtocol], address: Address,
+                 what: str, **options: Any) -> asyncio.base_events.Server:  # fmt: skip
+    """A server on ``address`` for ``what`` (``control``, ``external``, ...); a
+    :class:`BindError` naming the address and the operating system's reason if it cannot."""
+    host, port = address
+    try:
+        return await asyncio.get_running_loop().create_server(factory, host, port, **options)
+    except (OSError, OverflowError, ValueError) as err:  # OverflowError: a port past 65535
+        raise BindError(f"unable to listen on {host}:{port} for {what}: {os_reason(err)}") from err

@@ -31,6 +31,8 @@ import sys
 from typing import Any
 
 from machida.config import RUNNER_OPTIONS, RunnerConfig, runner_parser
+from machida.console import error_line
+from machida.errors import ConfigError
 from machida.options import Option, OptionParser, UsageError, parse_host_port, strip_pony_options
 
 INITIALIZER_NAME = "initializer"
@@ -43,10 +45,6 @@ APPLICATION_SIDE_OPTIONS = [
     Option("out", "o", metavar="HOST:PORT", help="sink address, left in args for the app"),
 ]
 RULE = "-" * 73
-
-
-class ConfigError(Exception):
-    """The command line parses but breaks a rule of machida.md §2; str is the one-line message."""
 
 
 def parse_address(flag: str, text: str) -> tuple[str, int]:
@@ -73,7 +71,7 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
     module = _required_module(values)
     metrics = _required_metrics(values)
     if "join" in parsed.given:
-        raise ConfigError("Error: --join (autoscale) is not supported by this runner.")
+        raise ConfigError("--join (autoscale) is not supported by this runner.")
     initializer = bool(values["cluster_initializer"])
     worker_count = _worker_count(values, initializer)
     name = _check_role(values, parsed.given, initializer, worker_count)
@@ -102,13 +100,13 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
 
 def _required_module(values: dict[str, Any]) -> str:
     if not values["application_module"]:
-        raise ConfigError("Error: You must provide Machida with --application-module")
+        raise ConfigError("You must provide Machida with --application-module")
     return values["application_module"]
 
 
 def _required_metrics(values: dict[str, Any]) -> tuple[str, int]:
     if not values["metrics"]:
-        raise ConfigError("Error: You must specify a metrics address via --metrics/-m.")
+        raise ConfigError("You must specify a metrics address via --metrics/-m.")
     return parse_address("--metrics", values["metrics"])
 
 
@@ -210,12 +208,6 @@ def help_text() -> str:
 
 def _block(title: str, options: list[Option]) -> list[str]:
     return [RULE, title, RULE, *OptionParser(options).help_lines()]
-
-
-def error_line(err: Exception) -> str:
-    """The one stderr line for a command-line error, with exactly one ``Error:`` prefix."""
-    message = str(err)
-    return message if message.startswith("Error: ") else f"Error: {message}"
 
 
 def main(argv: list[str] | None = None) -> int:

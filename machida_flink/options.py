@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from machida.errors import ConfigError
 from machida.options import Option, OptionParser, parse_host_port
 
 STATE_BACKENDS = ("hashmap", "rocksdb")
@@ -87,10 +88,6 @@ MACHIDA_ONLY = {
 SILENT = {"cluster-initializer", "worker-count", "control", "data", "run-with-resilience"}
 
 
-class ConfigError(Exception):
-    """A flag parses but its value is not acceptable; str is the one-line message."""
-
-
 @dataclass(frozen=True)
 class FlinkConfig:
     application_module: str
@@ -134,15 +131,14 @@ def parse(argv: list[str]) -> FlinkConfig:
     parsed = parser().parse(argv[1:])
     values = parsed.values
     if not values["application_module"]:
-        raise ConfigError("Error: You must provide machida-flink with --application-module")
+        raise ConfigError("You must provide machida-flink with --application-module")
     if values["state_backend"] not in STATE_BACKENDS:
         raise ConfigError(
             f"--state-backend must be hashmap or rocksdb, got {values['state_backend']!r}"
         )
     if "join" in parsed.given:
         raise ConfigError(
-            "Error: --join (autoscale) is not supported; a run keeps the --parallelism it "
-            "started with."
+            "--join (autoscale) is not supported; a run keeps the --parallelism it started with."
         )
     name = values["name"] or "initializer"
     if "/" in name or "\0" in name:

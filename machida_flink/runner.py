@@ -27,11 +27,12 @@ import time
 from pathlib import Path
 
 from machida.app.loader import serializers
+from machida.console import error_line, say, warn
 from machida.errors import BindError
-from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder, encode
+from machida.external import serve_external
 from machida_flink import jar, job
 from machida_flink.files import RunFiles, RunLocked, remove
-from machida_flink.ingress import Ingress, bind_reason
+from machida_flink.ingress import Ingress
 from machida_flink.options import FlinkConfig
 from machida_flink.translate import shape
 
@@ -43,17 +44,6 @@ POLL_S = 0.25
 # A forced exit (second signal) waits this long for a session cluster to take the cancel.
 FORCE_CANCEL_S = 3.0
 TERMINAL = {"FINISHED", "FAILED", "CANCELED"}
-
-
-def say(line: str) -> None:
-    """One stdout line, written whole (the job's watcher thread prints too)."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def warn(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 class FlinkRunner:
@@ -84,7 +74,7 @@ class FlinkRunner:
         try:
             self.files.lock()
         except RunLocked as err:
-            warn(str(err))
+            warn(error_line(err))
             return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,7 +88,7 @@ class FlinkRunner:
                 await self.ingress.bind(self.config.ingress)
                 self.external = await self._listen_external()
             except BindError as err:
-                warn(str(err))
+                warn(error_line(err))
                 return 1
             return await self._run_job()
         finally:
@@ -123,7 +113,7 @@ class FlinkRunner:
         try:
             job_id = await asyncio.to_thread(self._submit)
         except Exception as err:
-            warn(f"Error: the Flink job could not be started on {where}: {_first_line(err)}")
+            warn(error_line(f"the Flink job could not be started on {where}: {_first_line(err)}"))
             return 1
         p = self.config.parallelism
         say(f"Flink job {job_id} submitted to {where}, parallelism {p}")
@@ -318,52 +308,15 @@ class FlinkRunner:
     async def _listen_external(self):
         if self.config.external is None:
             return None
-        host, port = self.config.external
-        try:
-            server = await asyncio.get_running_loop().create_server(
-                lambda: ExternalProtocol(self), host, port
-            )
-        except (OSError, OverflowError) as err:
-            raise BindError(f"Error: unable to listen on {host}:{port} for the external "
-                            f"channel: {bind_reason(err)}") from err  # fmt: skip
-        real = server.sockets[0].getsockname()
-        say(f"{self.config.name} external: listening on {real[0]}:{real[1]}")
-        return server
+        return await serve_external(self, self.config.name, self.config.external)
 
+    # -- the external channel's requests (machida.external) -----------------------------------
 
-class ExternalProtocol(asyncio.Protocol):
-    """The external channel: Print, CleanShutdown; RotateLog has nothing to rotate here."""
+    def clean_shutdown(self, reason: str) -> None:
+        self.shutdown.set()
 
-    def __init__(self, runner: FlinkRunner) -> None:
-        self.runner = runner
-        self.decoder = ExternalFrameDecoder()
-        self.transport = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        for msg_id, text in self.decoder.feed(data):
-            if msg_id == PRINT:
-                say(f"$$$ ExternalPrint: {text} $$$")
-            elif msg_id == CLEAN_SHUTDOWN:
-                say("External Clean Shutdown received." if not text else
-                    f"External Clean Shutdown received: {text}")  # fmt: skip
-                self.transport.write(encode(CLEAN_SHUTDOWN))  # cluster_shutdown waits for it
-                self.runner.shutdown.set()
-            elif msg_id == ROTATE_LOG:
-                warn("WARNING: RotateLog ignored: on Flink, state lives in checkpoints, not logs")
-            else:
-                say("Incoming External Message type not handled by external channel.")
-        if self.decoder.error is not None:
-            peer = self.transport.get_extra_info("peername")
-            warn(f"ERROR: external channel {peer}: {self.decoder.error}; connection closed")
-            self.transport.close()
-
-    def connection_lost(self, exc) -> None:
-        if self.decoder.pending and self.decoder.error is None:
-            warn(f"WARNING: external connection closed inside a frame; "
-                 f"{self.decoder.pending} byte(s) discarded")  # fmt: skip
+    def rotate_log(self, worker: str) -> None:
+        warn("WARNING: RotateLog ignored: on Flink, state lives in checkpoints, not logs")
 
 
 def _first_line(err: BaseException) -> str:

@@ -31,7 +31,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from machida.app.callbacks import Callbacks, label
+from machida.app.callbacks import Callbacks, build_failed
 from machida.app.loader import ints_round_trip, load_plan, serializers
 from machida.app.pipeline import LocalTopology
 from machida.app.plan import Placement
@@ -254,7 +254,5 @@ class StateStage(_Stage, KeyedProcessFunction):
         try:
             return self._builder.build()
         except Exception as err:
-            raise ApplicationError(
-                f"{label(self._builder, 'build')}() raised {type(err).__name__}: {err} while "
-                f"building key index {key_index} of state '{self.state_name}'"
-            ) from err
+            what = f"key index {key_index} of state '{self.state_name}'"
+            raise build_failed(self._builder, err, what) from err

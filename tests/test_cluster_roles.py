@@ -319,7 +319,7 @@ def test_clean_shutdown_stops_the_sources_waits_for_quiescence_then_ends_everyon
         # the worker's counters move for two rounds, then settle with nothing unacknowledged
         node.rounds = [(0, 5, 0), (0, 9, 0), (0, 12, 0)]
         init.rounds = [(12, 0, 7), (12, 0, 0)]
-        member.request_shutdown("")  # CleanShutdown arrived on the worker's external channel
+        member.clean_shutdown("")  # CleanShutdown arrived on the worker's external channel
         await init.ended.wait()
         await node.ended.wait()
         assert (init.code, node.code) == (0, 0)
@@ -338,7 +338,7 @@ def test_a_shutdown_that_cannot_quiesce_aborts_everyone_at_the_deadline(monkeypa
     async def scenario():
         init, role, [(node, _)] = await form()
         init.rounds = [(1, 0, 1)]  # one record never acknowledged
-        role.request_shutdown("")
+        role.clean_shutdown("")
         await init.ended.wait()
         await node.ended.wait()
         assert (init.code, node.code) == (1, 1)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from machida.console import error_line
 from machida.durability import recovery
 from machida.durability.recovery import (
     FORMAT,
@@ -61,10 +62,10 @@ def snapshot(tmp_path) -> dict[str, bytes]:
 
 
 def refusal(files: RecoveryFiles, expected: Expectation) -> str:
-    """The refusal's message, without the line giving the command that clears the files."""
+    """The refusal as printed, without the line giving the command that clears the files."""
     with pytest.raises(RecoveryError) as err:
         files.inspect(expected)
-    return str(err.value).split("\nTo remove them: ")[0]
+    return error_line(err.value).split("\nTo remove them: ")[0]
 
 
 def test_a_refusal_gives_the_command_that_clears_exactly_these_files(tmp_path):

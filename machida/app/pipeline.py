@@ -18,9 +18,8 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-from machida.app.callbacks import Callbacks, fn_label, label, serialized
+from machida.app.callbacks import Callbacks, build_failed, fn_label, label, serialized
 from machida.app.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
-from machida.errors import ApplicationError
 from machida.metrics.stats import Stats
 from machida.wire.boundary import MAX_MESSAGE
 from machida.wire.source import SourceFramer
@@ -88,10 +87,8 @@ class LocalTopology:
                 try:
                     states[index] = builder.build()
                 except Exception as err:
-                    raise ApplicationError(
-                        f"{label(builder, 'build')}() raised {type(err).__name__}: {err} "
-                        f"while building state '{state_name}' on worker '{self.worker}'"
-                    ) from err
+                    what = f"state '{state_name}' on worker '{self.worker}'"
+                    raise build_failed(builder, err, what) from err
 
     # -- compiling ------------------------------------------------------------------------
 

@@ -138,7 +138,7 @@ class Initializer(Role):
 
     # -- requests from the external channel or from workers ------------------------------
 
-    def request_shutdown(self, text: str) -> None:
+    def clean_shutdown(self, text: str) -> None:
         if not self.shutting_down:
             self.shutting_down = True
             self.spawn(self._shutdown())
@@ -151,7 +151,7 @@ class Initializer(Role):
             self.node.finish(code)
 
     def _on_shutdown_request(self, conn: ControlLink, msg: dict) -> None:
-        self.request_shutdown(msg.get("reason", ""))
+        self.clean_shutdown(msg.get("reason", ""))
 
     def rotate_log(self, target: str) -> None:
         member = self.membership.members.get(target)

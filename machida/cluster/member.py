@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from machida.cluster.node import Address, ControlLink, Node
 from machida.cluster.role import DRAIN_DEADLINE_S, Role
-from machida.console import say, warn
+from machida.console import error_line, say, warn
 from machida.wire import control
 
 # machida.md §3: a worker retries the initializer every 0.5 s and says so every 10 s.
@@ -90,7 +90,7 @@ class Member(Role):
             self.spawn(self._dial())
 
     def _on_refused(self, conn: ControlLink, msg: dict) -> None:
-        warn(f"Error: the initializer refused this worker: {msg.get('reason')}")
+        warn(error_line(f"the initializer refused this worker: {msg.get('reason')}"))
         self.node.finish(1)
 
     def _on_topology(self, conn: ControlLink, msg: dict) -> None:
@@ -132,7 +132,7 @@ class Member(Role):
     def _on_abort(self, conn: ControlLink, msg: dict) -> None:
         self.abort_shutdown()
 
-    def request_shutdown(self, text: str) -> None:
+    def clean_shutdown(self, text: str) -> None:
         if self.conn is not None:
             self.conn.write(control.encode("shutdown_request", reason=text))
         else:

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+from machida.errors import RecoveryError
+
 _SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 
 FORMAT = 1
@@ -40,10 +42,6 @@ RECOVERING = "Recovering from recovery files!"
 MISSING = "Some resilience/recovery files are missing! Cannot continue!"
 
 Address = tuple[str, int]
-
-
-class RecoveryError(Exception):
-    """The recovery files forbid this start: incomplete, unreadable, or someone else's."""
 
 
 @dataclass(frozen=True, **_SLOTS)
@@ -191,7 +189,7 @@ class RecoveryFiles:
         paths = self.paths()
         missing = [paths[ext] for ext in self.required() if paths[ext] not in present]
         if missing:
-            raise RecoveryError("\n".join([MISSING, *missing]))
+            raise RecoveryError("\n".join([MISSING, *missing]), verbatim=True)
         documents = {ext: _load(path) for ext, path in paths.items() if path in present}
         for document in documents.values():
             if document["format"] != expected_format:
@@ -262,7 +260,7 @@ class RecoveryFiles:
 
     def _different(self, field: str, recorded: Any, now: Any) -> RecoveryError:
         return RecoveryError(
-            f"Error: recovery files in {self.directory} for '{self.stem}' belong to a different"
+            f"recovery files in {self.directory} for '{self.stem}' belong to a different"
             f" application or topology ({field}: recorded {recorded!r}, now {now!r})."
             " Remove them or use another --resilience-dir.\n"
             f"To remove them: {self.clear_command()}"
@@ -350,7 +348,7 @@ def _fields(path: str, document: dict, schema: dict[str, Callable[[Any], bool]])
 
 
 def _unreadable(path: str, cause: str) -> RecoveryError:
-    return RecoveryError(f"Error: recovery file {path} cannot be read: {cause}")
+    return RecoveryError(f"recovery file {path} cannot be read: {cause}")
 
 
 # Validators for JSON values, combined into each file's schema below.

@@ -157,7 +157,7 @@ class Resilience:
         logs = self.files.event_logs()
         if not logs:
             raise EventLogError(
-                f"Error: event log missing: expected {self._path(0)} "
+                f"event log missing: expected {self._path(0)} "
                 f"(the recovery files say this worker ran with resilience)"
             )
         for path in reversed(logs):
@@ -178,7 +178,7 @@ class Resilience:
                 states[key_index] = deserialize(data)
             except Exception as err:
                 raise EventLogError(
-                    f"Error: event log snapshot of state '{state_name}' key index {key_index} "
+                    f"event log snapshot of state '{state_name}' key index {key_index} "
                     f"cannot be deserialised: {type(err).__name__}: {err}"
                 ) from err
         self.host.restore_origins(replay.origins)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import random
 import time
-from array import array
 from typing import Any, Callable
 
 from machida.app.callbacks import Callbacks
@@ -39,7 +38,7 @@ from machida.app.plan import AppPlan
 from machida.errors import FrameError
 from machida.metrics.stats import Stats
 from machida.runtime.flow import FlowControl
-from machida.wire.boundary import Backlog, Batch, BoundaryDecoder, Dedup, ack, hello
+from machida.wire.boundary import Backlog, Batch, BoundaryDecoder, Dedup, ack, hello, u64_column
 
 # Frames of one source read carried through between two flushes (a read holds up to 256 KiB):
 # the other workers start on their share early and acknowledgements come back sooner.
@@ -218,12 +217,10 @@ class DataPlane:
     def _queue_run(self, backlog: Backlog, route: tuple, messages: list) -> None:
         """Messages for one key of another worker: as u64s when they are plain ints."""
         self.pstats[route[0]].messages_forwarded += len(messages)
-        if self.ints_travel_raw and set(map(type, messages)) == {int}:
-            try:
-                backlog.add(route, True, array("Q", messages))
-                return
-            except OverflowError:
-                pass  # some int outside 0..2**64-1: serialise them all
+        column = u64_column(messages) if self.ints_travel_raw else None
+        if column is not None:
+            backlog.add(route, True, column)
+            return
         hop_out, p = self.topology.hop_out, route[0]
         data = [d for d in map(hop_out, messages, [p] * len(messages)) if d is not None]
         self.pstats[p].messages_forwarded -= len(messages) - len(data)

@@ -25,13 +25,13 @@ from typing import Any
 
 from machida.aio import background, close_loop
 from machida.app.callbacks import Callbacks
-from machida.app.loader import BUILD_FAILED, load_plan, serializers
+from machida.app.loader import load_plan, report_load_failure, serializers
 from machida.app.plan import AppPlan
 from machida.cluster.initializer import Initializer
 from machida.cluster.member import Member
 from machida.cluster.secret import SecretError, cluster_secret
 from machida.config import RunnerConfig
-from machida.console import os_reason, say, warn
+from machida.console import error_line, os_reason, say, warn
 from machida.durability.eventlog import EventLogError
 from machida.durability.recovery import (
     RECOVERING,
@@ -44,12 +44,12 @@ from machida.durability.recovery import (
 )
 from machida.durability.resilience import Resilience, Settings, banners
 from machida.errors import ApplicationError, BindError
+from machida.external import serve_external
 from machida.metrics.client import MetricsClient
 from machida.metrics.stats import Stats
 from machida.runtime.channels import (
     BoundaryIn,
     ControlChannel,
-    ExternalChannel,
     Ignored,
     Inputs,
     SourceChannel,
@@ -62,8 +62,6 @@ from machida.runtime.flow import FlowControl
 from machida.runtime.links import Links
 from machida.runtime.listeners import Listeners, local_address_towards
 from machida.runtime.sink import Sinks
-from machida.wire import external
-from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG
 
 # Allocations between two young-generation collections (CPython's default is 700).
 GC_THRESHOLD = 20_000
@@ -138,10 +136,8 @@ class Process:
                                        recorded and recorded.control)  # fmt: skip
         data = await listeners.bind("data", data, guarded(secret, b"data", boundary),
                                     recorded and recorded.data)  # fmt: skip
-        if cfg.external is not None:
-            factory = functools.partial(ExternalChannel, self.on_external)
-            host, port = await listeners.bind("external", cfg.external, factory)
-            say(f"{self.name} external: listening on {host}:{port}")
+        if cfg.external is not None:  # its requests go to the cluster role
+            listeners.keep(await serve_external(role, self.name, cfg.external))
         return control, data
 
     def build(self, workers: list[str]) -> bool:
@@ -149,14 +145,14 @@ class Process:
         try:
             self.plane.build(workers)
         except ApplicationError as err:  # a state builder raised
-            warn(f"Error: {err}")
+            warn(error_line(err))
             self.finish(1)
             return False
         if self.resilience is not None:
             try:
                 self.resilience.open(recovering=self.recovered is not None)
             except EventLogError as err:
-                warn(str(err))
+                warn(error_line(err))
                 self.finish(1)
                 return False
             except OSError as err:
@@ -216,19 +212,6 @@ class Process:
 
     def counts(self) -> dict[str, int]:
         return self.plane.counts()
-
-    def on_external(self, channel: Any, msg_id: int, text: str) -> None:
-        if msg_id == PRINT:
-            say(f"$$$ ExternalPrint: {text} $$$")
-        elif msg_id == CLEAN_SHUTDOWN:
-            say("External Clean Shutdown received." if not text else
-                f"External Clean Shutdown received: {text}")  # fmt: skip
-            channel.write(external.encode(CLEAN_SHUTDOWN))  # cluster_shutdown waits for it
-            self.role.request_shutdown(text)
-        elif msg_id == ROTATE_LOG:
-            self.role.rotate_log(text)
-        else:
-            say("Incoming External Message type not handled by external channel.")
 
     def rotate_log(self) -> None:
         """RotateLog for this worker. Event logs exist only with resilience."""
@@ -335,7 +318,7 @@ async def _main(config: RunnerConfig, module: Any, plan: AppPlan, secret: bytes)
         process.open_recovery()
         await process.role.start()
     except (BindError, RecoveryError) as err:
-        warn(str(err))
+        warn(error_line(err))
         process.close()
         await metrics.stop()
         return 1
@@ -366,15 +349,12 @@ def run(config: RunnerConfig) -> int:
     try:
         module, plan = load_plan(config.application_module, list(config.app_args), warn=warn)
     except ApplicationError as err:
-        text = str(err)
-        warn(text if text.startswith("Error:") or "\n" in text else f"Error: {text}")
-        if "Could not load module" not in text:
-            warn(BUILD_FAILED)
+        report_load_failure(err, warn)
         return 1
     try:
         secret = cluster_secret(config.cluster_secret_file)
     except SecretError as err:
-        warn(str(err))
+        warn(error_line(err))
         return 1
     # The application's objects and the runner's live for the whole run: keep the
     # cyclic collector from scanning them again and again, and let it run less

@@ -123,6 +123,22 @@ def _fitting(values: list, start: int, most: int, room: int) -> int:
     return n
 
 
+def u64_column(messages: list) -> array | None:
+    """``messages`` as one column of u64s when every one is a plain ``int`` in 0..2**64-1
+    (they then cross as 8 bytes each, without ``serialize``); else None.
+
+    machida-flink's operator batches (:mod:`machida_flink.batch`) take the same column and
+    send it little-endian, the order of the one host both their ends run on; a boundary
+    sends it big-endian, like every other number between workers.
+    """
+    if not set(map(type, messages)) <= {int}:
+        return None
+    try:
+        return array("Q", messages)
+    except OverflowError:
+        return None  # some int outside 0..2**64-1: serialise them all
+
+
 def encode_batch(first_seq: int, runs: list) -> bytes:
     """An ``M`` frame for ``runs`` of ``[route, is_int, values]``; route is (p, step, key)."""
     parts = [b""]

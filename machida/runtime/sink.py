@@ -15,6 +15,7 @@ may see some windows twice but never a torn frame or a gap).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from typing import Callable
@@ -176,9 +177,10 @@ class Sink:
 
 
 class Sinks:
-    """A worker's sink connections, one per pipeline with a sink (``None`` for the others)."""
+    """A worker's sink connections, one per pipeline with a sink (``None`` for the others);
+    each reports ``on_blocked(pipeline_name, blocked)``."""
 
-    def __init__(self, plan: AppPlan, on_blocked: Callable[[bool], None]) -> None:
+    def __init__(self, plan: AppPlan, on_blocked: Callable[[str, bool], None]) -> None:
         self.plan = plan
         self._on_blocked = on_blocked
         self.sinks: list[Sink | None] = []
@@ -187,7 +189,8 @@ class Sinks:
         for pipeline in self.plan.pipelines:
             sink = None
             if pipeline.sink is not None:
-                sink = Sink(pipeline.sink.host, int(pipeline.sink.port), self._on_blocked, say)
+                blocked = functools.partial(self._on_blocked, pipeline.name)
+                sink = Sink(pipeline.sink.host, int(pipeline.sink.port), blocked, say)
                 sink.start()
             self.sinks.append(sink)
 

@@ -4,7 +4,7 @@ This is the first thing a runner process does, before it imports anything or
 binds a port. :func:`parse_runner_args` turns the command line into a frozen
 :class:`RunnerConfig` and enforces every rule of machida.md §2 with its exact
 message; :func:`main` prints the help or one ``Error:`` line (exit 1), or
-hands the config to ``machida.runtime.process.run``.
+hands the config to ``machida.process.run``.
 
 Checks run in this order and the first failure wins:
 
@@ -221,6 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as err:
         print(error_line(err), file=sys.stderr)
         return 1
-    import machida.runtime.process  # loaded only now: --help and errors stay fast
+    import machida.process  # loaded only now: --help and errors stay fast
 
-    return machida.runtime.process.run(config)
+    return machida.process.run(config)

@@ -12,7 +12,7 @@ Layout: ``b"Q" | u64le*`` for an all-int batch, ``b"S" | (u32be n | serialized)*
 otherwise. The int column is :func:`machida.wire.boundary.u64_column`'s, sent in the byte
 order of the host both ends run on; between the runner's workers it crosses big-endian.
 Serialising goes through the caller's ``hop_out``/``hop_in``
-(:class:`machida.app.pipeline.LocalTopology`'s), so a failing ``serialize`` is
+(:class:`machida.app.topology.LocalTopology`'s), so a failing ``serialize`` is
 reported and counted by the project's error policy and only that message is
 dropped.
 """

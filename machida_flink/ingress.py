@@ -37,7 +37,7 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
-from machida.app.callbacks import Callbacks
+from machida.app.callbacks import Callbacks, label
 from machida.app.plan import AppPlan
 from machida.console import os_reason, warn
 from machida.errors import BindError
@@ -133,7 +133,9 @@ class SourceProtocol(asyncio.Protocol):
         self.ingress = ingress
         self.pipeline = pipeline
         source = ingress.plan.pipelines[pipeline].source
-        self.framer = SourceFramer(source.decoder, source.header_length)
+        self.framer = SourceFramer(
+            source.decoder, source.header_length, label(source.decoder, "payload_length")
+        )
         self.connection = ingress.next_connection()
         self.stream = ingress.streams[pipeline]
         self.peer = "?"

@@ -2,7 +2,7 @@
 
 Each operator loads the application itself in ``open()`` (import the module,
 ``application_setup(args)``, the checked plan), as every machida worker did,
-and carries messages through a :class:`machida.app.pipeline.LocalTopology`, the
+and carries messages through a :class:`machida.app.topology.LocalTopology`, the
 same object the runner and ``machida.testing`` use, so the calling rules and
 the error policy are the project's own. Flink sees batches only:
 
@@ -33,8 +33,8 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from machida.app.callbacks import Callbacks, build_failed
 from machida.app.loader import ints_round_trip, load_plan, serializers
-from machida.app.pipeline import LocalTopology
 from machida.app.plan import Placement
+from machida.app.topology import LocalTopology
 from machida.errors import ApplicationError
 from machida_flink import batch
 from machida_flink.ingress_log import CLOSED, FRAMES, OPENED, split_entries, split_frames

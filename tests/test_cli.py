@@ -421,12 +421,12 @@ def test_help_lists_every_flag_in_two_blocks():
 
 @pytest.fixture
 def fake_worker(monkeypatch):
-    """A stand-in ``machida.runtime.process`` whose ``run`` records its config and returns 7."""
+    """A stand-in ``machida.process`` whose ``run`` records its config and returns 7."""
     calls: list[RunnerConfig] = []
-    module = types.ModuleType("machida.runtime.process")
+    module = types.ModuleType("machida.process")
     module.run = lambda config: calls.append(config) or 7  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "machida.runtime.process", module)
-    monkeypatch.setattr("machida.runtime.process", module, raising=False)
+    monkeypatch.setitem(sys.modules, "machida.process", module)
+    monkeypatch.setattr("machida.process", module, raising=False)
     return calls
 
 

@@ -17,7 +17,7 @@ from machida.durability.recovery import (
     Recover,
     RecoveryError,
     RecoveryFiles,
-    Topology,
+    RecoveryRecord,
     removal_lines,
 )
 
@@ -28,7 +28,7 @@ EXPECT = Expectation(fingerprint=FP, resilience=False, worker_count=2)
 WORKER_EXPECT = Expectation(fingerprint=FP, resilience=False)
 
 
-def topology(worker: str = "initializer", module: str = "app", **changes) -> Topology:
+def topology(worker: str = "initializer", module: str = "app", **changes) -> RecoveryRecord:
     fields = {
         "module": module,
         "worker": worker,
@@ -42,7 +42,7 @@ def topology(worker: str = "initializer", module: str = "app", **changes) -> Top
         "peers": PEERS,
     }
     fields.update(changes)
-    return Topology(**fields)
+    return RecoveryRecord(**fields)
 
 
 def initializer_files(tmp_path, module: str = "app") -> RecoveryFiles:
@@ -107,10 +107,8 @@ def test_worker_round_trip(tmp_path):
     files.write(written)
     decision = files.inspect(WORKER_EXPECT)
     assert decision == Recover(written)
-    assert decision.topology.peers == (
-        Peer("initializer", ("127.0.0.1", 7000), ("127.0.0.1", 7001)),
-    )
-    assert decision.topology.owned() == {"window": [0, 2], "other": []}
+    assert decision.record.peers == (Peer("initializer", ("127.0.0.1", 7000), ("127.0.0.1", 7001)),)
+    assert decision.record.owned() == {"window": [0, 2], "other": []}
 
 
 def test_single_worker_initializer_writes_only_what_it_has(tmp_path):

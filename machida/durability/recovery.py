@@ -58,12 +58,12 @@ class Peer:
 
 
 @dataclass(frozen=True, **_SLOTS)
-class Topology:
+class RecoveryRecord:
     """Everything one process's recovery files hold together.
 
     ``owned_keys`` (state name → key indexes) and ``peers`` (name →
     ``{"control": [h, p], "data": [h, p]}``) may be given as mappings; they are
-    kept as tuples so that a topology is immutable and compares by value.
+    kept as tuples so that a record is immutable and compares by value.
     """
 
     module: str
@@ -116,7 +116,7 @@ class Fresh:
 class Recover:
     """Rejoin with the recorded topology; ``event_logs`` are oldest first."""
 
-    topology: Topology
+    record: RecoveryRecord
     event_logs: tuple[str, ...] = ()
 
 
@@ -162,7 +162,7 @@ class RecoveryFiles:
             raise ValueError(f"{path} is not an event log of {self.stem!r}")
         return int(match.group(1) or "0", 16)
 
-    def write(self, topology: Topology) -> None:
+    def write(self, topology: RecoveryRecord) -> None:
         """Record ``topology`` durably; ``.local-topology`` is renamed into place last."""
         if (topology.module, topology.worker) != (self.module, self.worker):
             raise ValueError(f"topology of {topology.worker!r} given to {self.stem!r}")
@@ -183,7 +183,7 @@ class RecoveryFiles:
         _write_durably(paths[LOCAL_TOPOLOGY], documents[LOCAL_TOPOLOGY])
         fsync_directory(self.directory)
 
-    def read(self, expected_format: int = FORMAT) -> Topology:
+    def read(self, expected_format: int = FORMAT) -> RecoveryRecord:
         """The recorded set; RecoveryError if a file is missing, unreadable or of another format."""
         present = set(self.found())
         paths = self.paths()
@@ -200,7 +200,7 @@ class RecoveryFiles:
         if (fields["module"], fields["worker"]) != (self.module, self.worker):
             cause = f"it records module {fields['module']!r} and worker {fields['worker']!r}"
             raise _unreadable(paths[LOCAL_TOPOLOGY], cause)
-        return Topology(**fields, format=expected_format)
+        return RecoveryRecord(**fields, format=expected_format)
 
     def inspect(self, expected: Expectation) -> Decision:
         """machida.md §9.2: what to do with the files found at start-up."""
@@ -244,7 +244,7 @@ class RecoveryFiles:
         own = {f"{self.stem}.{ext}" for ext in EXTENSIONS}
         return name in own or self._evlog.fullmatch(name) is not None
 
-    def _check(self, topology: Topology, expected: Expectation) -> None:
+    def _check(self, topology: RecoveryRecord, expected: Expectation) -> None:
         # The mode before the fingerprint, which includes it (AppPlan.fingerprint),
         # and the count before the names, so that each refusal names its first cause.
         workers = None if expected.workers is None else list(expected.workers)
@@ -285,7 +285,7 @@ def _mode(resilience: bool) -> str:
     return "on" if resilience else "off"
 
 
-def _documents(topology: Topology) -> dict[str, dict]:
+def _documents(topology: RecoveryRecord) -> dict[str, dict]:
     """One JSON document per file, with the fields _SCHEMA names; json writes tuples as lists."""
     values = {key: getattr(topology, key) for schema in _SCHEMA.values() for key in schema}
     values["owned_keys"] = topology.owned()

@@ -347,7 +347,9 @@ class SourceConnection:
         self._decode = source.decoder.decode
         self._decode_name = label(source.decoder, "decode")
         self._counts = topology.stats.pipeline(topology.plan.pipelines[p].name)
-        self.framer = SourceFramer(source.decoder, source.header_length)
+        self.framer = SourceFramer(
+            source.decoder, source.header_length, label(source.decoder, "payload_length")
+        )
         self._reported = False
 
     @property

@@ -6,10 +6,12 @@ loads the application (every process does, as machida did) and runs a
 listeners, the sink and data-link connections, the metrics client and the
 recovery files are here, and nowhere else. Messages are handled by the
 :class:`~machida.runtime.dataplane.DataPlane` (no I/O), which this shell
-feeds through the per-channel protocols of :mod:`machida.runtime.channels`;
-:class:`~machida.runtime.flow.FlowControl` says which inputs may be read. The
-cluster role (:mod:`machida.cluster`) steers the process through the verbs of
-:class:`machida.cluster.node.Node`.
+feeds through the per-channel protocols of :mod:`machida.runtime.channels` and
+:mod:`machida.runtime.boundary`; :class:`~machida.runtime.flow.FlowControl`
+says which inputs may be read. The cluster role (:mod:`machida.cluster`) steers
+the process through the verbs of :class:`machida.cluster.node.Node`. This
+module sits above both the runtime and the control plane, which know nothing
+of each other.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from machida.durability.recovery import (
     Recover,
     RecoveryError,
     RecoveryFiles,
-    Topology,
+    RecoveryRecord,
     removal_lines,
 )
 from machida.durability.resilience import Resilience, Settings, banners
@@ -47,19 +49,11 @@ from machida.errors import ApplicationError, BindError
 from machida.external import serve_external
 from machida.metrics.client import MetricsClient
 from machida.metrics.stats import Stats
-from machida.runtime.channels import (
-    BoundaryIn,
-    ControlChannel,
-    Ignored,
-    Inputs,
-    SourceChannel,
-    dial_control,
-    guarded,
-)
+from machida.runtime.boundary import Boundaries, BoundaryIn
+from machida.runtime.channels import ControlChannel, Ignored, Inputs, SourceChannel
 from machida.runtime.dataplane import DataPlane
-from machida.runtime.durable import DurableState
 from machida.runtime.flow import FlowControl
-from machida.runtime.links import Links
+from machida.runtime.guard import dial_control, guarded
 from machida.runtime.listeners import Listeners, local_address_towards
 from machida.runtime.sink import Sinks
 
@@ -76,24 +70,24 @@ class Process:
         self.config, self.name, self.plan = config, config.name, plan
         self.secret = secret
         self.stats = Stats(self.name)
-        self.flow = FlowControl(lambda flow: self.inputs.changed())
-        self.sinks = Sinks(plan, self.flow.sink_blocked)
-        self.plane = DataPlane(
-            plan, self.name, serializers(module), self.flow, self.sinks.write,
-            lambda peer, frame: self.links.write(peer, frame), Callbacks(self.name), self.stats,
-        )  # fmt: skip
-        self.links = Links(self.plane, secret)
+        self.flow = FlowControl(self._flow_changed)
         self.inputs = Inputs(self.flow, self.name)
-        self.listeners = Listeners()
+        self.sinks = Sinks(plan, self.flow.sink_blocked)
         self.recovery = RecoveryFiles(config.resilience_dir, config.application_module,
                                       self.name, config.initializer)  # fmt: skip
-        self.recovered: Topology | None = None
         self.resilience: Resilience | None = None
+        hooks = {}
         if config.resilience:
             settings = Settings.of(config, plan.fingerprint(True))
-            durable = DurableState(self.plane)
-            self.resilience = Resilience(settings, self.recovery, durable, self.flow)
-            self.plane.persist, self.plane.commit = self.resilience.persist, self._commit
+            self.resilience = Resilience(settings, self.recovery, self.flow)
+            hooks = {"persist": self.resilience.persist, "commit": self._commit}
+        self.plane = DataPlane(
+            plan, self.name, serializers(module), self.flow, self.sinks.write,
+            self._write_boundary, Callbacks(self.name), self.stats, **hooks,
+        )  # fmt: skip
+        self.boundaries = Boundaries(self.plane, secret)
+        self.listeners = Listeners()
+        self.recovered: RecoveryRecord | None = None
         self.role: Initializer | Member = (
             Initializer(self, config.worker_count) if config.initializer
             else Member(self, config.control, functools.partial(dial_control, secret))
@@ -109,7 +103,7 @@ class Process:
         decision = self.recovery.inspect(_expectation(self.config, self.plan))
         if isinstance(decision, Recover):
             say(RECOVERING)
-            self.recovered = decision.topology
+            self.recovered = decision.record
         else:
             for line in decision.notices:
                 say(line)
@@ -150,7 +144,7 @@ class Process:
             return False
         if self.resilience is not None:
             try:
-                self.resilience.open(recovering=self.recovered is not None)
+                self.resilience.open(self.plane, recovering=self.recovered is not None)
             except EventLogError as err:
                 warn(error_line(err))
                 self.finish(1)
@@ -164,12 +158,12 @@ class Process:
     def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
         bound = self.listeners.bound
         try:
-            self.recovery.write(_topology(self.config, self.plan, workers, addresses, bound))
+            self.recovery.write(_record(self.config, self.plan, workers, addresses, bound))
         except OSError as err:
             self._disk_failed(err.filename or self.recovery.directory, err)
 
     def connect(self, peer: str, host: str, port: int) -> None:
-        self.links.connect(peer, host, int(port))
+        self.boundaries.connect(peer, host, int(port))
 
     async def sinks_connected(self) -> None:
         await self.sinks.connected()
@@ -184,6 +178,12 @@ class Process:
             self.recovered = None
 
     # -- the flow of messages -------------------------------------------------------------
+
+    def _flow_changed(self, flow: FlowControl) -> None:
+        self.inputs.changed()
+
+    def _write_boundary(self, peer: str, frame: bytes) -> None:
+        self.boundaries.write(peer, frame)
 
     def flush(self) -> None:
         self.plane.flush()
@@ -237,13 +237,13 @@ class Process:
         return await self.sinks.drain(seconds)
 
     def quiet_links(self) -> None:
-        self.links.quiet()
+        self.boundaries.quiet()
 
     def close(self, clean: bool = False) -> None:
         """Close every listener and connection; a clean close removes the recovery files."""
         self.listeners.close()
         self.inputs.close()
-        self.links.close()
+        self.boundaries.close()
         self.sinks.close()
         if self.resilience is not None:
             self.resilience.close()
@@ -286,15 +286,15 @@ def _expectation(config: RunnerConfig, plan: AppPlan) -> Expectation:
     )
 
 
-def _topology(config: RunnerConfig, plan: AppPlan, workers: list[str],
-              addresses: dict[str, tuple], bound: dict[str, tuple]) -> Topology:  # fmt: skip
+def _record(config: RunnerConfig, plan: AppPlan, workers: list[str],
+              addresses: dict[str, tuple], bound: dict[str, tuple]) -> RecoveryRecord:  # fmt: skip
     """The recovery files' record of this worker once the member list is known."""
     peers = {
         name: {"control": tuple(addr[0]), "data": tuple(addr[1])}
         for name, addr in addresses.items()
         if name != config.name
     }
-    return Topology(
+    return RecoveryRecord(
         module=config.application_module, worker=config.name,
         fingerprint=plan.fingerprint(config.resilience),
         worker_count=len(workers), workers=tuple(workers),

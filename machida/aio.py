@@ -62,12 +62,17 @@ def background(coro: Coroutine[Any, Any, Any], failed: Callable[[], None]) -> as
 
 def _ended(failed: Callable[[], None], task: asyncio.Task) -> None:
     _BACKGROUND.discard(task)
-    if task.cancelled() or task.exception() is None:
+    err = None if task.cancelled() else task.exception()
+    if err is None:
         return
-    err = task.exception()
-    warn(f"ERROR: {task.get_coro().__qualname__} failed:")
+    warn(f"ERROR: {_name(task)} failed:")
     traceback.print_exception(type(err), err, err.__traceback__)
     failed()
+
+
+def _name(task: asyncio.Task) -> str:
+    """The name of the coroutine a task runs (``Initializer._shutdown``)."""
+    return getattr(task.get_coro(), "__qualname__", task.get_name())
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -89,7 +94,7 @@ def close_loop(loop: asyncio.AbstractEventLoop, grace_s: float = END_TASKS_S) ->
     if pending:
         _, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=grace_s))
         if stuck:
-            names = ", ".join(sorted(task.get_coro().__qualname__ for task in stuck))
+            names = ", ".join(sorted(_name(task) for task in stuck))
             warn(f"WARNING: exiting although {len(stuck)} task(s) did not stop: {names}")
     loop.run_until_complete(loop.shutdown_asyncgens())
     asyncio.set_event_loop(None)

@@ -15,7 +15,7 @@ lacks the method says the message is not handled, as Wallaroo did.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Protocol
+from typing import Callable, Protocol, cast
 
 from machida.aio import Address, listen
 from machida.console import say, warn
@@ -64,11 +64,11 @@ class ExternalChannel(asyncio.Protocol):
     def __init__(self, commands: ExternalCommands) -> None:
         self.commands = commands
         self.decoder = ExternalFrameDecoder()
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport  # from connection_made on
         self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"

@@ -25,7 +25,7 @@ import signal
 import sys
 from typing import Any
 
-from machida.aio import background, close_loop
+from machida.aio import Address, background, close_loop
 from machida.app.callbacks import Callbacks
 from machida.app.loader import load_plan, report_load_failure, serializers
 from machida.app.plan import AppPlan
@@ -38,6 +38,7 @@ from machida.durability.eventlog import EventLogError
 from machida.durability.recovery import (
     RECOVERING,
     Expectation,
+    Peer,
     Recover,
     RecoveryError,
     RecoveryFiles,
@@ -76,22 +77,25 @@ class Process:
         self.recovery = RecoveryFiles(config.resilience_dir, config.application_module,
                                       self.name, config.initializer)  # fmt: skip
         self.resilience: Resilience | None = None
-        hooks = {}
         if config.resilience:
             settings = Settings.of(config, plan.fingerprint(True))
             self.resilience = Resilience(settings, self.recovery, self.flow)
-            hooks = {"persist": self.resilience.persist, "commit": self._commit}
+        resilience = self.resilience
         self.plane = DataPlane(
             plan, self.name, serializers(module), self.flow, self.sinks.write,
-            self._write_boundary, Callbacks(self.name), self.stats, **hooks,
+            self._write_boundary, Callbacks(self.name), self.stats,
+            persist=resilience.persist if resilience else None,
+            commit=self._commit if resilience else None,
         )  # fmt: skip
         self.boundaries = Boundaries(self.plane, secret)
         self.listeners = Listeners()
         self.recovered: RecoveryRecord | None = None
-        self.role: Initializer | Member = (
-            Initializer(self, config.worker_count) if config.initializer
-            else Member(self, config.control, functools.partial(dial_control, secret))
-        )  # fmt: skip
+        self.role: Initializer | Member
+        if config.initializer:
+            self.role = Initializer(self, config.worker_count)
+        else:
+            assert config.control is not None  # a worker is given the initializer's address
+            self.role = Member(self, config.control, functools.partial(dial_control, secret))
         self.finished: asyncio.Future | None = None
         self.disk_failed = False
         self._stopping = False
@@ -127,9 +131,9 @@ class Process:
         secret, boundary = self.secret, functools.partial(BoundaryIn, self.plane, self.inputs,
                                                           self.sinks.busy)  # fmt: skip
         control = await listeners.bind("control", control, guarded(secret, b"control", talk),
-                                       recorded and recorded.control)  # fmt: skip
+                                       recorded.control if recorded else None)  # fmt: skip
         data = await listeners.bind("data", data, guarded(secret, b"data", boundary),
-                                    recorded and recorded.data)  # fmt: skip
+                                    recorded.data if recorded else None)  # fmt: skip
         if cfg.external is not None:  # its requests go to the cluster role
             listeners.keep(await serve_external(role, self.name, cfg.external))
         return control, data
@@ -162,8 +166,8 @@ class Process:
         except OSError as err:
             self._disk_failed(err.filename or self.recovery.directory, err)
 
-    def connect(self, peer: str, host: str, port: int) -> None:
-        self.boundaries.connect(peer, host, int(port))
+    def connect(self, peer: str, data: Address) -> None:
+        self.boundaries.connect(peer, *data)
 
     async def sinks_connected(self) -> None:
         await self.sinks.connected()
@@ -191,10 +195,12 @@ class Process:
     def _commit(self, leaving: list) -> bool:
         """The data plane's commit: the event log, durable before anything leaves. A disk that
         refuses stops this worker, without acknowledging what it could not log."""
+        resilience = self.resilience
+        assert resilience is not None and resilience.log is not None  # the hook of an open log
         try:
-            self.resilience.commit(leaving)
+            resilience.commit(leaving)
         except (OSError, EventLogError) as err:
-            self._disk_failed(self.resilience.log.path, err)
+            self._disk_failed(resilience.log.path, err)
             return False
         return True
 
@@ -253,7 +259,7 @@ class Process:
 
     def finish(self, code: int) -> None:
         """End the process's main loop with exit status ``code``."""
-        if self.running:
+        if self.finished is not None and not self.finished.done():
             self.finished.set_result(code)
 
     def on_signal(self) -> None:
@@ -269,11 +275,13 @@ class Process:
         self.finish(0)
 
 
-def _cluster_addresses(config: RunnerConfig) -> tuple[tuple, tuple]:
+def _cluster_addresses(config: RunnerConfig) -> tuple[Address, Address]:
     """Where this worker's control and data listeners go: as given; on a worker, by default the
     local address that reaches the initializer (any port), never every interface."""
     if config.initializer:
+        assert config.data is not None  # the command line requires it
         return config.control or ("127.0.0.1", 0), config.data
+    assert config.control is not None
     here = local_address_towards(*config.control)
     return config.my_control or (here, 0), config.my_data or (here, 0)
 
@@ -287,18 +295,17 @@ def _expectation(config: RunnerConfig, plan: AppPlan) -> Expectation:
 
 
 def _record(config: RunnerConfig, plan: AppPlan, workers: list[str],
-              addresses: dict[str, tuple], bound: dict[str, tuple]) -> RecoveryRecord:  # fmt: skip
+            addresses: dict[str, tuple[Address, Address]],
+            bound: dict[str, Address]) -> RecoveryRecord:  # fmt: skip
     """The recovery files' record of this worker once the member list is known."""
-    peers = {
-        name: {"control": tuple(addr[0]), "data": tuple(addr[1])}
-        for name, addr in addresses.items()
-        if name != config.name
-    }
+    peers = tuple(Peer(name, control, data) for name, (control, data) in addresses.items()
+                  if name != config.name)  # fmt: skip
+    owned = plan.placement(workers).owned_by(config.name)
     return RecoveryRecord(
         module=config.application_module, worker=config.name,
         fingerprint=plan.fingerprint(config.resilience),
         worker_count=len(workers), workers=tuple(workers),
-        owned_keys=plan.placement(workers).owned_by(config.name),
+        owned_keys=tuple((state, tuple(keys)) for state, keys in owned.items()),
         resilience=config.resilience,
         control=bound["control"], data=bound.get("data"), peers=peers,
     )  # fmt: skip
@@ -340,7 +347,7 @@ async def _summaries(callbacks: Callbacks) -> None:
 def run(config: RunnerConfig) -> int:
     """Run one worker process to its end; returns the exit status."""
     with contextlib.suppress(AttributeError, ValueError):
-        sys.stdout.reconfigure(line_buffering=True)
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     for line in config.notices:
         warn(line)
     if config.resilience:

@@ -171,7 +171,7 @@ def test_batches_are_cut_to_fit_a_frame_and_numbered_across_the_cut(monkeypatch)
     assert len(cut) > 2 and all(len(b.frame) <= 4 + 200 for b in cut)
     assert [b.first for b in cut] == [
         1,
-        *(sum(b.count for b in cut[:i]) + 1 for i in range(1, len(cut))),
+        *(sum(b.records for b in cut[:i]) + 1 for i in range(1, len(cut))),
     ]
     decoder = BoundaryDecoder()
     decoder._frames.max_length = 200

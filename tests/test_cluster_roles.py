@@ -71,8 +71,8 @@ class FakeNode:
     def save_topology(self, workers, addresses):
         self._note("save_topology", list(workers))
 
-    def connect(self, peer, host, port):
-        self._note("connect", peer, host, int(port))
+    def connect(self, peer, data):
+        self._note("connect", peer, *data)
 
     async def sinks_connected(self):
         await asyncio.sleep(0)

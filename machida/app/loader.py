@@ -107,9 +107,12 @@ def call_setup(module: ModuleType, name: str, args: list[str]) -> Any:
 
 def serializers(module: ModuleType) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """The module's own ``serialize``/``deserialize`` if it has both, else ``wallaroo``'s."""
-    own = getattr(module, "serialize", None), getattr(module, "deserialize", None)
-    if callable(own[0]) and callable(own[1]):
-        return own
+    serialize, deserialize = (
+        getattr(module, "serialize", None),
+        getattr(module, "deserialize", None),
+    )
+    if callable(serialize) and callable(deserialize):
+        return serialize, deserialize
     wallaroo = importlib.import_module("wallaroo")
     return wallaroo.serialize, wallaroo.deserialize
 

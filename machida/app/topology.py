@@ -76,7 +76,7 @@ class LocalTopology:
     def _build_states(self) -> None:
         """Call ``build()`` eagerly for every owned key, in key-list order."""
         owned = self.placement.owned_by(self.worker)
-        builders = {}
+        builders: dict[str, Any] = {}
         for pipeline in self.plan.pipelines:
             for step in pipeline.steps:
                 if isinstance(step, StatePartition):
@@ -170,8 +170,8 @@ class LocalTopology:
         me, cb = self.worker, self.callbacks
         pname = self.plan.pipelines[p].name
         local = [owner == me for owner in owners]
-        send = [None if owner == me else self._forward_to(owner, (p, pos, i))
-                for i, owner in enumerate(owners)]  # fmt: skip
+        send: list[Any] = [None if owner == me else self._forward_to(owner, (p, pos, i))
+                           for i, owner in enumerate(owners)]  # fmt: skip
         if step.partition_function is None:
             return (lambda msg: apply(0, msg)) if local[0] else send[0]
         index = {key: i for i, key in enumerate(step.keys)}
@@ -183,7 +183,7 @@ class LocalTopology:
         def route(msg: Any) -> None:
             nonlocal matched
             try:
-                key = partition(msg)
+                key: Any = partition(msg)
             except Exception as err:
                 cb.raised(name, err, pname, f"state '{state_name}'")
                 return
@@ -194,7 +194,7 @@ class LocalTopology:
                 if not isinstance(key, numbers.Real) or isinstance(key, bool):
                     cb.invalid(name, key, pname, f"state '{state_name}' needs a u64 key")
                     return
-                key = int(key) & U64_MASK
+                key = int(key) & U64_MASK  # type: ignore[call-overload]
             try:
                 i = index.get(key)
             except TypeError:

@@ -81,7 +81,7 @@ class Initializer(Role):
         say(f"Worker {name} control channel identified")
         if admission.rejoined and self.identified:  # a restarted worker rejoins
             self._send_topology()
-            self.node.connect(name, *self.membership.members[name].data)
+            self.node.connect(name, self.membership.data_address(name))
         else:
             self._maybe_all_identified()
 
@@ -102,9 +102,9 @@ class Initializer(Role):
         node = self.node
         if not node.build(self.membership.names):
             return False
-        for member in self.membership.members.values():
-            if member.name != INITIALIZER:
-                node.connect(member.name, *member.data)
+        for name in self.membership.names:
+            if name != INITIALIZER:
+                node.connect(name, self.membership.data_address(name))
         self.spawn(self._self_ready())
         return True
 

@@ -107,7 +107,7 @@ class Member(Role):
         self.spawn(self._report_ready())
         for w in workers:
             if w.name != node.name:
-                node.connect(w.name, *w.data)
+                node.connect(w.name, w.data)
 
     async def _report_ready(self) -> None:
         await self.node.sinks_connected()

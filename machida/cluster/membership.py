@@ -108,6 +108,12 @@ class Membership:
         return tuple(control.Worker(m.name, m.control, m.data) for m in self.members.values()
                      if m.control is not None and m.data is not None)  # fmt: skip
 
+    def data_address(self, name: str) -> Address:
+        """Where member ``name`` takes its boundaries (known once it has said hello)."""
+        data = self.members[name].data
+        assert data is not None, f"{name} has no data address yet"
+        return data
+
     def addresses(self) -> dict[str, tuple]:
         return {m.name: (m.control, m.data) for m in self.members.values()}
 

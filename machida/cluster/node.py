@@ -42,7 +42,7 @@ class Node(Protocol):
     def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
         """Write the recovery files for this member list and these addresses."""
 
-    def connect(self, peer: str, host: str, port: int) -> None:
+    def connect(self, peer: str, data: Address) -> None:
         """Dial the data link to ``peer`` (or re-dial it at a new address)."""
 
     async def sinks_connected(self) -> None:

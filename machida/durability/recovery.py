@@ -79,9 +79,11 @@ class RecoveryRecord:
     format: int = FORMAT
 
     def __post_init__(self) -> None:
-        keys, peers = self.owned_keys, self.peers
-        keys = keys.items() if isinstance(keys, Mapping) else keys
-        peers = [Peer(n, **p) for n, p in peers.items()] if isinstance(peers, Mapping) else peers
+        given_keys: Any = self.owned_keys
+        given_peers: Any = self.peers
+        keys = given_keys.items() if isinstance(given_keys, Mapping) else given_keys
+        peers = ([Peer(n, **p) for n, p in given_peers.items()] if isinstance(given_peers, Mapping)
+                 else given_peers)  # fmt: skip
         fix = object.__setattr__
         fix(self, "workers", tuple(self.workers))
         fix(self, "owned_keys", tuple((name, tuple(ixs)) for name, ixs in keys))

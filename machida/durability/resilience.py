@@ -212,7 +212,7 @@ class Resilience:
             return  # not open yet: no topology, so nothing was applied or forwarded
         origins = _changed(self.host.origins(), self.origins)
         accepted = _changed(self.host.source_counts(), self.accepted)
-        forwarded = [(peer, b.first, b.count, b.frame) for peer, taken in leaving for b in taken]
+        forwarded = [(peer, b.first, b.records, b.frame) for peer, taken in leaving for b in taken]
         if not (self.dirty or origins or accepted or forwarded):
             return  # nothing to log
         keys, self.dirty = self.dirty, set()
@@ -278,25 +278,30 @@ class Resilience:
             self._switch_log()
             say("Steps snapshotting to new log file complete.")
             for path in self.files.event_logs():
-                if path != self.log.path:
+                if path != self._current().path:
                     os.remove(path)
         except Exception as err:
             say(f"WARNING: event log rotation failed ({type(err).__name__}: {err}); "
-                f"still logging to {self.log.path}")  # fmt: skip
+                f"still logging to {self._current().path}")  # fmt: skip
         finally:
             say("~~~Resuming message processing.~~~")
             self.rotating = False
             self.inputs.resume(ROTATION_PAUSE)
 
+    def _current(self) -> EventLog:
+        """The open event log (a rotation starts only once there is one)."""
+        assert self.log is not None
+        return self.log
+
     def _switch_log(self) -> None:
         """Log to a new file that starts with a snapshot of every owned key."""
         keys = [(name, i) for name, states in self.host.states.items() for i in states]
         say(f"Snapshotting {len(keys)} steps to new log file.")
-        old = self.log
+        old = self._current()
         offset = old.offset + old.size
         new = self._open_log(self._path(offset), offset)
         backups = self.host.backups()
-        forwarded = [(peer, b.first, b.count, b.frame)
+        forwarded = [(peer, b.first, b.records, b.frame)
                      for peer, (_, taken) in backups.items() for b in taken]  # fmt: skip
         acked = {peer: mark for peer, (mark, _) in backups.items()}
         accepted = self.host.source_counts()

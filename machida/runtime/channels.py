@@ -12,6 +12,7 @@ workers are opened through :mod:`machida.runtime.guard` first.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from machida.app.topology import SourceConnection
 from machida.console import warn
@@ -33,7 +34,7 @@ class Channel(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"

@@ -152,9 +152,13 @@ class DataPlane:
 
     # -- sources --------------------------------------------------------------------------
 
+    def _built(self) -> LocalTopology:
+        assert self.topology is not None, "the plane is used before build()"
+        return self.topology
+
     def open_source(self, p: int, peer: str) -> SourceConnection:
         """A new source connection of pipeline ``p``, with its own stateless step instances."""
-        return self.topology.source_connection(p, peer)
+        return self._built().source_connection(p, peer)
 
     def source_read(self, source: SourceConnection, data: bytes, slice_size: int = SOURCE_SLICE):
         """Carry one source read through, flushing after each slice; False once the framing
@@ -210,7 +214,7 @@ class DataPlane:
             backlog.add(route, True, column)
             self.pstats[route[0]].messages_forwarded += len(column)
             return
-        hop_out, p = self.topology.hop_out, route[0]
+        hop_out, p = self._built().hop_out, route[0]
         data = [d for d in map(hop_out, messages, [p] * len(messages)) if d is not None]
         self.pstats[p].messages_forwarded += len(data)  # those serialize refused are dropped
         if data:
@@ -224,17 +228,17 @@ class DataPlane:
             return None  # nothing more is applied, nor acknowledged
         start = time.perf_counter_ns()
         before = [counts.messages_arrived for counts in self.pstats]
-        ready = self.topology is not None
+        topology, upstream = self.topology, incoming.upstream
         for event in incoming.decoder.feed(data):
-            if event.__class__ is BatchEvent:
-                if incoming.upstream is None or not ready:
-                    continue
-                refused = self._apply_batch(incoming, event.first, event.runs)
+            if isinstance(event, BatchEvent):
+                if upstream is None or topology is None:
+                    continue  # before the hello, or before build: not applied, not acked
+                refused = self._apply_batch(topology, upstream, incoming, event)
                 if refused is not None:
                     incoming.decoder.error = refused  # nothing more is read from this boundary
                     break
-            elif event.__class__ is Hello:
-                incoming.upstream = event.worker
+            elif isinstance(event, Hello):
+                incoming.upstream = upstream = event.worker
                 self._dedup.setdefault(event.worker, Dedup()).start(event.incarnation)
             else:
                 incoming.decoder.error = FrameError(f"a {type(event).__name__} from upstream")
@@ -246,11 +250,11 @@ class DataPlane:
                 counts.latency.add_many(took, counts.messages_arrived - earlier)
         return incoming.decoder.error
 
-    def _apply_batch(self, incoming: IncomingBoundary, first: int,
-                     runs: list[Run]) -> FrameError | None:  # fmt: skip
-        dedup = self._dedup[incoming.upstream]
-        topology, pstats = self.topology, self.pstats
-        refused = _refused(incoming.upstream, dedup, topology, first, runs)
+    def _apply_batch(self, topology: LocalTopology, upstream: str, incoming: IncomingBoundary,
+                     batch: BatchEvent) -> FrameError | None:  # fmt: skip
+        dedup, pstats = self._dedup[upstream], self.pstats
+        first, runs = batch.first, batch.runs
+        refused = _refused(upstream, dedup, topology, first, runs)
         if refused is not None:
             return refused
         total = sum(len(run[4]) for run in runs)
@@ -346,7 +350,8 @@ class DataPlane:
         self._boundary_to(peer).restore(acked, next_seq, frames)
 
 
-def _refused(upstream: str, dedup: Dedup, topology: LocalTopology, first: int, runs: list):
+def _refused(upstream: str, dedup: Dedup, topology: LocalTopology, first: int,
+             runs: list[Run]) -> FrameError | None:  # fmt: skip
     """Why a batch cannot be trusted (it skips records, or names a key not owned here)."""
     if dedup.gap(first):
         return FrameError(f"a batch from {upstream} starts at record {first}, but "

@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Callable, cast
 
 from machida.aio import within
 from machida.console import warn
@@ -107,7 +107,7 @@ class Guarded(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -117,7 +117,7 @@ class Guarded(asyncio.Protocol):
                 self._fail(f"more than {MAX_PENDING_HANDSHAKES} connections proving the secret")
                 return
         if isinstance(self.handshake, AcceptorHandshake):
-            self.transport.write(self.handshake.start())
+            self.transport.write(self.handshake.start())  # the acceptor speaks first
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(HANDSHAKE_TIMEOUT_S, self._fail,
                                       f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s")  # fmt: skip

@@ -35,6 +35,7 @@ class _SinkProtocol(asyncio.Protocol):
         self.sink = sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
 
     def data_received(self, data: bytes) -> None:
@@ -195,7 +196,9 @@ class Sinks:
             self.sinks.append(sink)
 
     def write(self, p: int, data: bytes) -> None:
-        self.sinks[p].write(data)
+        sink = self.sinks[p]
+        assert sink is not None, "only a pipeline with a sink emits output"
+        sink.write(data)
 
     def _open(self) -> list[Sink]:
         return [sink for sink in self.sinks if sink is not None]

@@ -90,10 +90,10 @@ def ack(seq: int) -> bytes:
 
 
 class Batch(NamedTuple):
-    """One ``M`` frame and the records it numbers: ``first`` .. ``first + count - 1``."""
+    """One ``M`` frame and the records it numbers: ``first`` .. ``first + records - 1``."""
 
     first: int
-    count: int
+    records: int
     frame: bytes
 
 
@@ -101,7 +101,9 @@ def batches(first_seq: int, runs: list, max_records: int | None = None) -> list[
     """``M`` frames for ``runs`` numbered from ``first_seq``, each within MAX_DATA_FRAME (and
     ``max_records``); one frame unless the runs are that large."""
     limit = MAX_DATA_FRAME - _BATCH_OVERHEAD
-    frames, chunk, records, size = [], [], 0, 0
+    frames: list[Batch] = []
+    chunk: list[list] = []
+    records = size = 0
     for route, is_int, values in runs:
         start = 0
         while start < len(values):
@@ -416,7 +418,7 @@ class OutgoingBoundary:
         """Acknowledgements in; whether any arrived (anything else is an error)."""
         events = self.decoder.feed(data)
         for event in events:
-            if event.__class__ is not Ack:
+            if not isinstance(event, Ack):
                 self.decoder.error = FrameError(f"a {type(event).__name__} on an ack stream")
                 return False
             self.backlog.ack(event.seq)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol, Union
 
 from machida.errors import FrameError
@@ -42,13 +42,11 @@ from machida.wire.framing import FrameDecoder, encode_frame
 # Control messages are small; anything near this size means a confused peer.
 MAX_CONTROL_FRAME = 1024 * 1024
 
-_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
-_message = dataclasses.dataclass(frozen=True, **_SLOTS)
 
 Address = tuple[str, int]
 
 
-@_message
+@dataclass(frozen=True)
 class Worker:
     """One member of a :class:`Members` message: its name and listener addresses."""
 
@@ -57,7 +55,7 @@ class Worker:
     data: Address
 
 
-@_message
+@dataclass(frozen=True)
 class Hello:
     TYPE: ClassVar[str] = "hello"
     name: str
@@ -67,37 +65,37 @@ class Hello:
     rejoin: bool = False
 
 
-@_message
+@dataclass(frozen=True)
 class Refused:
     TYPE: ClassVar[str] = "refused"
     reason: str
 
 
-@_message
+@dataclass(frozen=True)
 class Members:
     TYPE: ClassVar[str] = "topology"
     workers: tuple[Worker, ...]
 
 
-@_message
+@dataclass(frozen=True)
 class Ready:
     TYPE: ClassVar[str] = "ready"
     name: str
 
 
-@_message
+@dataclass(frozen=True)
 class ShutdownRequest:
     TYPE: ClassVar[str] = "shutdown_request"
     reason: str = ""
 
 
-@_message
+@dataclass(frozen=True)
 class Poll:
     TYPE: ClassVar[str] = "poll"
     round: int
 
 
-@_message
+@dataclass(frozen=True)
 class Counts:
     TYPE: ClassVar[str] = "counts"
     round: int
@@ -106,25 +104,25 @@ class Counts:
     backlog: int
 
 
-@_message
+@dataclass(frozen=True)
 class Finish:
     TYPE: ClassVar[str] = "finish"
 
 
-@_message
+@dataclass(frozen=True)
 class Finished:
     TYPE: ClassVar[str] = "finished"
     name: str
     code: int
 
 
-@_message
+@dataclass(frozen=True)
 class Abort:
     TYPE: ClassVar[str] = "abort"
     reason: str = ""
 
 
-@_message
+@dataclass(frozen=True)
 class RotateLog:
     TYPE: ClassVar[str] = "rotate_log"
     worker: str
@@ -134,7 +132,11 @@ ControlMessage = Union[
     Hello, Refused, Members, Ready, ShutdownRequest, Poll, Counts, Finish, Finished, Abort,
     RotateLog,
 ]  # fmt: skip
-MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in ControlMessage.__args__}
+MESSAGES: dict[str, type] = {
+    cls.TYPE: cls
+    for cls in (Hello, Refused, Members, Ready, ShutdownRequest, Poll, Counts, Finish, Finished,
+                Abort, RotateLog)
+}  # fmt: skip
 
 
 class ControlLink(Protocol):
@@ -223,7 +225,7 @@ def _build(cls: type, obj: dict, what: str) -> Any:
             if field.default is dataclasses.MISSING:
                 raise FrameError(f"malformed {what}: no {field.name!r}")
             continue
-        value = _CHECKS[field.type](obj[field.name])
+        value = _CHECKS[str(field.type)](obj[field.name])  # a string: annotations are postponed
         if value is _BAD:
             raise FrameError(f"malformed {what}: {field.name!r} is {obj[field.name]!r:.80}")
         values[field.name] = value

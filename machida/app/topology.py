@@ -18,7 +18,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-from machida.app.callbacks import Callbacks, build_failed, fn_label, label, serialized
+from machida.app.callbacks import Callbacks, build_state, fn_label, label, serialized
 from machida.app.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
 from machida.metrics.stats import Stats
 from machida.wire.boundary import MAX_MESSAGE
@@ -84,11 +84,8 @@ class LocalTopology:
         for state_name, builder in builders.items():
             states = self.states.setdefault(state_name, {})
             for index in owned.get(state_name, []):
-                try:
-                    states[index] = builder.build()
-                except Exception as err:
-                    what = f"state '{state_name}' on worker '{self.worker}'"
-                    raise build_failed(builder, err, what) from err
+                what = f"state '{state_name}' on worker '{self.worker}'"
+                states[index] = build_state(builder, what, self.callbacks)
 
     # -- compiling ------------------------------------------------------------------------
 
@@ -131,12 +128,9 @@ class LocalTopology:
             counts.messages_in += 1
             try:
                 out = method(msg)
-            except Exception as err:
-                cb.raised(name, err, pname, context)
+            except BaseException as err:
+                cb.failed(name, err, pname, context)
                 return
-            except SystemExit as err:
-                cb.exiting(name, err)
-                raise
             if out is None:
                 return
             if out.__class__ is not list and not isinstance(out, list):
@@ -150,12 +144,9 @@ class LocalTopology:
             counts.messages_in += 1
             try:
                 out = method(msg)
-            except Exception as err:
-                cb.raised(name, err, pname, context)
+            except BaseException as err:
+                cb.failed(name, err, pname, context)
                 return
-            except SystemExit as err:
-                cb.exiting(name, err)
-                raise
             if out is not None:
                 counts.messages_out += 1
                 nxt(out)
@@ -184,12 +175,9 @@ class LocalTopology:
             nonlocal matched
             try:
                 key: Any = partition(msg)
-            except Exception as err:
-                cb.raised(name, err, pname, f"state '{state_name}'")
+            except BaseException as err:
+                cb.failed(name, err, pname, f"state '{state_name}'")
                 return
-            except SystemExit as err:
-                cb.exiting(name, err)
-                raise
             if u64:
                 if not isinstance(key, numbers.Real) or isinstance(key, bool):
                     cb.invalid(name, key, pname, f"state '{state_name}' needs a u64 key")
@@ -227,12 +215,9 @@ class LocalTopology:
             counts.messages_in += 1
             try:
                 r = method(msg, states[i])
-            except Exception as err:
-                cb.raised(name, err, pname, f"state '{state_name}', key {keys[i]!r}")
+            except BaseException as err:
+                cb.failed(name, err, pname, f"state '{state_name}', key {keys[i]!r}")
                 return
-            except SystemExit as err:
-                cb.exiting(name, err)
-                raise
             if (r.__class__ is not tuple and not isinstance(r, tuple)) or len(r) < 2:
                 cb.invalid(name, r, pname, f"state '{state_name}', key {keys[i]!r}")
                 return
@@ -265,12 +250,9 @@ class LocalTopology:
         def emit(value: Any) -> None:
             try:
                 data = encode(value)
-            except Exception as err:
-                cb.raised(name, err, pname, "sink")
+            except BaseException as err:
+                cb.failed(name, err, pname, "sink")
                 return
-            except SystemExit as err:
-                cb.exiting(name, err)
-                raise
             if data.__class__ is not bytes and data is not None:
                 raw, data = data, _as_bytes(data)
                 if data is None:
@@ -307,8 +289,8 @@ class LocalTopology:
         """Serialise a message leaving this worker; ``None`` if that failed (it is dropped)."""
         try:
             data = self._serialize(msg)
-        except Exception as err:
-            self.callbacks.raised(fn_label(self._serialize), err, self.plan.pipelines[p].name)
+        except BaseException as err:
+            self.callbacks.failed(fn_label(self._serialize), err, self.plan.pipelines[p].name)
             return None
         if data.__class__ is not bytes:
             result, data = data, serialized(data)
@@ -327,8 +309,8 @@ class LocalTopology:
         """Deserialise a message from another worker: ``(ok, message)``."""
         try:
             return True, self._deserialize(data)
-        except Exception as err:
-            self.callbacks.raised(fn_label(self._deserialize), err, self.plan.pipelines[p].name)
+        except BaseException as err:
+            self.callbacks.failed(fn_label(self._deserialize), err, self.plan.pipelines[p].name)
             return False, None
 
 
@@ -367,8 +349,8 @@ class SourceConnection:
         framer = self.framer
         try:
             return framer.feed(data)
-        except SystemExit as err:
-            self.topology.callbacks.exiting(framer.callback, err)
+        except BaseException as err:  # the framer turns an Exception into framer.error
+            self.topology.callbacks.fatal(framer.callback, err)
             raise
 
     def report_bad_frame(self) -> None:
@@ -386,13 +368,9 @@ class SourceConnection:
         for payload in payloads:
             try:
                 msg = decode(payload)
-            except Exception as err:
-                pname = self.topology.plan.pipelines[self.p].name
-                cb.raised(name, err, pname, f"peer {self.peer}")
+            except BaseException as err:
+                cb.failed(name, err, self.topology.plan.pipelines[self.p].name, f"peer {self.peer}")
                 continue
-            except SystemExit as err:
-                cb.exiting(name, err)
-                raise
             entry(msg)
 
     def close(self) -> int:

@@ -117,10 +117,10 @@ def banners(config: Any) -> list[str]:
 class Resilience:
     """The event log of one worker and what it takes to write and replay it."""
 
-    def __init__(self, settings: Settings, files: RecoveryFiles, inputs: Pausable) -> None:
+    def __init__(self, settings: Settings, files: RecoveryFiles, flow: Pausable) -> None:
         self.settings = settings
         self.files = files
-        self.inputs = inputs
+        self.flow = flow
         self.host: ResilienceHost = _NOT_OPEN
         self.dirty: set[tuple[str, int]] = set()
         # what the log holds already, so that a commit adds only what changed
@@ -187,7 +187,8 @@ class Resilience:
                 continue
             try:
                 states[key_index] = deserialize(data)
-            except Exception as err:
+            except BaseException as err:
+                self.host.callbacks.fatal(fn_label(deserialize), err)
                 raise EventLogError(
                     f"event log snapshot of state '{state_name}' key index {key_index} "
                     f"cannot be deserialised: {type(err).__name__}: {err}"
@@ -240,9 +241,9 @@ class Resilience:
             # a snapshot that failed is not logged; the state lives on and is logged next time
             try:
                 result = serialize(state)
-            except Exception as err:
+            except BaseException as err:
                 self.dirty.add((state_name, key_index))
-                self.host.callbacks.raised(fn_label(serialize), err, state_name, "snapshot")
+                self.host.callbacks.failed(fn_label(serialize), err, state_name, "snapshot")
                 continue
             data = serialized(result)
             if data is None:
@@ -271,7 +272,7 @@ class Resilience:
     async def _rotate(self) -> None:
         say("Starting event log rotation.")
         say("~~~Stopping message processing for log rotation.~~~")
-        self.inputs.pause(ROTATION_PAUSE)
+        self.flow.pause(ROTATION_PAUSE)
         try:
             await asyncio.sleep(self.settings.stop_pause_s)
             self.host.flush()  # its commit logs what is pending to the old file
@@ -286,7 +287,7 @@ class Resilience:
         finally:
             say("~~~Resuming message processing.~~~")
             self.rotating = False
-            self.inputs.resume(ROTATION_PAUSE)
+            self.flow.resume(ROTATION_PAUSE)
 
     def _current(self) -> EventLog:
         """The open event log (a rotation starts only once there is one)."""

@@ -343,6 +343,7 @@ def _record(config: RunnerConfig, plan: AppPlan, record: Record,
         resilience=config.resilience,
         control=bound["control"], data=bound.get("data"), peers=peers,
         placement=record.placement, target=record.target, leaving=record.leaving,
+        requested_count=record.requested_count,
     )  # fmt: skip
 
 

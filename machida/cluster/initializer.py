@@ -44,7 +44,8 @@ class Initializer(Role):
                  stop_pause_s: float = 0.0) -> None:  # fmt: skip
         super().__init__(node, keys)
         self.membership = Membership(expected, node.fingerprint_parts())
-        self.wanted = expected  # --worker-count: a restart may ask for another size
+        self.requested = expected  # --worker-count, as recorded
+        self.wanted = expected  # the size to rescale to at a restart that asks for another
         self.stop_pause_s = stop_pause_s
         self.started = False
         self.identified = False
@@ -76,6 +77,9 @@ class Initializer(Role):
                 self.change = (recovered.target, recovered.leaving)
             else:
                 self.departed = recovered.leaving
+            if recovered.requested_count == self.wanted:  # the same command: keep the members
+                self.wanted = len(recovered.workers)
+            self._rescale_on_restart()
             self.identified = True
             self._build()
         elif not self._maybe_all_identified():
@@ -174,7 +178,7 @@ class Initializer(Role):
         target, leaving = self.change if self.change else (None, self.departed)
         names = self.membership.names
         self.node.save_record(Record(names, self.membership.addresses(), self.placement,
-                                     target, leaving))  # fmt: skip
+                                     target, leaving, self.requested))  # fmt: skip
 
     # -- readiness ------------------------------------------------------------------------
 
@@ -212,7 +216,6 @@ class Initializer(Role):
 
     async def _changes(self) -> None:
         """Run the changes of the cluster one at a time, in the order they came."""
-        self._rescale_on_restart()
         while not self.shutting_down:
             rescale = self._next_change()
             if rescale is None:

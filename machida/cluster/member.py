@@ -138,12 +138,13 @@ class Member(Role):
             self.built = True
             if not node.build(placement):
                 return
-            self.spawn(self._report_ready())
+        self.spawn(self._report_ready())  # again after a rejoin: the initializer may have restarted
         for w in msg.workers:
             if w.name != node.name:
                 node.connect(w.name, w.data)
         new = self.placement is None or self.placement != placement
         self.placement = placement
+        self.processing = not msg.changing  # until it resumes, as far as this worker knows
         self._save(msg)
         if msg.changing and new:
             self.handing_over = version = msg.version

@@ -29,6 +29,7 @@ class Record:
     placement: Placement
     target: Placement | None = None
     leaving: tuple[str, ...] = ()
+    requested_count: int | None = None  # the initializer's --worker-count
 
 
 class Node(Protocol):

@@ -103,8 +103,9 @@ class Initializer(Role):
 
     def _on_hello(self, conn: ControlLink, msg: control.Hello) -> None:
         name = msg.name
-        if name in self.departed and name not in self.membership.members:
-            conn.write(control.encode(control.Leave(self._version())))  # it left; it may go
+        if msg.rejoin and name in self.departed and name not in self.membership.members:
+            # it left, but stopped before it heard so and restarted from its files: it may go
+            conn.write(control.encode(control.Leave(self._version())))
             return
         admission = self.membership.admit(msg, conn.peer.rpartition(":")[0], conn)
         if admission.refused:

@@ -346,3 +346,22 @@ def test_the_readme_grow_and_shrink_block_runs_as_written(tmp_path):
     assert (
         "Migrating all partitions to 1 remaining workers" in (tmp_path / "worker.log").read_text()
     )
+
+
+def test_joins_and_shrinks_in_any_order_under_a_stream(tmp_path):
+    """worker-2 and worker-3 join one after the other (the second takes no key: two keys),
+    worker-2 leaves (its key moves to worker-3, between two joined workers), then worker-3
+    leaves; strict verdict."""
+    with Growing(tmp_path).start() as cluster, stream(cluster) as sender:
+        cluster.wait_windows(2_000)
+        for name in ("worker-2", "worker-3"):
+            cluster.join(name).wait_stdout(lambda out: RESUMED in out)
+        assert cluster.counts() == {"initializer": 1, "worker-2": 1, "worker-3": 0}
+        for name, left in (("worker-2", {"initializer": 1, "worker-3": 1}),
+                           ("worker-3", {"initializer": 2})):  # fmt: skip
+            cluster.wait_windows(len(cluster.windows()) + 2_000)
+            cluster.shrinker("--workers", name)
+            assert cluster.procs[name].wait(60) == 0, cluster.report()
+            wait_until(lambda left=left: cluster.counts() == left, 30, f"{name} gone")
+        finish(cluster, sender, strict=True)
+        assert cluster.shutdown()["initializer"] == 0, cluster.report()

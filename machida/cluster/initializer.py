@@ -202,7 +202,6 @@ class Initializer(Role):
         say(f"All {self.expected} workers reporting Topology ready!")
         say("Application has successfully initialized.")
         self.node.recovery_complete()
-        self.membership.running = True
         self.processing = self.change is None
         if self.processing:
             self.node.start_sources()

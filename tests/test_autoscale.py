@@ -365,3 +365,24 @@ def test_joins_and_shrinks_in_any_order_under_a_stream(tmp_path):
             wait_until(lambda left=left: cluster.counts() == left, 30, f"{name} gone")
         finish(cluster, sender, strict=True)
         assert cluster.shutdown()["initializer"] == 0, cluster.report()
+
+
+def test_the_worker_a_joiner_contacted_killed_after_it_answered(tmp_path):
+    """worker-3 joins through worker-2, which is killed once it has sent worker-3 on to the
+    initializer; worker-2 restarts with its command, and the join completes."""
+    contact = f"127.0.0.1:{closed_port()}"
+    with Growing(tmp_path, workers=2) as cluster:
+        cluster.start_receiver()
+        cluster.start_initializer()
+        cluster.start_worker(1, "--my-control", contact)  # an address a joiner can be given
+        cluster.wait_ready()
+        with stream(cluster) as sender:
+            cluster.wait_windows(3_000)
+            joiner = cluster.join("worker-3", via=contact)
+            cluster.wait_for("worker-2", b"***Worker worker-3 attempting to join the cluster.")
+            assert cluster.kill("worker-2") == -9
+            cluster.start_worker(1, "--my-control", contact)
+            joiner.wait_stdout(lambda out: JOINED in out and RESUMED in out)
+            assert cluster.counts() == {"initializer": 1, "worker-2": 1, "worker-3": 0}
+            finish(cluster, sender, strict=False)
+        assert set(cluster.shutdown().values()) == {0}, cluster.report()

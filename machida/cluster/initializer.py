@@ -65,7 +65,7 @@ class Initializer(Role):
     async def start(self) -> None:
         expected = self.expected
         say("Single worker topology" if expected == 1 else f"{expected} worker topology")
-        control_addr, data_addr = await self.node.listen(self)
+        control_addr, data_addr = await self.node.listen(self.accepting(), self)
         me = self.membership.members[INITIALIZER]
         me.control, me.data = control_addr, data_addr
         self.started = True

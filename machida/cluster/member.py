@@ -67,7 +67,7 @@ class Member(Role):
         return self._contact
 
     async def start(self) -> None:
-        self.my_control, self.my_data = await self.node.listen(self)
+        self.my_control, self.my_data = await self.node.listen(self.accepting(), self)
         recovered = self.node.recovered
         self.rejoin = recovered is not None
         if recovered is not None and self.join:

@@ -21,7 +21,8 @@ Checks run in this order and the first failure wins:
 7. the other addresses well formed: control, data, my-control, my-data, external, join;
 9. ``--resilience-dir``: no trailing ``/``, then it must be an existing
    directory. It is checked always, with or without resilience, as machida
-   did: recovery files are written there in both modes.
+   did: recovery files are written there in both modes;
+10. ``--exactly-once`` only with ``--run-with-resilience``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
     worker_count = _worker_count(values, initializer)
     name = _check_role(values, parsed.given, initializer, worker_count)
     # Arguments are evaluated in order, so the addresses are checked before the directory.
-    return RunnerConfig(
+    config = RunnerConfig(
         application_module=module,
         metrics=metrics,
         control=_optional_address("--control", values["control"]),
@@ -94,7 +95,15 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
         notices=_notices(values, parsed.given, initializer),
         cluster_secret_file=values["cluster_secret_file"],
         join=_optional_address("--join", values["join"]),
+        exactly_once=bool(values["exactly_once"]),
+        event_log_limit=values["event_log_limit"],
     )
+    if config.exactly_once and not config.resilience:
+        raise ConfigError(
+            "--exactly-once needs --run-with-resilience: output is kept in the event log "
+            "until its receiver holds it."
+        )
+    return config
 
 
 def _required_module(values: dict[str, Any]) -> str:
@@ -183,6 +192,8 @@ def _notices(values: dict[str, Any], given: set[str], initializer: bool) -> tupl
         )
     if values["log_rotation"] and not values["run_with_resilience"]:
         notices.append("WARNING: --log-rotation ignored: it needs --run-with-resilience.")
+    if "event_log_limit" in given and not values["run_with_resilience"]:
+        notices.append("WARNING: --event-log-limit ignored: it needs --run-with-resilience.")
     if "phone_home" in given:
         notices.append("WARNING: --phone-home ignored: Dagon orchestration is not supported.")
     for flag in SPIKE_FLAGS:

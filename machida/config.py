@@ -19,6 +19,12 @@ from machida.options import Option, OptionParser
 _SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 
 DEFAULT_STOP_PAUSE_NS = 2_000_000_000
+# --event-log-limit's default. Past it a worker's event log is compacted to what recovery needs
+# (every owned key's snapshot and the backlogs). At sequence_window's full rate a resilient
+# worker logs some 10-20 MB/s (more with --exactly-once, which logs its output too), so it
+# compacts every few seconds at most, each a millisecond or two for small states; and 64 MiB
+# fits on any disk a worker runs on.
+DEFAULT_EVENT_LOG_LIMIT = 64 * 1024 * 1024
 
 RUNNER_OPTIONS = [
     Option("application-module", metavar="MODULE", help="application module to import (required)"),
@@ -78,6 +84,22 @@ RUNNER_OPTIONS = [
         kind="flag",
         default=False,
         help="turn on resilience: log, replay and snapshot state",
+    ),
+    Option(
+        "exactly-once",
+        kind="flag",
+        default=False,
+        help="number the output and keep it until the receiver holds it: with a receiver "
+        "started with --exactly-once, each output arrives once (needs --run-with-resilience)",
+    ),
+    Option(
+        "event-log-limit",
+        kind="int",
+        default=DEFAULT_EVENT_LOG_LIMIT,
+        minimum=4096,
+        metavar="BYTES",
+        help="compact the event log past this size (default 67_108_864; with "
+        "--log-rotation and no --event-log-file-size, rotate instead)",
     ),
     Option(
         "log-rotation",
@@ -168,3 +190,5 @@ class RunnerConfig:
     notices: tuple[str, ...]
     cluster_secret_file: str | None = None
     join: tuple[str, int] | None = None  # --join: a running worker's control address
+    exactly_once: bool = False  # --exactly-once (only with resilience)
+    event_log_limit: int = DEFAULT_EVENT_LOG_LIMIT

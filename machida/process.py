@@ -76,11 +76,12 @@ class Process:
         self.flow = FlowControl(self._flow_changed)
         self.inputs = Inputs(self.flow, self.name)
         self.sinks = Sinks(plan, self.flow.sink_blocked)
+        fingerprint = plan.fingerprint(config.resilience, config.exactly_once)
         self.recovery = RecoveryFiles(config.resilience_dir, config.application_module,
                                       self.name, config.initializer)  # fmt: skip
         self.resilience: Resilience | None = None
         if config.resilience:
-            settings = Settings.of(config, plan.fingerprint(True))
+            settings = Settings.of(config, fingerprint)
             self.resilience = Resilience(settings, self.recovery, self.flow)
         resilience = self.resilience
         self.plane = DataPlane(
@@ -88,7 +89,10 @@ class Process:
             self._write_boundary, Callbacks(self.name), self.stats,
             persist=resilience.persist if resilience else None,
             commit=self._commit if resilience else None, handed_over=self._handed_over,
+            exactly_once=config.exactly_once,
         )  # fmt: skip
+        if config.exactly_once:
+            self.sinks.exactly_once = self.plane
         self._handover_done: Callable[[], None] | None = None
         self.boundaries = Boundaries(self.plane, secret)
         self.listeners = Listeners()
@@ -124,7 +128,7 @@ class Process:
         return self.finished is not None and not self.finished.done()
 
     def fingerprint_parts(self) -> list[str]:
-        return self.plan.fingerprint_parts(self.config.resilience)
+        return self.plan.fingerprint_parts(self.config.resilience, self.config.exactly_once)
 
     async def listen(self, accepting: ControlHandler,
                      commands: ExternalCommands) -> tuple[Address, Address]:  # fmt: skip
@@ -230,13 +234,13 @@ class Process:
     def flush(self) -> None:
         self.plane.flush()
 
-    def _commit(self, leaving: list) -> bool:
+    def _commit(self, leaving: list, outputs: list) -> bool:
         """The data plane's commit: the event log, durable before anything leaves. A disk that
         refuses stops this worker, without acknowledging what it could not log."""
         resilience = self.resilience
         assert resilience is not None and resilience.log is not None  # the hook of an open log
         try:
-            resilience.commit(leaving)
+            resilience.commit(leaving, outputs)
         except (OSError, EventLogError) as err:
             self._disk_failed(resilience.log.path, err)
             return False
@@ -327,8 +331,8 @@ def _cluster_addresses(config: RunnerConfig) -> tuple[Address, Address]:
 
 def _expectation(config: RunnerConfig, plan: AppPlan) -> Expectation:
     # not the worker count: a cluster restarted with another one grows or shrinks to it
-    return Expectation(fingerprint=plan.fingerprint(config.resilience),
-                       resilience=config.resilience)  # fmt: skip
+    return Expectation(fingerprint=plan.fingerprint(config.resilience, config.exactly_once),
+                       resilience=config.resilience, exactly_once=config.exactly_once)  # fmt: skip
 
 
 def _record(config: RunnerConfig, plan: AppPlan, record: Record,
@@ -339,13 +343,13 @@ def _record(config: RunnerConfig, plan: AppPlan, record: Record,
     owned = (record.target or record.placement).owned_by(config.name)
     return RecoveryRecord(
         module=config.application_module, worker=config.name,
-        fingerprint=plan.fingerprint(config.resilience),
+        fingerprint=plan.fingerprint(config.resilience, config.exactly_once),
         worker_count=len(record.workers), workers=tuple(record.workers),
         owned_keys=tuple((state, tuple(keys)) for state, keys in owned.items()),
         resilience=config.resilience,
         control=bound["control"], data=bound.get("data"), peers=peers,
         placement=record.placement, target=record.target, leaving=record.leaving,
-        requested_count=record.requested_count,
+        requested_count=record.requested_count, exactly_once=config.exactly_once,
     )  # fmt: skip
 
 

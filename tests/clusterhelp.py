@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 
 from toolhelp import DEADLINE, Tool, closed_port, run_tool
 
 READY = b"Application has successfully initialized."
+EXACTLY_ONCE = ("--run-with-resilience", "--exactly-once")
 
 
 class Cluster:
@@ -33,6 +35,7 @@ class Cluster:
         self.receiver: Tool | None = None
         self.out = ""
         self.procs: dict[str, Tool] = {}
+        self.ended: list[Tool] = []  # processes killed and started again, for the report
 
     # -- processes --------------------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class Cluster:
 
     def report(self) -> str:
         parts = [f"=== {name}\n{tool.report()}" for name, tool in self.procs.items()]
+        parts += [f"=== {tool.args[0]} (ended)\n{tool.report()}" for tool in self.ended]
         if self.receiver is not None:
             parts.append(f"=== data_receiver\n{self.receiver.report()[-2000:]}")
         return "\n".join(parts)
@@ -149,3 +153,69 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ExactlyOnceCluster(Cluster):
+    """The cluster with ``--run-with-resilience --exactly-once`` on every worker and a
+    ``data_receiver --framed --exactly-once --output FILE`` on a fixed port, so that a
+    receiver killed can be started again with the same command. Windows are read from FILE."""
+
+    def __init__(self, tmp_path, workers: int = 2, app: str = "sequence_window", extra=()):
+        super().__init__(tmp_path, workers, app, (*EXACTLY_ONCE, *extra))
+        self.out = f"127.0.0.1:{closed_port()}"
+        self.file = tmp_path / "received.txt"
+
+    def receiver_args(self) -> list[str]:
+        return ["--listen", self.out, "--framed", "--exactly-once", "--output", str(self.file),
+                "--no-write"]  # fmt: skip
+
+    def start_receiver(self) -> Tool:
+        if self.receiver is not None:
+            self.ended.append(self.receiver)
+        self.receiver = Tool("data_receiver", *self.receiver_args(), cwd=self.dir)
+        self.receiver.wait_stdout(lambda out: b"Listening on" in out)
+        return self.receiver
+
+    def restart(self, name: str) -> Tool:
+        """Start a killed process again with its own command."""
+        if name == "receiver":
+            return self.start_receiver()
+        self.ended.append(self.procs[name])
+        if name == "initializer":
+            return self.start_initializer()
+        return self.start_worker(int(name.rsplit("-", 1)[1]) - 1)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        if name == "receiver":
+            return self.receiver.stop(sig)
+        return super().kill(name, sig)
+
+    def payloads(self) -> list[bytes]:
+        """The windows in FILE so far, as written (a record still being written is left out)."""
+        data = self.file.read_bytes() if self.file.exists() else b""
+        out, pos = [], 0
+        while pos + 12 <= len(data):
+            end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
+            if end > len(data):
+                break
+            out.append(data[pos + 12 : end])
+            pos = end
+        return out
+
+    def windows(self) -> list[list[int]]:
+        return [[int(x) for x in p.strip(b"[]").split(b",")] for p in self.payloads()]
+
+    def held(self) -> int:
+        """How many windows FILE holds."""
+        return len(self.payloads())
+
+    def wait_windows(self, count: int, timeout: float = DEADLINE) -> list[list[int]]:
+        deadline = time.monotonic() + timeout
+        while self.held() < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"FILE never held {count} windows\n{self.report()}")
+            time.sleep(0.02)
+        return self.windows()
+
+    def validate(self, expected: int, *flags: str) -> subprocess.CompletedProcess:
+        return run_tool("validator", "-e", str(expected), *flags, "-i", str(self.file))

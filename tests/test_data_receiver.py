@@ -247,7 +247,7 @@ def test_a_port_that_is_not_ascii_digits_up_to_65535_is_the_format_error(listen)
     assert result.stderr == (
         b"'--listen' argument should be in format: '127.0.0.1:7669\n"
         b"Usage: data_receiver --listen HOST:PORT [--framed] [--no-write] [--expect N] "
-        b"[--output FILE]\n"
+        b"[--output FILE] [--exactly-once]\n"
     )
     assert parse_config(["-l", ":7002"]).host == ""  # an empty host is still every address
 

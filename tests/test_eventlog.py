@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tracemalloc
+
 import pytest
 
 from machida.durability.eventlog import (
@@ -12,6 +15,7 @@ from machida.durability.eventlog import (
     read_log,
     recover_log,
 )
+from machida.wire.exactly_once import OutputRun, Stream, outputs
 
 IDENTITY = ("app", "worker-2", "0123456789abcdef")
 FIRST = encode_commit([("window", 0, b"first")], {"initializer": (1, 10)})
@@ -106,3 +110,75 @@ def test_a_new_log_makes_its_name_durable_too(tmp_path, monkeypatch):
     assert synced == [str(tmp_path)]
     EventLog(path, *IDENTITY).close()  # an existing log is only appended to
     assert synced == [str(tmp_path)]
+
+
+# -- exactly-once output in the log, and a log read one commit at a time ----------------------
+
+
+def stream(key: int) -> Stream:
+    return Stream(0, key, 0xABC)
+
+
+def test_output_is_kept_until_its_receiver_acknowledges_it_and_counters_take_the_newest(
+    tmp_path,
+):
+    one, two = (
+        outputs([OutputRun(stream(0), 1, [b"a", b"b"]), OutputRun(stream(1), 1, [b"c"])])[0],
+        outputs([OutputRun(stream(0), 3, [b"d"])])[0],
+    )
+    path = new_log(
+        tmp_path,
+        encode_commit(outputs=[(0, one)], counters={(0, 0): (0xABC, 2), (0, 1): (0xABC, 1)}),
+        encode_commit(outputs=[(0, two)], counters={(0, 0): (0xABC, 3)}),
+        encode_commit(sink_acked={stream(0): 2}),
+    )
+    replay = read_log(path, *IDENTITY)
+    assert replay.counters == {(0, 0): (0xABC, 3), (0, 1): (0xABC, 1)}
+    assert replay.sinks[0].runs() == [
+        OutputRun(stream(1), 1, [b"c"]),
+        OutputRun(stream(0), 3, [b"d"]),
+    ]
+    more = encode_commit(sink_acked={stream(1): 1, stream(0): 3})
+    path = new_log(tmp_path, more)  # appended to the same file
+    sink = read_log(path, *IDENTITY).sinks[0]
+    assert sink.runs() == [] and not sink.frames  # wholly acknowledged frames are let go
+
+
+def test_a_logged_output_frame_that_does_not_decode_is_a_corrupt_entry(tmp_path):
+    path = new_log(tmp_path, encode_commit(outputs=[(0, b"\x00\x00\x00\x01Z")]))
+    with pytest.raises(EventLogError, match="corrupt entry"):
+        read_log(path, *IDENTITY)
+
+
+def test_a_long_log_is_read_in_the_memory_of_one_commit(tmp_path):
+    """20 MB of commits (each a 64 KiB snapshot of the same key) read with a peak far below."""
+    state = bytes(range(256)) * 256
+    log = EventLog(str(tmp_path / "app-worker-2.evlog"), *IDENTITY)
+    commit = encode_commit([("window", 0, state)], {"initializer": (1, 10)})
+    for _ in range(320):
+        log.append(commit)
+    log.sync()
+    log.close()
+    assert os.path.getsize(log.path) > 20_000_000
+    tracemalloc.start()
+    try:
+        replay = read_log(log.path, *IDENTITY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert replay.snapshots == {("window", 0): state} and replay.entries == 640
+    assert peak < 1_000_000, peak
+
+
+def test_a_torn_commit_whose_length_runs_past_the_file_is_not_read(tmp_path):
+    path = new_log(tmp_path, FIRST)
+    with open(path, "ab") as file:
+        file.write(b"\x7f\xff\xff\xf0\x00\x00\x00\x00" + b"x" * 100)  # a length of ~2 GiB
+    tracemalloc.start()
+    try:
+        replay = read_log(path, *IDENTITY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert replay.end == len(header(*IDENTITY)) + len(FIRST)
+    assert peak < 1_000_000  # the bogus length was never asked for

@@ -345,8 +345,8 @@ class Worker2:
             commit=self.commit,
         )
 
-    def commit(self, leaving: list) -> bool:
-        self.resilience.commit(leaving)  # as the process does, but an error fails the test
+    def commit(self, leaving: list, outputs: list) -> bool:
+        self.resilience.commit(leaving, outputs)  # as the process does, but an error fails the test
         return True
 
     def join(self) -> Worker2:

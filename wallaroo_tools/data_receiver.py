@@ -20,6 +20,13 @@ Two extensions, compatible with the Pony tool's command line:
   the wall-clock time in nanoseconds at which the read holding the frame
   arrived. It is written whether or not ``--no-write`` is given.
 
+With ``--exactly-once`` (which needs ``--framed`` and ``--output FILE``) it
+is the receiving end of the exactly-once sink protocol of workers started with
+``--exactly-once`` (:mod:`.exactly_once`): each output is taken once, FILE
+and its marks (``FILE.marks``) are made durable together before anything is
+acknowledged, and a restart with the same command, even after a kill -9,
+carries on where FILE ends. stdout gets each frame once it is durable.
+
 The socket side is asyncio Protocols that only feed a per-connection
 :class:`~machida.wire.framing.FrameDecoder` and hand each read's frames, all at
 once, to one :class:`Receiver`; lines therefore never interleave.
@@ -36,10 +43,13 @@ from typing import BinaryIO
 
 from machida.options import Option, OptionParser, UsageError, parse_host_port, run_cli
 from machida.wire.framing import FrameDecoder
+from wallaroo_tools.exactly_once import Intake
 from wallaroo_tools.layouts import GILES_HEADER
+from wallaroo_tools.ledger import Ledger, LedgerError
 
 USAGE = (
     "Usage: data_receiver --listen HOST:PORT [--framed] [--no-write] [--expect N] [--output FILE]"
+    " [--exactly-once]"
 )
 
 OPTIONS = [
@@ -48,6 +58,11 @@ OPTIONS = [
     Option("no-write", "n", kind="flag", help="parse, but print nothing after the listen line"),
     Option("expect", kind="int", minimum=1, metavar="N", help="exit 0 after N frames"),
     Option("output", metavar="FILE", help="also write frames to FILE (giles layout)"),
+    Option(
+        "exactly-once",
+        kind="flag",
+        help="take workers' numbered output once each, FILE durable (needs --output)",
+    ),
     Option("help", "h", kind="flag", help="show this help"),
 ]
 
@@ -66,6 +81,7 @@ class Config:
     write: bool
     expect: int | None
     output: str | None
+    exactly_once: bool = False
 
 
 class Output:
@@ -201,6 +217,8 @@ def parse_config(argv: list[str]) -> Config | None:
         raise UsageError(f"unexpected argument {parsed.rest[0]!r}")
     if values["output"] is not None and not values["framed"]:
         raise UsageError("option --output needs --framed")
+    if values["exactly_once"] and (values["output"] is None or not values["framed"]):
+        raise UsageError("option --exactly-once needs --framed and --output FILE")
     listen = values["listen"]
     if listen is None:
         raise _Required("Must supply required '--listen' argument")
@@ -209,7 +227,7 @@ def parse_config(argv: list[str]) -> Config | None:
         raise _Required("'--listen' argument should be in format: '127.0.0.1:7669")
     return Config(
         *address, bool(values["framed"]), not values["no_write"],
-        values["expect"], values["output"],
+        values["expect"], values["output"], bool(values["exactly_once"]),
     )  # fmt: skip
 
 
@@ -233,6 +251,8 @@ def _install_signals(loop: asyncio.AbstractEventLoop, receiver: Receiver) -> Non
 
 async def serve(config: Config) -> int:
     """Listen until a signal, ``--expect`` or a closed stdout; return the exit status."""
+    if config.exactly_once:
+        return await serve_exactly_once(config)
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[int] = loop.create_future()
 
@@ -270,6 +290,63 @@ async def serve(config: Config) -> int:
             transport.abort()
         _close_outputs(stdout, giles, giles_file)
     return code
+
+
+async def serve_exactly_once(config: Config) -> int:
+    """The receiving end of the exactly-once sink protocol, FILE durable with its marks."""
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[int] = loop.create_future()
+    assert config.output is not None  # the command line requires it
+
+    def broken() -> None:
+        if not stopped.done():
+            print("Error: an output stream was closed", file=sys.stderr)
+            stopped.set_result(1)
+
+    try:
+        ledger = Ledger(config.output)
+    except (OSError, LedgerError) as err:
+        why = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) else str(err)
+        print(f"Error: cannot open --output file: {why}", file=sys.stderr)
+        return 1
+    stdout = Output(sys.stdout.buffer, loop, broken)
+    receiver = Receiver(config, stdout, None, stopped)
+
+    def committed(frames: list[bytes]) -> None:
+        if config.write:
+            stdout.write(b"\n".join([*frames, b""]))
+        if config.expect is not None and ledger.frames >= config.expect:
+            receiver.stop(0)
+
+    def failed(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        receiver.stop(1)
+
+    intake = Intake(ledger, _giles_records, committed, failed)
+    try:
+        server = await loop.create_server(intake.protocol, config.host, config.port)
+    except OSError:
+        print("Unable to listen", file=sys.stderr)
+        ledger.close()
+        return 1
+    _install_signals(loop, receiver)
+    port = server.sockets[0].getsockname()[1]
+    stdout.write(f"Listening on {config.host}:{port}\n".encode())
+    stdout.flush()
+    try:
+        code = await receiver.stopped
+    finally:
+        receiver.stopping = True
+        server.close()
+        intake.close()
+        stdout.flush()
+    return code
+
+
+def _giles_records(frames: list[bytes]) -> bytes:
+    """``frames`` in the giles receiver layout, stamped now (wall-clock ns)."""
+    ts, pack = time.time_ns(), GILES_HEADER.pack
+    return b"".join([pack(len(f), ts) + f for f in frames])
 
 
 def _close_outputs(stdout: Output, giles: Output | None, giles_file: BinaryIO | None) -> None:

@@ -102,14 +102,15 @@ class AppPlan:
         """
         return round_robin(workers, self.state_keys())
 
-    def fingerprint(self, resilience: bool = False) -> str:
+    def fingerprint(self, resilience: bool = False, exactly_once: bool = False) -> str:
         """A digest of what workers must agree on (machida.md §3)."""
-        text = "\n".join(self.fingerprint_parts(resilience))
+        text = "\n".join(self.fingerprint_parts(resilience, exactly_once))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def fingerprint_parts(self, resilience: bool = False) -> list[str]:
+    def fingerprint_parts(self, resilience: bool = False, exactly_once: bool = False) -> list[str]:
         """The lines the fingerprint is made of, to name what two workers disagree on."""
-        parts = [f"module={self.module}", f"app={self.name}", f"resilience={resilience}"]
+        mode = f"{resilience}, exactly-once" if exactly_once else f"{resilience}"
+        parts = [f"module={self.module}", f"app={self.name}", f"resilience={mode}"]
         for pipeline in self.pipelines:
             parts.append(f"pipeline={pipeline.name}")
             for step in pipeline.steps:

@@ -9,8 +9,11 @@ cost to the user's own calls plus a function call per step. A message for a key
 owned by another worker goes to the sender ``forward_to(owner, route)`` gave
 for that key (the runner gives a list's ``append``, so a forward is one C
 call); one arriving from another worker enters through
-:meth:`LocalTopology.arrival`. Encoded output goes to ``sink_for(pipeline)``.
-Failures of user code go to :class:`machida.app.callbacks.Callbacks`.
+:meth:`LocalTopology.arrival`. Encoded output goes to ``sink_for(pipeline)``;
+with ``sink_keys`` (exactly-once output) each output goes with the index of
+the key whose state step last carried its message (:data:`NO_KEY` in a
+pipeline without one), which names the stream it is numbered in. Failures of
+user code go to :class:`machida.app.callbacks.Callbacks`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from machida.app.callbacks import Callbacks, build_state, fn_label, label, seria
 from machida.app.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
 from machida.metrics.stats import Stats
 from machida.wire.boundary import MAX_MESSAGE
+from machida.wire.exactly_once import NO_KEY
 from machida.wire.source import SourceFramer
 
 # sink_for(pipeline_index) -> out: where a pipeline's encoded output goes. With
 # sink_values, out(value_given_to_encoder, bytes_or_None) is called for every
-# output; without, out(bytes) only for bytes (the runner passes list.append).
+# output; with sink_keys, out((key_index, bytes)) for bytes; otherwise out(bytes) only
+# for bytes (the runner passes list.append).
 SinkFor = Callable[[int], Callable]
 # forward_to(owner_worker, route) -> send(message): where messages for a key on
 # another worker go; route is (pipeline_index, step_position, key_index).
@@ -50,6 +55,7 @@ class LocalTopology:
         sink_values: bool = False,
         persist: PersistFn | None = None,
         stats: Stats | None = None,
+        sink_keys: bool = False,
     ) -> None:
         self.plan = plan
         self.stats = stats if stats is not None else Stats(worker)
@@ -60,6 +66,8 @@ class LocalTopology:
         self._sink_values = sink_values
         self._forward_to = forward_to
         self._persist = persist
+        # per pipeline, the key index of the output being emitted (exactly-once output only)
+        self._emit_keys = [[NO_KEY] for _ in plan.pipelines] if sink_keys else None
         if serializers is None:
             import wallaroo
 
@@ -143,6 +151,13 @@ class LocalTopology:
                 return pos
         return len(steps)
 
+    def output_state(self, p: int) -> str | None:
+        """The state whose keys number pipeline ``p``'s output streams: that of its last
+        state step (None without one)."""
+        states = [s.state_name for s in self.plan.pipelines[p].steps
+                  if isinstance(s, StatePartition)]  # fmt: skip
+        return states[-1] if states else None
+
     def _compile_worker_part(self, p: int) -> Callable[[Any], None]:
         """The chain from the first state step on, with one instance per worker."""
         steps = self.plan.pipelines[p].steps
@@ -201,6 +216,10 @@ class LocalTopology:
 
     def _state_step(self, p: int, pos: int, step: StatePartition, nxt: Callable) -> Callable:
         apply = self._state_apply(p, step, nxt)
+        steps = self.plan.pipelines[p].steps
+        last = all(not isinstance(s, StatePartition) for s in steps[pos + 1 :])
+        if self._emit_keys is not None and last:
+            apply = _keyed(apply, self._emit_keys[p])
         self._arrivals[(p, pos)] = apply
         self._owned[(p, pos)] = self.states[step.state_name]
         n = len(step.keys)
@@ -292,6 +311,7 @@ class LocalTopology:
         name = label(pipeline.sink.encoder, "encode")
         out, cb, pname = self._sink_for(p), self.callbacks, pipeline.name
         with_values = self._sink_values
+        keys = self._emit_keys[p] if self._emit_keys is not None else [NO_KEY]
 
         def emit(value: Any) -> None:
             try:
@@ -309,7 +329,21 @@ class LocalTopology:
             elif data:
                 out(data)
 
-        return emit
+        def emit_keyed(value: Any) -> None:
+            try:
+                data = encode(value)
+            except BaseException as err:
+                cb.failed(name, err, pname, "sink")
+                return
+            if data.__class__ is not bytes and data is not None:
+                raw, data = data, _as_bytes(data)
+                if data is None:
+                    cb.invalid(name, raw, pname, "sink")
+                    return
+            if data:
+                out((keys[0], data))
+
+        return emit if self._emit_keys is None else emit_keyed
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -430,6 +464,16 @@ class SourceConnection:
                 flush=True,
             )
         return left
+
+
+def _keyed(apply: Callable[[int, Any], None], key: list[int]) -> Callable[[int, Any], None]:
+    """``apply`` that first notes its key index in ``key``, where the emitter reads it."""
+
+    def keyed(i: int, msg: Any) -> None:
+        key[0] = i
+        apply(i, msg)
+
+    return keyed
 
 
 def _step_name(obj: Any) -> str:

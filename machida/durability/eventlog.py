@@ -9,7 +9,12 @@ backup*) and how far each downstream has acknowledged; and how many records
 each source has accepted. Only after the fsync does the worker send those
 batches or acknowledge anything upstream, so whatever crashes, and in
 whatever order, nothing accepted is lost: output may repeat, never go
-missing. Recovery reads the commits in order: the newest snapshot of each key
+missing. With exactly-once output a commit also holds the output about to be
+written to each sink (numbered in its key's stream), the numbering of each
+stream that moved on, and how far each receiver has acknowledged; output is
+written only once logged, so a receiver never holds output a crash could take
+back. Recovery reads the commits in order, one at a time (a log of any size
+recovers in the memory of what it restores): the newest snapshot of each key
 replaces the state ``build()`` made (a key released since, handed over in a grow or
 shrink, is no longer held), the origins tell the boundary what to
 skip when an upstream replays, the unacknowledged batches are sent again
@@ -29,6 +34,9 @@ sequence of entries, each ``kind | u16be name length | name | fields``:
 | ``A`` | downstream worker | ``u64be seq`` acknowledged |
 | ``C`` | source's pipeline | ``u64be`` records accepted |
 | ``R`` | state | ``u64be`` key index: the key was handed over to another worker |
+| ``W`` | (empty) | ``u16be pipeline``, ``u32be length``, an ``O`` frame written to the sink |
+| ``N`` | (empty) | a stream (``u16be`` p, ``u32be`` key, ``u64be`` epoch), ``u64be`` last number |
+| ``Y`` | (empty) | a stream, as ``N``, and ``u64be`` the mark its receiver acknowledged |
 
 A torn final commit (short or failing its CRC) is ignored, and cut off before
 the worker appends to the file again. With rotation the files are
@@ -44,11 +52,13 @@ import json
 import os
 import struct
 import zlib
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from machida.durability.recovery import fsync_directory
-from machida.errors import EventLogError
+from machida.errors import EventLogError, FrameError
+from machida.wire.exactly_once import OutputRun, SinkDecoder, SinkOutputs, Stream
 
 MAGIC = b"machida-evlog 2 "
 _COMMIT = struct.Struct(">II")
@@ -57,6 +67,10 @@ _SNAPSHOT = struct.Struct(">II")
 _ORIGIN = struct.Struct(">QQ")
 _U64 = struct.Struct(">Q")
 _FORWARDED = struct.Struct(">QII")
+_OUTPUT = struct.Struct(">HI")
+_STREAM = struct.Struct(">HIQQ")
+# A header line longer than this is not one of ours.
+_MAX_HEADER = 64 * 1024
 
 
 def encode_commit(
@@ -68,11 +82,16 @@ def encode_commit(
     acked: Mapping[str, int] | None = None,
     accepted: Mapping[str, int] | None = None,
     released: Iterable[tuple[str, int]] = (),
+    outputs: Iterable[tuple[int, bytes]] = (),
+    counters: Mapping[tuple[int, int], tuple[int, int]] | None = None,
+    sink_acked: Mapping[Stream, int] | None = None,
 ) -> bytes:
     """One commit: snapshots ``(state, key index, bytes)``, origins ``{upstream: (inc, seq)}``,
     this worker's incarnation, batches ``(downstream, first seq, records, frame)``,
-    acknowledgements ``{downstream: seq}``, source counts ``{pipeline: records}`` and the keys
-    released ``(state, key index)``."""
+    acknowledgements ``{downstream: seq}``, source counts ``{pipeline: records}``, the keys
+    released ``(state, key index)``, output frames ``(pipeline, frame)``, the numbering of
+    output streams ``{(pipeline, key): (epoch, seq)}`` and receivers' acknowledgements
+    ``{stream: seq}``."""
     parts: list[bytes] = []
 
     def entry(kind: bytes, name: str, *fields: bytes) -> None:
@@ -93,6 +112,12 @@ def encode_commit(
         entry(b"C", source, _U64.pack(count))
     for state_name, key_index in released:
         entry(b"R", state_name, _U64.pack(key_index))
+    for p, frame in outputs:
+        entry(b"W", "", _OUTPUT.pack(p, len(frame)), frame)
+    for (p, key), (epoch, seq) in (counters or {}).items():
+        entry(b"N", "", _STREAM.pack(p, key, epoch, seq))
+    for stream, seq in (sink_acked or {}).items():
+        entry(b"Y", "", _STREAM.pack(*stream, seq))
     body = b"".join(parts)
     return _COMMIT.pack(len(body), zlib.crc32(body)) + body
 
@@ -121,6 +146,37 @@ class LinkLog:
 
 
 @dataclass
+class SinkLog:
+    """What a log says of one pipeline's exactly-once sink: the output frames logged and not
+    yet wholly acknowledged (as runs), and each stream's acknowledged mark."""
+
+    acked: dict[Stream, int] = field(default_factory=dict)
+    frames: deque[list[OutputRun]] = field(default_factory=deque)
+
+    def output(self, runs: list[OutputRun]) -> None:
+        self.frames.append(runs)
+
+    def acknowledged(self, stream: Stream, seq: int) -> None:
+        self.acked[stream] = max(self.acked.get(stream, 0), seq)
+        while self.frames and all(self._acked(run) for run in self.frames[0]):
+            self.frames.popleft()
+
+    def _acked(self, run: OutputRun) -> bool:
+        return run.first + len(run.values) - 1 <= self.acked.get(run.stream, 0)
+
+    def runs(self) -> list[OutputRun]:
+        """The output not acknowledged, per stream in order."""
+        out = []
+        for runs in self.frames:
+            for stream, first, values in runs:
+                skip = self.acked.get(stream, 0) - first + 1
+                if skip < len(values):
+                    skip = max(skip, 0)
+                    out.append(OutputRun(stream, first + skip, values[skip:]))
+        return out
+
+
+@dataclass
 class Replay:
     """What a log holds: the newest snapshot of each key still held (none of a key released
     since), origins, this worker's incarnation, its downstream links, source counts, how many
@@ -132,6 +188,8 @@ class Replay:
     incarnation: int | None = None
     links: dict[str, LinkLog] = field(default_factory=dict)
     accepted: dict[str, int] = field(default_factory=dict)
+    sinks: dict[int, SinkLog] = field(default_factory=dict)
+    counters: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     entries: int = 0
     end: int = 0
 
@@ -161,6 +219,18 @@ class Replay:
                 first, count, body[start : start + size]
             )
             return start + size
+        if kind == b"W":
+            p, size = _OUTPUT.unpack_from(body, pos)
+            start = pos + _OUTPUT.size
+            self.sinks.setdefault(p, SinkLog()).output(_output_runs(body[start : start + size]))
+            return start + size
+        if kind in (b"N", b"Y"):
+            p, key, epoch, seq = _STREAM.unpack_from(body, pos)
+            if kind == b"N":
+                self.counters[(p, key)] = (epoch, seq)
+            else:
+                self.sinks.setdefault(p, SinkLog()).acknowledged(Stream(p, key, epoch), seq)
+            return pos + _STREAM.size
         (value,) = _U64.unpack_from(body, pos)
         if kind == b"I":
             self.incarnation = value
@@ -175,37 +245,57 @@ class Replay:
         return pos + _U64.size
 
 
+def _output_runs(frame: bytes) -> list[OutputRun]:
+    """The runs of one logged ``O`` frame."""
+    decoder = SinkDecoder()
+    events = decoder.feed(frame)
+    if decoder.error is not None or len(events) != 1 or not isinstance(events[0], SinkOutputs):
+        raise ValueError(f"a logged output frame does not decode ({decoder.error})")
+    return events[0].runs
+
+
 def header(module: str, worker: str, fingerprint: str) -> bytes:
     info = {"module": module, "worker": worker, "fingerprint": fingerprint}
     return MAGIC + json.dumps(info, sort_keys=True).encode() + b"\n"
 
 
 def read_log(path: str, module: str, worker: str, fingerprint: str) -> Replay:
-    """Every complete commit of ``path``; a wrong header or a bad entry is an error."""
+    """Every complete commit of ``path``, read one at a time (memory holds one commit and what
+    it restores, however long the file); a wrong header or a bad entry is an error."""
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            return _read(file, path, header(module, worker, fingerprint))
     except OSError as err:
         raise EventLogError(f"event log {path} cannot be read: {err.strerror}") from err
-    line, _, rest = data.partition(b"\n")
-    if line + b"\n" != header(module, worker, fingerprint):
+
+
+def _read(file, path: str, expected: bytes) -> Replay:
+    size = os.fstat(file.fileno()).st_size
+    line = file.readline(_MAX_HEADER)
+    if line != expected:
+        shown = line.rstrip(b"\n")[:200]
         raise EventLogError(
             f"event log {path} does not match this worker (its header is "
-            f"{line[:200]!r}); remove it or use another --resilience-dir"
+            f"{shown!r}); remove it or use another --resilience-dir"
         )
     replay = Replay()
-    pos = 0
-    while pos + _COMMIT.size <= len(rest):
-        length, crc = _COMMIT.unpack_from(rest, pos)
-        body = rest[pos + _COMMIT.size : pos + _COMMIT.size + length]
-        if len(body) < length or zlib.crc32(body) != crc:
+    pos = len(line)
+    while True:
+        head = file.read(_COMMIT.size)
+        if len(head) < _COMMIT.size:
+            break
+        length, crc = _COMMIT.unpack(head)
+        if pos + _COMMIT.size + length > size:
             break  # a torn final commit: the crash came in the middle of it
+        body = file.read(length)
+        if len(body) < length or zlib.crc32(body) != crc:
+            break
         try:
             replay.apply_commit(body)
-        except (ValueError, struct.error, UnicodeDecodeError) as err:
+        except (ValueError, struct.error, UnicodeDecodeError, FrameError) as err:
             raise EventLogError(f"event log {path} has a corrupt entry: {err}") from err
         pos += _COMMIT.size + length
-    replay.end = len(line) + 1 + pos
+    replay.end = pos
     return replay
 
 

@@ -86,6 +86,7 @@ class RecoveryRecord:
     # the initializer's --worker-count when it last started: a restart with the same one
     # keeps the members the cluster has grown or shrunk to, another one rescales to it
     requested_count: int | None = None
+    exactly_once: bool = False  # --exactly-once (recorded from the first version that had it)
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -120,6 +121,7 @@ class Expectation:
     worker_count: int | None = None  # the initializer's --worker-count
     workers: tuple[str, ...] | None = None
     format: int = FORMAT
+    exactly_once: bool = False
 
 
 @dataclass(frozen=True, **_SLOTS)
@@ -266,7 +268,11 @@ class RecoveryFiles:
         # and the count before the names, so that each refusal names its first cause.
         workers = None if expected.workers is None else list(expected.workers)
         checks = (
-            ("resilience mode", _mode(topology.resilience), _mode(expected.resilience)),
+            (
+                "resilience mode",
+                _mode(topology.resilience, topology.exactly_once),
+                _mode(expected.resilience, expected.exactly_once),
+            ),
             ("worker count", topology.worker_count, expected.worker_count),
             ("worker names", list(topology.workers), workers),
             ("fingerprint", topology.fingerprint, expected.fingerprint),
@@ -298,7 +304,9 @@ def _removing(paths: list[str]) -> list[str]:
     return [f"...Removing {path}..." for path in paths]
 
 
-def _mode(resilience: bool) -> str:
+def _mode(resilience: bool, exactly_once: bool = False) -> str:
+    if exactly_once:
+        return "on, exactly-once"
     return "on" if resilience else "off"
 
 
@@ -314,6 +322,9 @@ def _documents(topology: RecoveryRecord) -> dict[str, dict]:
         ext: {"format": topology.format, **{key: values[key] for key in schema}}
         for ext, schema in _SCHEMA.items()
     }
+    for key, default in _OPTIONAL.items():  # written only when it says something
+        if documents[LOCAL_TOPOLOGY].get(key) == default:
+            del documents[LOCAL_TOPOLOGY][key]
     if topology.data is None:
         del documents[TCP_DATA]
     if not topology.peers:
@@ -359,6 +370,7 @@ def _load(path: str) -> dict:
 
 
 def _fields(path: str, document: dict, schema: dict[str, Callable[[Any], bool]]) -> dict:
+    document = {**{k: v for k, v in _OPTIONAL.items() if k in schema}, **document}
     for key, valid in schema.items():
         if key not in document:
             raise _unreadable(path, f"missing field {key!r}")
@@ -396,6 +408,8 @@ def _pair(first: Valid, second: Valid) -> Valid:
     return lambda v: isinstance(v, list) and len(v) == 2 and first(v[0]) and second(v[1])
 
 
+# Fields a file written before they existed leaves out, and what that means.
+_OPTIONAL: dict[str, Any] = {"exactly_once": False}
 _ADDRESS = _pair(_kind(str), _kind(int))  # [host, port]
 _NAMES = _list_of(_kind(str))
 _PLACEMENT = _record(version=_kind(int), workers=_NAMES, owners=_map_of(_NAMES))
@@ -406,6 +420,7 @@ _SCHEMA: dict[str, dict[str, Valid]] = {
         "fingerprint": _kind(str),
         "worker_count": _kind(int),
         "resilience": _kind(bool),
+        "exactly_once": _kind(bool),
         "owned_keys": _map_of(_list_of(_kind(int))),
     },
     TCP_CONTROL: {"control": _ADDRESS},

@@ -14,7 +14,12 @@ incarnation and numbers; a source says how many records it had accepted
 (``RESILIENCE: <pipeline> source had accepted <n> record(s)``), so that its
 sender resumes after them. ``--log-rotation`` starts a new file, holding a snapshot of
 every owned key, when the current one grows past ``--event-log-file-size`` or
-on an external RotateLog request (machida.md §9.5).
+on an external RotateLog request (machida.md §9.5). Without rotation flags the
+log stays bounded all the same: past ``--event-log-limit`` bytes it is
+*compacted*, replaced (atomically, by a rename) with a file that holds only
+what recovery needs, the same content a rotation starts a file with. With
+``--exactly-once`` the commits also hold the output about to be written to the
+sinks and the numbering of its streams (:mod:`machida.durability.eventlog`).
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from machida.app.callbacks import Callbacks, fn_label, serialized
+from machida.config import DEFAULT_EVENT_LOG_LIMIT
 from machida.console import say
 from machida.durability.eventlog import EventLog, EventLogError, Replay, encode_commit, recover_log
-from machida.durability.recovery import RecoveryFiles
+from machida.durability.recovery import TEMP_SUFFIX, RecoveryFiles, fsync_directory
 from machida.wire.boundary import Batch
+from machida.wire.exactly_once import OutputRun, Stream
 
 ROTATION_PAUSE = "log rotation"
 
@@ -69,6 +77,21 @@ class ResilienceHost(Protocol):
     def flush(self) -> None:
         """Send what is buffered; it ends with :meth:`Resilience.commit`."""
 
+    def stream_counters(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """The numbering of each output stream: ``(pipeline, key) -> (epoch, last seq)``."""
+
+    def restore_counters(self, counters: dict[tuple[int, int], tuple[int, int]]) -> None:
+        """What a recovered log says of the output streams' numbering."""
+
+    def sink_acked(self) -> dict[int, dict[Stream, int]]:
+        """How far each sink's receiver has acknowledged each stream."""
+
+    def sink_backlogs(self) -> dict[int, list[bytes]]:
+        """Each sink's unacknowledged output, as frames."""
+
+    def restore_sink(self, p: int, runs: list[OutputRun]) -> None:
+        """A recovered sink backlog, sent again once the receiver says what it holds."""
+
 
 class _NotOpen:
     """The host of a resilience not opened yet: using it is a bug of the runner."""
@@ -98,11 +121,18 @@ class Settings:
     rotation: bool = False
     max_size: int | None = None
     stop_pause_s: float = 0.0
+    limit: int = DEFAULT_EVENT_LOG_LIMIT
 
     @classmethod
     def of(cls, config: Any, fingerprint: str) -> Settings:
         return cls(config.application_module, config.name, fingerprint, config.log_rotation,
-                   config.event_log_file_size, config.stop_pause_ns / 1e9)  # fmt: skip
+                   config.event_log_file_size, config.stop_pause_ns / 1e9,
+                   config.event_log_limit)  # fmt: skip
+
+    @property
+    def threshold(self) -> int:
+        """The size past which the log is rotated (``--log-rotation``) or compacted."""
+        return self.max_size if self.rotation and self.max_size else self.limit
 
 
 def banners(config: Any) -> list[str]:
@@ -111,6 +141,7 @@ def banners(config: Any) -> list[str]:
         "****RESILIENCE MODE is active****",
         f"||| Resilience directory: {config.resilience_dir}|||",
         f"||| Log-rotation: {'true' if config.log_rotation else 'false'}|||",
+        *(["||| Exactly-once output: true|||"] if config.exactly_once else []),
     ]
 
 
@@ -127,7 +158,13 @@ class Resilience:
         self.origins: dict[str, tuple[int, int]] = {}
         self.acked: dict[str, int] = {}
         self.accepted: dict[str, int] = {}
+        self.counters: dict[tuple[int, int], tuple[int, int]] = {}
+        self.sink_acked: dict[Stream, int] = {}
         self.log: EventLog | None = None
+        self.fresh_size = 0  # the size of the log file when it last started afresh
+        # what a new file starts with (the acknowledged marks, the source counts, the output
+        # streams' numbering and their receivers' marks), once it is the log
+        self._logged: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})
         self.rotating = False
         self.rotation_task: asyncio.Task | None = None
 
@@ -153,9 +190,10 @@ class Resilience:
             self.log = self._open_log(self._path(0))
             self.log.append(encode_commit(incarnation=self.host.incarnation))
             self.log.sync()
+            self.fresh_size = self.log.size
             return
         path, replay = self._newest_complete()
-        self._restore(replay)
+        self._restore(replay)  # and fresh_size stays 0: a long log is bounded at once
         say(f"RESILIENCE: Replayed {replay.entries} entries from recovery log file.")
         for source, count in replay.accepted.items():
             say(f"RESILIENCE: {source} source had accepted {count} record(s)")
@@ -166,6 +204,9 @@ class Resilience:
         with a torn final commit cut off."""
         s = self.settings
         logs = self.files.event_logs()
+        for path in logs:  # a compaction that did not finish: its log is still whole
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path + TEMP_SUFFIX)
         if not logs:
             raise EventLogError(
                 f"event log missing: expected {self._path(0)} "
@@ -203,33 +244,59 @@ class Resilience:
             self.acked[peer] = link.acked
         self.host.restore_source_counts(replay.accepted)
         self.accepted = dict(replay.accepted)
+        self.host.restore_counters(replay.counters)
+        self.counters = self.host.stream_counters()
+        for p, sink in replay.sinks.items():
+            self.host.restore_sink(p, sink.runs())
+            self.sink_acked.update(sink.acked)
 
     # -- writing ---------------------------------------------------------------------------
 
-    def commit(self, leaving: list[tuple[str, list[Batch]]]) -> None:
-        """In a flush, before its batches leave: log dirty snapshots, new origins, the batches
-        and new source counts, then fsync (group commit). OSError if the disk refuses."""
+    def commit(
+        self,
+        leaving: list[tuple[str, list[Batch]]],
+        outputs: Sequence[tuple[int, list[bytes]]] = (),
+    ) -> None:
+        """In a flush, before its batches and output leave: log dirty snapshots, new origins,
+        the batches, the output and its streams' numbering, and new source counts, then fsync
+        (group commit). OSError if the disk refuses."""
         if self.log is None:
             return  # not open yet: no topology, so nothing was applied or forwarded
-        origins = _changed(self.host.origins(), self.origins)
-        accepted = _changed(self.host.source_counts(), self.accepted)
+        host = self.host
+        origins = _changed(host.origins(), self.origins)
+        accepted = _changed(host.source_counts(), self.accepted)
         forwarded = [(peer, b.first, b.records, b.frame) for peer, taken in leaving for b in taken]
-        if not (self.dirty or origins or accepted or forwarded):
+        written = [(p, frame) for p, frames in outputs for frame in frames]
+        counters = _changed(host.stream_counters(), self.counters)
+        if not (self.dirty or origins or accepted or forwarded or written or counters):
             return  # nothing to log
         keys, self.dirty = self.dirty, set()
         snapshots = self._snapshots(keys)
-        if not (snapshots or origins or accepted or forwarded):
+        if not (snapshots or origins or accepted or forwarded or written or counters):
             return  # every serialize raised: nothing to log, the keys stay dirty
-        acked = _changed(self.host.acks(), self.acked)  # these ride along, never alone
+        acked = _changed(host.acks(), self.acked)  # these ride along, never alone
+        sink_acked = _changed(_flat(host.sink_acked()), self.sink_acked)
         self.log.append(encode_commit(snapshots, origins, forwarded=forwarded, acked=acked,
-                                      accepted=accepted))  # fmt: skip
+                                      accepted=accepted, outputs=written, counters=counters,
+                                      sink_acked=sink_acked))  # fmt: skip
         self.log.sync()
         self.origins.update(origins)
         self.acked.update(acked)
         self.accepted.update(accepted)
-        s = self.settings
-        if s.rotation and s.max_size and self.log.size > s.max_size:
+        self.counters.update(counters)
+        self.sink_acked.update(sink_acked)
+        self._bound()
+
+    def _bound(self) -> None:
+        """Past the threshold (and twice the size the file started with, so that a large
+        snapshot is not written again at every commit), rotate or compact."""
+        log, s = self._current(), self.settings
+        if log.size <= max(s.threshold, 2 * self.fresh_size):
+            return
+        if s.rotation:
             self.start_rotation()
+        else:
+            self.compact()
 
     def release(self, keys: list[tuple[str, int]]) -> None:
         """Keys handed over to another worker, acknowledged there: logged (and synced) as no
@@ -307,34 +374,85 @@ class Resilience:
 
     def _switch_log(self) -> None:
         """Log to a new file that starts with a snapshot of every owned key."""
-        keys = [(name, i) for name, states in self.host.states.items() for i in states]
+        keys = self._keys()
         say(f"Snapshotting {len(keys)} steps to new log file.")
         old = self._current()
         offset = old.offset + old.size
         new = self._open_log(self._path(offset), offset)
-        backups = self.host.backups()
-        forwarded = [(peer, b.first, b.records, b.frame)
-                     for peer, (_, taken) in backups.items() for b in taken]  # fmt: skip
-        acked = {peer: mark for peer, (mark, _) in backups.items()}
-        accepted = self.host.source_counts()
         try:
-            new.append(encode_commit(self._snapshots(keys), self.host.origins(),
-                                     incarnation=self.host.incarnation, forwarded=forwarded,
-                                     acked=acked, accepted=accepted))  # fmt: skip
+            new.append(self._everything(keys))
             new.sync()
         except BaseException:
             with contextlib.suppress(OSError):
                 new.close()  # its buffer may not flush either (disk full)
             os.remove(new.path)  # else recovery would prefer it to the old log, still in use
             raise
-        new.dirty = False
+        self._started(new)
         old.close()
-        self.log = new
-        self.acked, self.accepted = acked, accepted
+
+    def compact(self) -> None:
+        """Replace the log with a file holding only what recovery needs (a rename, so a crash
+        leaves one or the other whole). OSError if the disk refuses."""
+        old = self._current()
+        keys = self._keys()
+        commit = self._everything(keys)
+        if len(self.dirty & set(keys)):  # a snapshot failed: the old file still holds its state
+            self.fresh_size = old.size
+            return
+        temporary = old.path + TEMP_SUFFIX
+        new = self._open_log(temporary, old.offset)
+        try:
+            new.append(commit)
+            new.sync()
+            new.close()
+            os.replace(temporary, old.path)
+            fsync_directory(os.path.dirname(old.path) or ".")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                new.close()
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            raise
+        old.close()
+        self._started(self._open_log(old.path, old.offset))
+        say(f"Event log compacted: {old.size} -> {self.fresh_size} bytes "
+            f"(--event-log-limit {self.settings.limit})")  # fmt: skip
+
+    def _keys(self) -> list[tuple[str, int]]:
+        return [(name, i) for name, states in self.host.states.items() for i in states]
+
+    def _everything(self, keys: list[tuple[str, int]]) -> bytes:
+        """The commit a new file starts with: everything recovery needs."""
+        host = self.host
+        backups = host.backups()
+        forwarded = [(peer, b.first, b.records, b.frame)
+                     for peer, (_, taken) in backups.items() for b in taken]  # fmt: skip
+        outputs = [(p, frame) for p, frames in host.sink_backlogs().items() for frame in frames]
+        self._logged = (
+            {peer: mark for peer, (mark, _) in backups.items()},
+            host.source_counts(),
+            host.stream_counters(),
+            _flat(host.sink_acked()),
+        )
+        acked, accepted, counters, _ = self._logged
+        return encode_commit(self._snapshots(keys), host.origins(), incarnation=host.incarnation,
+                             forwarded=forwarded, acked=acked, accepted=accepted,
+                             outputs=outputs, counters=counters)  # fmt: skip
+
+    def _started(self, log: EventLog) -> None:
+        """``log`` is the file from now on, starting with :meth:`_everything`."""
+        log.dirty = False
+        self.log = log
+        self.fresh_size = log.size
+        self.acked, self.accepted, self.counters, self.sink_acked = self._logged
 
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
+
+
+def _flat(acked: dict[int, dict[Stream, int]]) -> dict[Stream, int]:
+    return {stream: seq for marks in acked.values() for stream, seq in marks.items()}
 
 
 def _changed(now: dict, logged: dict) -> dict:

@@ -13,6 +13,10 @@ Everything a worker does with a message between two socket calls is here:
 * with resilience on, the flush's ``commit`` hook makes all of it durable
   before any batch leaves or anything is acknowledged (write-ahead); a hook
   that fails *halts* the plane: nothing more is sent, applied or acknowledged;
+* with exactly-once output, each output is numbered in its key's stream
+  (:mod:`machida.wire.exactly_once`) and kept in its sink's backlog until the
+  receiver acknowledges it; the commit logs it too, and only then is it
+  written, so nothing a receiver ever sees is lost by a crash of this worker;
 * a **boundary read** (from an upstream worker) is decoded, de-duplicated per
   upstream incarnation, applied, flushed, and then owes an acknowledgement,
   which the shell sends once the output has left
@@ -42,6 +46,7 @@ from machida.errors import FrameError
 from machida.metrics.stats import Stats
 from machida.runtime.flow import FlowControl
 from machida.wire.boundary import (
+    COUNTERS,
     INTS,
     SERIALIZED,
     STATE,
@@ -53,8 +58,11 @@ from machida.wire.boundary import (
     IncomingBoundary,
     OutgoingBoundary,
     Run,
+    decode_counters,
+    encode_counters,
     u64_column,
 )
+from machida.wire.exactly_once import OutgoingSink, OutputRun, Stream, outputs
 
 # Frames of one source read carried through between two flushes (a read holds up to 256 KiB):
 # the other workers start on their share early and acknowledgements come back sooner.
@@ -62,9 +70,14 @@ SOURCE_SLICE = 2048
 
 WriteSink = Callable[[int, bytes], None]
 WriteBoundary = Callable[[str, bytes], None]
-# commit(leaving): make durable what a flush is about to send (the batches leaving for each
-# downstream worker); False if that failed, and then nothing leaves.
-CommitFn = Callable[[list[tuple[str, list[Batch]]]], bool]
+# commit(leaving, outputs): make durable what a flush is about to send (the batches leaving for
+# each downstream worker, and with exactly-once output the output frames leaving for each
+# pipeline's sink); False if that failed, and then nothing leaves.
+Leaving = list[tuple[str, list[Batch]]]
+Outputs = list[tuple[int, list[bytes]]]
+CommitFn = Callable[[Leaving, Outputs], bool]
+# A key's output streams: (pipeline, key index) -> [epoch, last number given].
+Counters = dict[tuple[int, int], list[int]]
 # handed_over(keys): every state handed over by a change of placement is acknowledged by its
 # new owner (so durable there, with resilience); the keys (state name, key index).
 HandedOver = Callable[[list[tuple[str, int]]], None]
@@ -77,6 +90,9 @@ class DataPlane:
     hooks, both optional); ``handed_over`` once the states a change of placement moved away
     are all acknowledged. An ``eager`` plane sends every forwarded message at once, in a
     batch of its own, so that an in-process run does not depend on how reads are sliced.
+    With ``exactly_once`` (which needs ``commit``) output is numbered and kept until the
+    receiver acknowledges it, and ``write_sink`` gets frames of the exactly-once sink
+    protocol.
     """
 
     def __init__(
@@ -94,6 +110,7 @@ class DataPlane:
         commit: CommitFn | None = None,
         eager: bool = False,
         handed_over: HandedOver | None = None,
+        exactly_once: bool = False,
     ) -> None:
         self.plan = plan
         self.name = name
@@ -112,7 +129,8 @@ class DataPlane:
         self._handoff_marks: dict[str, int] = {}
         self._handing: list[tuple[str, int]] = []
         self.topology: LocalTopology | None = None
-        self._sink_pending: list[list[bytes]] = [[] for _ in plan.pipelines]
+        # per pipeline, encoded output until flush (with exactly-once output, (key, bytes))
+        self._sink_pending: list[list[Any]] = [[] for _ in plan.pipelines]
         self._outbox: dict[str, list[tuple[tuple, list]]] = {}
         self._senders: dict[tuple[str, tuple], Callable[[Any], None]] = {}
         self._outgoing: dict[str, OutgoingBoundary] = {}
@@ -120,6 +138,11 @@ class DataPlane:
         self.applied_total = 0
         self.accepted = [0] * len(plan.pipelines)  # source records taken in, per pipeline
         self.halted = False
+        self.exactly_once = exactly_once
+        self.sinks: list[OutgoingSink | None] = [
+            OutgoingSink() if exactly_once and p.sink is not None else None for p in plan.pipelines
+        ]
+        self.counters: Counters = {}
 
     # -- building -------------------------------------------------------------------------
 
@@ -135,7 +158,7 @@ class DataPlane:
             self.plan, self.name, placement, self.callbacks,
             sink_for=sink_for or (lambda p: self._sink_pending[p].append),
             forward_to=self._forward_to, serializers=self.serializers, stats=self.stats,
-            sink_values=values, persist=self._persist,
+            sink_values=values, persist=self._persist, sink_keys=self.exactly_once,
         )  # fmt: skip
         self.flow.open_links()
         return self.topology
@@ -201,9 +224,11 @@ class DataPlane:
     # -- flushing -------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """After a batch: one write per sink, the commit, then one batch per downstream worker."""
+        """After a batch: one write per sink, the commit, then one batch per downstream worker
+        (with exactly-once output: the commit, then the sinks and the batches)."""
         if self.halted:
             return
+        numbered = self._number_outputs() if self.exactly_once else []
         for p, pending in enumerate(self._sink_pending):
             if pending:
                 self.pstats[p].messages_out += len(pending)
@@ -219,13 +244,49 @@ class DataPlane:
             taken = backlog.take_batch()
             if taken:
                 leaving.append((owner, taken))
-        if self._commit is not None and not self._commit(leaving):
+        if self._commit is not None and not self._commit(leaving, numbered):
             self.halted = True  # what could not be made durable never leaves
             return
+        for p, frames in numbered:
+            sink = self.sinks[p]
+            assert sink is not None  # only a pipeline with a sink emits output
+            if sink.ready:
+                for frame in frames:
+                    self._write_sink(p, frame)
+            self.flow.sink_backlog(self.plan.pipelines[p].name, sink.backlog.bytes)
         for owner, taken in leaving:
             for batch in taken:
                 self._write_boundary(owner, batch.frame)
             self.flow.link_backlog(owner, self.unacked(owner))
+
+    def _number_outputs(self) -> Outputs:
+        """Each pipeline's pending output, numbered in its keys' streams and kept in its sink's
+        backlog: the frames to log, then send."""
+        numbered = []
+        for p, pending in enumerate(self._sink_pending):
+            if not pending:
+                continue
+            by_key: dict[int, list[bytes]] = {}
+            for key, data in pending:
+                by_key.setdefault(key, []).append(data)
+            self.pstats[p].messages_out += len(pending)
+            pending.clear()
+            runs = [self._numbered(p, key, values) for key, values in by_key.items()]
+            sink = self.sinks[p]
+            assert sink is not None  # only a pipeline with a sink emits output
+            sink.backlog.add(runs)
+            numbered.append((p, outputs(runs)))
+        return numbered
+
+    def _numbered(self, p: int, key: int, values: list[bytes]) -> OutputRun:
+        """``values`` as the next records of the stream of ``key`` in pipeline ``p`` (a stream
+        starts, with a new epoch, the first time its key emits here without a numbering)."""
+        counter = self.counters.get((p, key))
+        if counter is None:
+            counter = self.counters[(p, key)] = [random.getrandbits(64), 0]
+        first = counter[1] + 1
+        counter[1] += len(values)
+        return OutputRun(Stream(p, key, counter[0]), first, values)
 
     def _queue_run(self, backlog: Backlog, route: tuple, messages: list) -> None:
         """Messages for one key of another worker: as u64s when they are plain ints."""
@@ -281,7 +342,7 @@ class DataPlane:
         skipped = dedup.skip(first, total)
         fresh = _after(runs, skipped)  # what a replay repeats was checked and applied before
         for p, pos, key_index, kind, _ in fresh:
-            if kind != STATE and not topology.owns(p, pos, key_index):
+            if kind not in (STATE, COUNTERS) and not topology.owns(p, pos, key_index):
                 return FrameError(f"a batch has records for pipeline {p}, step {pos}, key index "
                                   f"{key_index}, which this worker does not own")  # fmt: skip
         for run in fresh:
@@ -295,6 +356,10 @@ class DataPlane:
                    values: list) -> None:  # fmt: skip
         if kind == STATE:
             self._adopt(topology, p, pos, key_index, values)
+            return
+        if kind == COUNTERS:
+            for data in values:
+                self.adopt_counters(key_index, decode_counters(data))
             return
         self.pstats[p].messages_arrived += len(values)
         apply = topology.arrival(p, pos)
@@ -319,6 +384,17 @@ class DataPlane:
                 if self._persist is not None:
                     self._persist(state_name, key_index, True)
 
+    def adopt_counters(self, key_index: int, counters: dict[int, tuple[int, int]]) -> None:
+        """The numbering of a key's output streams, handed over with its state."""
+        for p, (epoch, seq) in counters.items():
+            self.counters[(p, key_index)] = [epoch, seq]
+
+    def _counters_of(self, state_name: str, key_index: int) -> dict[int, tuple[int, int]]:
+        """The output streams a key of ``state_name`` numbers here, by pipeline."""
+        topology = self._built()
+        return {p: (c[0], c[1]) for (p, key), c in self.counters.items()
+                if key == key_index and topology.output_state(p) == state_name}  # fmt: skip
+
     # -- changing placement: grow and shrink ----------------------------------------------
 
     def change_placement(self, placement: Placement) -> list[tuple[str, int, str]]:
@@ -336,7 +412,11 @@ class DataPlane:
         for state_name, i, owner in handoffs:
             data = topology.state_out(state_name, topology.take_state(state_name, i))
             p, pos = topology.state_routes[state_name]
-            self._boundary_to(owner).backlog.add((p, pos, i), STATE, [data] if data else [])
+            backlog = self._boundary_to(owner).backlog
+            backlog.add((p, pos, i), STATE, [data] if data else [])
+            counters = self._counters_of(state_name, i)
+            if counters:
+                backlog.add((p, pos, i), COUNTERS, [encode_counters(counters)])
             self._handing.append((state_name, i))
         self.flush()  # numbers the records, makes them durable, sends them
         for owner in {owner for _, _, owner in handoffs}:
@@ -355,6 +435,9 @@ class DataPlane:
             del marks[peer]
         if self._handing and not marks:
             released, self._handing = self._handing, []
+            for state_name, i in released:  # numbered by the new owner from now on
+                for p in self._counters_of(state_name, i):
+                    del self.counters[(p, i)]
             if self._handed_over is not None:
                 self._handed_over(released)
 
@@ -393,20 +476,79 @@ class DataPlane:
         out = self._outgoing.get(peer)
         return out.backlog.unacked if out is not None else 0
 
+    # -- the exactly-once sinks ----------------------------------------------------------
+
+    def sink_opened(self, p: int) -> bytes:
+        """A (re)connection of pipeline ``p``'s sink: the hello to send first."""
+        return self._sink(p).opened(self.name)
+
+    def sink_read(self, p: int, data: bytes) -> tuple[list[bytes], FrameError | None]:
+        """What the receiver of pipeline ``p``'s sink said: the frames to send now (once it
+        has answered the hello: what it does not hold), and the error if the bytes broke."""
+        sink = self._sink(p)
+        resend, freed = sink.read(data)
+        if freed:
+            self.flow.sink_backlog(self.plan.pipelines[p].name, sink.backlog.bytes)
+        return resend, sink.decoder.error
+
+    def sink_ready(self, p: int) -> bool:
+        """Whether the receiver of pipeline ``p``'s sink has answered this connection's hello."""
+        return self._sink(p).ready
+
+    def _sink(self, p: int) -> OutgoingSink:
+        sink = self.sinks[p]
+        assert sink is not None, "only a pipeline with a sink has an exactly-once sink"
+        return sink
+
+    def sink_acked(self) -> dict[int, dict[Stream, int]]:
+        """How far each sink's receiver has acknowledged each stream."""
+        return {p: dict(sink.backlog.acked) for p, sink in enumerate(self.sinks) if sink}
+
+    def sink_backlogs(self) -> dict[int, list[bytes]]:
+        """Each sink's unacknowledged output, as frames."""
+        return {p: sink.backlog.replay() for p, sink in enumerate(self.sinks) if sink}
+
+    def restore_sink(self, p: int, runs: list[OutputRun]) -> None:
+        """A recovered worker's unacknowledged output for pipeline ``p``'s sink: sent again,
+        after what the receiver says it holds, once the connection is up."""
+        sink = self._sink(p)
+        sink.backlog.clear()
+        sink.backlog.add(runs)
+        self.flow.sink_backlog(self.plan.pipelines[p].name, sink.backlog.bytes)
+
+    def stream_counters(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """The numbering of each output stream this worker holds: ``(p, key) -> (epoch, seq)``."""
+        return {route: (c[0], c[1]) for route, c in self.counters.items()}
+
+    def restore_counters(self, counters: dict[tuple[int, int], tuple[int, int]]) -> None:
+        """What a recovered worker's event log says of the output streams of the keys it
+        holds (and of the pipelines without a key)."""
+        held = self.states
+        for (p, key), (epoch, seq) in counters.items():
+            state_name = self._built().output_state(p)
+            if state_name is None or key in held.get(state_name, {}):
+                self.counters[(p, key)] = [epoch, seq]
+
     # -- counts ---------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        """What the initializer compares to know that nothing is in flight."""
+        """What the initializer compares to know that nothing is in flight (with exactly-once
+        output, output not yet acknowledged by its receiver counts as in flight)."""
         backlogs = [out.backlog for out in self._outgoing.values()]
+        sinks = sum(sink.backlog.records for sink in self.sinks if sink is not None)
         return {
             "sent": sum(backlog.sent_total for backlog in backlogs),
             "applied": self.applied_total,
-            "backlog": sum(backlog.unacked for backlog in backlogs),
+            "backlog": sum(backlog.unacked for backlog in backlogs) + sinks,
         }
 
     def leftovers(self) -> list[str]:
-        return [f"{out.backlog.unacked} unacknowledged message(s) for {out.peer}"
-                for out in self._outgoing.values() if out.backlog.unacked]  # fmt: skip
+        links = [f"{out.backlog.unacked} unacknowledged message(s) for {out.peer}"
+                 for out in self._outgoing.values() if out.backlog.unacked]  # fmt: skip
+        sinks = [f"{sink.backlog.records} output(s) not acknowledged by the receiver of "
+                 f"{self.plan.pipelines[p].name!r}" for p, sink in enumerate(self.sinks)
+                 if sink is not None and sink.backlog.records]  # fmt: skip
+        return links + sinks
 
     # -- what resilience keeps, and puts back after a crash -------------------------------
     # (machida.durability.resilience.ResilienceHost)

@@ -11,8 +11,8 @@ reasons decide what may be read:
   and sinks exist;
 * any pause reason holds both kinds: a link to another worker with
   :data:`LINK_HIGH_WATER` unacknowledged records (until it is back under
-  :data:`LINK_LOW_WATER`), a sink whose buffer passed its high mark (each sink
-  its own reason), a log
+  :data:`LINK_LOW_WATER`), a sink whose buffer (with exactly-once output: whose
+  unacknowledged output) passed its high mark (each sink its own reason), a log
   rotation. Holding the incoming links too is what carries backpressure
   along a chain of workers.
 
@@ -29,6 +29,10 @@ from typing import Callable
 # (some 30 ms of input at full speed: enough to keep a link busy, little to hold and replay).
 LINK_HIGH_WATER = 16_384
 LINK_LOW_WATER = 8_192
+# machida.md §6.4: pause inputs above 1 MiB of sink output not yet sent, resume below 256 KiB;
+# with exactly-once output the same marks hold output not yet acknowledged by the receiver.
+SINK_HIGH_WATER = 1024 * 1024
+SINK_LOW_WATER = 256 * 1024
 
 
 def link_reason(peer: str) -> str:
@@ -92,6 +96,14 @@ class FlowControl:
             self.pause(link_reason(peer))
         elif unacked < LINK_LOW_WATER:
             self.resume(link_reason(peer))
+
+    def sink_backlog(self, pipeline: str, unacked: int) -> None:
+        """The exactly-once sink of ``pipeline`` holds ``unacked`` bytes of output its receiver
+        has not acknowledged: pause at the high mark, resume under the low one."""
+        if unacked >= SINK_HIGH_WATER:
+            self.pause(sink_reason(pipeline))
+        elif unacked < SINK_LOW_WATER:
+            self.resume(sink_reason(pipeline))
 
     def sink_blocked(self, pipeline: str, blocked: bool) -> None:
         """The sink of ``pipeline`` passed its high mark (``blocked``) or drained under its

@@ -19,7 +19,9 @@ are plain ``int`` in 0..2**64-1, sent without pickling because they round-trip
 identically) or ``count`` times ``u32be length | payload`` (kind 0: the
 message as the application's ``serialize`` made it; kind 2: the state of the
 key, as ``serialize`` made it, handed over to the receiver when the key moves
-to it in a grow or shrink, in the same order as the messages). Records are numbered
+to it in a grow or shrink, in the same order as the messages; kind 3: with it,
+the numbering of the key's exactly-once output streams, :func:`encode_counters`).
+Records are numbered
 first_seq, first_seq+1, … across the runs. Sequence numbers count per sending
 process *incarnation* (a random number drawn at start), so a restarted sender
 is never mistaken for a replay.
@@ -54,12 +56,14 @@ ACK = 0x41  # "A"
 SERIALIZED = 0
 INTS = 1
 STATE = 2
+COUNTERS = 3
 
 _FRAME_HEAD = struct.Struct(">IB")
 _BATCH_HEAD = struct.Struct(">IBQ")
 _SEQ = struct.Struct(">Q")
 _RUN = struct.Struct(">BHHII")
 _LEN = struct.Struct(">I")
+_COUNTER = struct.Struct(">HQQ")
 U64_MAX = (1 << 64) - 1
 _SWAP = sys.byteorder == "little"
 # Replays are cut into batches of at most this many records (the link's pause mark), so that the
@@ -91,6 +95,20 @@ def hello(worker: str, incarnation: int) -> bytes:
 
 def ack(seq: int) -> bytes:
     return _FRAME_HEAD.pack(9, ACK) + _SEQ.pack(seq)
+
+
+def encode_counters(counters: dict[int, tuple[int, int]]) -> bytes:
+    """The one record of a kind 3 run: per pipeline, the epoch and the last number of the
+    moving key's output stream (``u16be pipeline, u64be epoch, u64be seq`` each)."""
+    return b"".join(_COUNTER.pack(p, epoch, seq) for p, (epoch, seq) in sorted(counters.items()))
+
+
+def decode_counters(data: bytes) -> dict[int, tuple[int, int]]:
+    """The counters of a kind 3 record; FrameError if its length is not whole entries."""
+    if len(data) % _COUNTER.size:
+        raise FrameError(f"a counters record of {len(data)} bytes")
+    entries = (_COUNTER.unpack_from(data, pos) for pos in range(0, len(data), _COUNTER.size))
+    return {p: (epoch, seq) for p, epoch, seq in entries}
 
 
 class Batch(NamedTuple):
@@ -344,7 +362,7 @@ def _runs(frame: bytes, pos: int) -> list[Run]:
                 column.byteswap()
             out.append((p, step, key, INTS, column.tolist()))
             pos = stop
-        elif kind in (SERIALIZED, STATE):
+        elif kind in (SERIALIZED, STATE, COUNTERS):
             values = []
             for _ in range(count):
                 (length,) = _LEN.unpack_from(frame, pos)

@@ -1,0 +1,71 @@
+"""Exactly-once output on a real cluster: kill -9 anyone, any number of times, FILE holds each
+window once (the strict validator, without -a)."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+
+from clusterhelp import ExactlyOnceCluster
+from toolhelp import Tool, wait_until
+
+N = 100_000
+PACE = ("-s", "100", "-i", "5_000_000")  # 20 000 values a second
+ACCEPTED = re.compile(rb"source had accepted (\d+) record")
+RECOVERED = b"|~~ - Recovery COMPLETE - ~~|"
+
+
+def sender(cluster: ExactlyOnceCluster, count: int, start_from: int = 0) -> Tool:
+    return Tool("sender", "-h", f"127.0.0.1:{cluster.in_port}", "-m", str(count), "-y", "-g",
+                "12", "-u", "-w", "-v", str(start_from), *PACE, cwd=cluster.dir)  # fmt: skip
+
+
+def chaos_seed() -> int:
+    """The schedule's seed: MACHIDA_CHAOS_SEED to replay one, else a new one (printed)."""
+    seed = int(os.environ.get("MACHIDA_CHAOS_SEED") or random.randrange(2**32))
+    print(f"chaos seed {seed} (MACHIDA_CHAOS_SEED={seed} replays this schedule)")
+    return seed
+
+
+def schedule(rng: random.Random) -> list[tuple[str, int]]:
+    """Ten kill -9s of random workers, the initializer among them, and one of the receiver,
+    in a random order, each once FILE holds a random number of windows (increasing)."""
+    victims = [rng.choice(["initializer", "worker-2"]) for _ in range(10)]
+    if "initializer" not in victims:
+        victims[rng.randrange(10)] = "initializer"
+    events = [*victims, "receiver"]
+    rng.shuffle(events)
+    moments = sorted(rng.sample(range(N // 20, N * 9 // 10), len(events)))
+    return list(zip(events, moments))
+
+
+def test_ten_kill_9s_of_workers_and_one_of_the_receiver_leave_each_window_once(tmp_path):
+    seed = chaos_seed()
+    with ExactlyOnceCluster(tmp_path) as cluster:
+        cluster.start()
+        stream = sender(cluster, N)
+        done = []
+        try:
+            for victim, moment in schedule(random.Random(seed)):
+                cluster.wait_windows(moment, 60)
+                assert cluster.kill(victim) == -9
+                restarted = cluster.restart(victim)
+                done.append(victim)
+                print(f"kill -9 {victim} once FILE held {moment} windows")
+                if victim == "receiver":
+                    continue
+                restarted.wait_stdout(lambda out: RECOVERED in out, 60)
+                if victim == "initializer":
+                    stream.wait()  # its connection broke (or it had sent everything)
+                    accepted = int(ACCEPTED.search(restarted.stdout).group(1))
+                    cluster.ended.append(stream)
+                    stream = sender(cluster, N - accepted, accepted)
+            assert stream.wait(120) == 0, stream.report()
+            wait_until(lambda: cluster.held() >= N, 60, f"{N} windows in FILE")
+        except AssertionError as err:
+            raise AssertionError(f"seed {seed}, after {done}: {err}\n{cluster.report()}") from None
+        verdict = cluster.validate(N)
+        assert verdict.returncode == 0, f"seed {seed}: {verdict.stderr.decode()}"
+        assert cluster.held() == N  # each window once (100 000 % 12 == 4: none emitted early)
+        assert cluster.shutdown() == {"initializer": 0, "worker-2": 0}, cluster.report()

@@ -7,7 +7,9 @@ import os
 import random
 import re
 
+import test_autoscale as autoscale
 from clusterhelp import ExactlyOnceCluster
+from test_resilience import STREAM, finish_and_check, stream
 from toolhelp import Tool, wait_until
 
 N = 100_000
@@ -69,3 +71,31 @@ def test_ten_kill_9s_of_workers_and_one_of_the_receiver_leave_each_window_once(t
         assert verdict.returncode == 0, f"seed {seed}: {verdict.stderr.decode()}"
         assert cluster.held() == N  # each window once (100 000 % 12 == 4: none emitted early)
         assert cluster.shutdown() == {"initializer": 0, "worker-2": 0}, cluster.report()
+
+
+class Growing(autoscale.Growing, ExactlyOnceCluster):
+    """A growing and shrinking cluster with exactly-once output, FILE read as it is written."""
+
+
+def test_a_keys_numbering_moves_with_it_through_grows_shrinks_and_kill_9s(tmp_path):
+    """The initializer alone; worker-2 joins (key 1 moves to it) and is killed once it emits;
+    worker-3 joins; worker-2 leaves, killed while it hands key 1 over to worker-3, and
+    restarted with its command. Each window once, in order."""
+    extra = ("--stop-pause", "300_000_000")
+    with Growing(tmp_path, extra=extra).start() as cluster, stream(cluster) as sender:
+        cluster.wait_windows(3_000)
+        cluster.join("worker-2").wait_stdout(lambda out: autoscale.RESUMED in out)
+        cluster.wait_windows(cluster.held() + 2_000)
+        assert cluster.kill("worker-2") == -9
+        cluster.join("worker-2").wait_stdout(lambda out: RECOVERED in out)
+        cluster.join("worker-3").wait_stdout(lambda out: autoscale.RESUMED in out)
+        assert cluster.counts() == {"initializer": 1, "worker-2": 1, "worker-3": 0}
+        cluster.wait_windows(cluster.held() + 2_000)
+        cluster.shrinker("--workers", "worker-2")
+        cluster.wait_for("worker-2", b"Migrating all partitions to 2 remaining workers")
+        assert cluster.kill("worker-2") == -9
+        assert cluster.join("worker-2").wait(60) == 0, cluster.report()  # hands over, leaves
+        wait_until(lambda: cluster.counts() == {"initializer": 1, "worker-3": 1}, 30, "moved")
+        finish_and_check(cluster, sender, strict=True)
+        assert cluster.held() == STREAM
+        assert set(cluster.shutdown().values()) == {0}, cluster.report()

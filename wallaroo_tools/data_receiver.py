@@ -215,10 +215,10 @@ def parse_config(argv: list[str]) -> Config | None:
         return None
     if parsed.rest:
         raise UsageError(f"unexpected argument {parsed.rest[0]!r}")
-    if values["output"] is not None and not values["framed"]:
-        raise UsageError("option --output needs --framed")
     if values["exactly_once"] and (values["output"] is None or not values["framed"]):
         raise UsageError("option --exactly-once needs --framed and --output FILE")
+    if values["output"] is not None and not values["framed"]:
+        raise UsageError("option --output needs --framed")
     listen = values["listen"]
     if listen is None:
         raise _Required("Must supply required '--listen' argument")

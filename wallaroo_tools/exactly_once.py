@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Callable
+from typing import Callable, Protocol
 
 from machida.errors import FrameError
 from machida.wire import exactly_once as protocol
@@ -25,19 +25,39 @@ from machida.wire.framing import FrameDecoder
 from wallaroo_tools.ledger import Holdings, Ledger
 
 # on_frames(frames) -> the bytes FILE gets for them; on_committed(frames) once they are durable.
+
+
+class Peer(Protocol):
+    """A worker's connection as the intake sees it."""
+
+    peer: str
+    worker: str | None
+
+    @property
+    def named(self) -> str: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 OnFrames = Callable[[list[bytes]], bytes]
 OnCommitted = Callable[[list[bytes]], None]
+CallSoon = Callable[[Callable[[], None]], object]
 
 
 class Intake:
     """The connections of an exactly-once receiver, its holdings and its commits."""
 
     def __init__(self, ledger: Ledger, on_frames: OnFrames, on_committed: OnCommitted,
-                 on_failed: Callable[[str], None]) -> None:  # fmt: skip
+                 on_failed: Callable[[str], None],
+                 call_soon: CallSoon | None = None) -> None:  # fmt: skip
+        """``call_soon(commit)`` schedules a commit (the running loop's, by default)."""
         self.ledger = ledger
+        self._call_soon = call_soon
         self.holdings = Holdings(ledger.marks)
         self._on_frames, self._on_committed, self._on_failed = on_frames, on_committed, on_failed
-        self.connections: set[Connection] = set()
+        self.connections: set[Peer] = set()
         self._frames: list[bytes] = []  # taken, not yet durable
         self._scheduled = False
         self.failed = False
@@ -45,11 +65,11 @@ class Intake:
     def protocol(self) -> Connection:
         return Connection(self)
 
-    def hello(self, conn: Connection, event: protocol.SinkHello) -> None:
+    def hello(self, conn: Peer, event: protocol.SinkHello) -> None:
         conn.worker = event.worker
         conn.write(protocol.marks(self.holdings.answer(event.streams)))
 
-    def outputs(self, conn: Connection, runs: list[protocol.OutputRun]) -> None:
+    def outputs(self, conn: Peer, runs: list[protocol.OutputRun]) -> None:
         """Take what is new of ``runs`` (FrameError on a gap or an output that is not whole
         frames); a commit follows at the end of this turn of the loop."""
         self._schedule()  # acknowledged even when all of it was held already
@@ -69,7 +89,8 @@ class Intake:
     def _schedule(self) -> None:
         if not self._scheduled and not self.failed:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.commit)
+            call_soon = self._call_soon or asyncio.get_running_loop().call_soon
+            call_soon(self.commit)
 
     def commit(self) -> None:
         """FILE and the marks, durable together; then the acknowledgements, then the tool."""
@@ -96,7 +117,7 @@ class Intake:
         if frames:
             self._on_committed(frames)
 
-    def refuse(self, conn: Connection, why: str) -> None:
+    def refuse(self, conn: Peer, why: str) -> None:
         print(f"ERROR: {conn.peer}{conn.named}: {why}; connection closed", file=sys.stderr,
               flush=True)  # fmt: skip
         conn.abort()

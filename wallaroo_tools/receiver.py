@@ -12,6 +12,13 @@ the same way. ``--metrics`` prints the timing lines of the Pony tool.
 ``--name`` and ``--phone-home`` (Dagon's coordination) are checked as the
 2017 tool checked them and then have no effect.
 
+With ``--exactly-once`` it is the receiving end of the exactly-once sink
+protocol of workers started with ``--exactly-once`` (:mod:`.exactly_once`):
+``received.txt`` and its marks (``received.txt.marks``) are made durable
+together before anything is acknowledged, each output is recorded once, and
+a restart with the same command, even after a kill -9, carries on where the
+file ends (``--expect`` counts what the file holds).
+
 As in :mod:`.data_receiver`, asyncio Protocols only feed a per-connection
 :class:`~machida.wire.framing.FrameDecoder` and hand each read's frames, all at
 once, to one :class:`Recorder`, which writes them with one call. A frame over
@@ -38,11 +45,13 @@ from machida.options import (
     run_cli,
 )
 from machida.wire.framing import FrameDecoder
+from wallaroo_tools.exactly_once import Intake
 from wallaroo_tools.layouts import GILES_HEADER
+from wallaroo_tools.ledger import Ledger, LedgerError
 
 USAGE = (
     "Usage: receiver --listen HOST:PORT [--expect N] [--no-write] [--metrics]"
-    " [--name NAME --phone-home HOST:PORT]"
+    " [--name NAME --phone-home HOST:PORT] [--exactly-once]"
 )
 OPTIONS = [
     Option("listen", "l", metavar="HOST:PORT", help="address to listen on (required)"),
@@ -52,6 +61,11 @@ OPTIONS = [
     Option("metrics", "m", kind="flag", help="print start, end and throughput"),
     Option("name", "n", metavar="NAME", help="Dagon node name (no effect)"),
     Option("phone-home", "d", metavar="HOST:PORT", help="Dagon address (no effect)"),
+    Option(
+        "exactly-once",
+        kind="flag",
+        help="take workers' numbered output once each, received.txt durable",
+    ),
     Option("help", "h", kind="flag", help="show this help"),
 ]
 RECEIVED = "received.txt"
@@ -67,6 +81,7 @@ class Config:
     expect: int | None
     write: bool
     metrics: bool
+    exactly_once: bool = False
 
 
 class _Refused(UsageError):
@@ -98,7 +113,10 @@ def parse_config(argv: list[str]) -> Config | None:
     if ("phone_home" in given) != ("name" in given):
         raise _Refused("'--phone-home' must be used in conjunction with '--name'")
     expect = None if values["expect"] is None else _expect(values["expect"])
-    return Config(host, port, expect, not values["no_write"], bool(values["metrics"]))
+    if values["exactly_once"] and values["no_write"]:
+        raise UsageError("option --exactly-once needs received.txt: leave out --no-write")
+    return Config(host, port, expect, not values["no_write"], bool(values["metrics"]),
+                  bool(values["exactly_once"]))  # fmt: skip
 
 
 def _expect(text: str) -> int:
@@ -243,6 +261,8 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stopped: asyncio.Future) -
 
 async def serve(config: Config) -> int:
     """Record until ``--expect`` or a signal; return the exit status."""
+    if config.exactly_once:
+        return await serve_exactly_once(config)
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[int] = loop.create_future()
     try:
@@ -272,6 +292,55 @@ async def serve(config: Config) -> int:
         if recorder.timing is not None:
             recorder.timing.finish(recorder.count)
     return 1 if recorder.failed else stopped.result()
+
+
+async def serve_exactly_once(config: Config) -> int:
+    """The receiving end of the exactly-once sink protocol: received.txt durable with its
+    marks; ``--expect`` counts what the file holds."""
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[int] = loop.create_future()
+    try:
+        ledger = Ledger(RECEIVED)
+    except (OSError, LedgerError) as err:
+        why = err.strerror if isinstance(err, OSError) else str(err)
+        print(f"Error: cannot write {RECEIVED}: {why}", file=sys.stderr)
+        return 1
+    timing = Timing() if config.metrics else None
+    counted = ledger.frames  # what the file held at start
+
+    def stamped(frames: list[bytes]) -> bytes:
+        ts, pack = time.time_ns(), GILES_HEADER.pack
+        return b"".join([pack(len(f), ts) + f for f in frames])
+
+    def committed(frames: list[bytes]) -> None:
+        if timing is not None and timing.start is None:
+            timing.first_record()
+        if config.expect is not None and ledger.frames >= config.expect and not stopped.done():
+            print(f"{ledger.frames} expected messages received. Terminating...", flush=True)
+            stopped.set_result(0)
+
+    def failed(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        if not stopped.done():
+            stopped.set_result(1)
+
+    intake = Intake(ledger, stamped, committed, failed)
+    try:
+        server = await loop.create_server(intake.protocol, config.host, config.port)
+    except OSError:
+        print("Unable to open listener", file=sys.stderr)
+        ledger.close()
+        return 1
+    _install_signals(loop, stopped)
+    print(LISTENING, flush=True)
+    try:
+        await stopped
+    finally:
+        server.close()
+        intake.close()
+        if timing is not None:
+            timing.finish(ledger.frames - counted)
+    return stopped.result()
 
 
 def run(argv: list[str]) -> int:

@@ -66,7 +66,7 @@ class RunFiles:
 
     def stale(self) -> list[Path]:
         """This module's and name's streams and checkpoints, as a previous run left them."""
-        pattern = re.compile(re.escape(self.prefix) + r"-\d+\.ingress")
+        pattern = re.compile(re.escape(self.prefix) + r"-\d+\.ingress(\.base)?")
         found = sorted(p for p in self.directory.iterdir() if pattern.fullmatch(p.name))
         if self.checkpoints.exists():
             found.append(self.checkpoints)

@@ -33,6 +33,7 @@ from machida_flink import jar, job
 from machida_flink.files import RunFiles, RunLocked, remove
 from machida_flink.ingress import Ingress, bind_reason
 from machida_flink.options import FlinkConfig
+from machida_flink.stream import Stream, base_path
 from machida_flink.translate import shape
 
 READY = "Application has successfully initialized."
@@ -93,7 +94,7 @@ class FlinkRunner:
             self._discard_stale()
             self.scratch = Path(tempfile.mkdtemp(prefix="machida-flink-"))
             paths = [self.files.stream(p) for p in range(len(self.plan.pipelines))]
-            self.ingress = Ingress(self.plan, paths)
+            self.ingress = Ingress(self.plan, [Stream.create(path) for path in paths])
             try:
                 await self.ingress.bind(self.config.ingress)
                 self.external = await self._listen_external()
@@ -109,6 +110,7 @@ class FlinkRunner:
                 if not self.ingress.opened:  # no sender was ever accepted: nothing to keep
                     for path in self.ingress.paths:
                         remove(path)
+                        remove(base_path(path))
             await asyncio.to_thread(self._stop_jvm)
             if self.scratch is not None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
@@ -285,6 +287,7 @@ class FlinkRunner:
 
     async def _clean_shutdown(self, ended: asyncio.Future) -> int:
         self.ingress.stop_sources()
+        self.ingress.end_streams()
         deadline = DRAIN_S + 2 * self.config.checkpoint_interval_ms / 1000
         try:
             status = await asyncio.wait_for(asyncio.shield(ended), deadline)
@@ -304,7 +307,8 @@ class FlinkRunner:
     def _remove_files(self) -> None:
         say("Removing recovery files")
         self.ingress.close()
-        for path in [*self.ingress.paths, self.checkpoints]:
+        paths = self.ingress.paths
+        for path in [*paths, *map(base_path, paths), self.checkpoints]:
             if path.exists():
                 say(f"...Removing {path}...")
                 remove(path)

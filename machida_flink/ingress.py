@@ -128,6 +128,11 @@ class Ingress:
         self.closed = False
         self.failure: OSError | None = None
         self.failed = asyncio.Event()
+        # Each job the run submits is an epoch; a commit from a reader of the current one
+        # means that job has completed a checkpoint (so all its tasks run).
+        self.epoch = 0
+        self.checkpointed = asyncio.Event()
+        self.committed = asyncio.Event()  # any commit (the base of a stream may have moved)
         self._connections = connections
         self.streams = streams
         for stream in streams:
@@ -136,6 +141,11 @@ class Ingress:
         self.listeners: list[asyncio.base_events.Server] = []
         self.server: asyncio.base_events.Server | None = None
         self.address: Address = ("", 0)
+
+    def new_epoch(self) -> None:
+        """A new job is about to subscribe: wait for its own first checkpoint from now on."""
+        self.epoch += 1
+        self.checkpointed.clear()
 
     def next_connection(self) -> int:
         self._connections += 1
@@ -282,9 +292,10 @@ class Ingress:
                                  f"{stream.durable}, not {offset}")  # fmt: skip
         stream.subscribed.set()
         subscription = log.Subscription(index, offset)
+        commits = self._read_commits(reader, decoder, stream, subscription, peer, self.epoch)
         tasks = [
             asyncio.ensure_future(self._send(stream, subscription, writer)),
-            asyncio.ensure_future(self._read_commits(reader, decoder, stream, subscription, peer)),
+            asyncio.ensure_future(commits),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -312,8 +323,8 @@ class Ingress:
                 stream.grown.clear()
                 await stream.grown.wait()
 
-    async def _read_commits(self, reader, decoder, stream: Stream,
-                            subscription: log.Subscription, peer: str) -> None:  # fmt: skip
+    async def _read_commits(self, reader, decoder, stream: Stream, subscription: log.Subscription,
+                            peer: str, epoch: int) -> None:  # fmt: skip
         """A completed checkpoint no longer needs what lies before its offset: free that disk."""
         while True:
             data = await reader.read(4096)
@@ -324,6 +335,9 @@ class Ingress:
                 if why is not None:
                     return _refuse(peer, why)
                 stream.release(offset, self._connections)
+                self.committed.set()
+                if epoch == self.epoch:
+                    self.checkpointed.set()
             if decoder.error is not None:
                 return _refuse(peer, str(decoder.error))
 

@@ -3,7 +3,9 @@
 Wallaroo's test harnesses used it to print a marker in a worker's log, to
 rotate a worker's event log, or to shut a cluster down, by sending one
 ``u32be(2 + len) | u16be(id) | payload`` frame (2017 ids: print 11,
-rotate-log 12, clean-shutdown 13) and closing. The frame comes from
+rotate-log 12, clean-shutdown 13) and closing. ``machida-flink`` also takes
+rescale (40, the payload is the new parallelism) and savepoint (41, the
+payload is an optional directory). The frame comes from
 :mod:`machida.wire.external`. Like the Pony tool it reports ``Connected...``
 and ``Sent message!`` on stdout; unlike it, an unknown ``--type`` is an error
 rather than a silent ``print``.
@@ -21,8 +23,22 @@ USAGE = "Usage: external_sender --external HOST:PORT [--type TYPE] [--message TE
 
 OPTIONS = [
     Option("external", "e", metavar="HOST:PORT", help="a worker's --external address (required)"),
-    Option("type", "t", default="print", metavar="TYPE", help="print, rotate-log, clean-shutdown"),
-    Option("message", "m", default="", metavar="TEXT", help="payload; for rotate-log a worker"),
+    Option(
+        "type",
+        "t",
+        default="print",
+        metavar="TYPE",
+        help="print (11), rotate-log (12), clean-shutdown (13); machida-flink: rescale (40), "
+        "savepoint (41)",
+    ),
+    Option(
+        "message",
+        "m",
+        default="",
+        metavar="TEXT",
+        help="payload: for rotate-log a worker, for rescale the parallelism, for savepoint "
+        "a directory (optional)",
+    ),
     Option("help", "h", kind="flag", help="show this help"),
 ]
 
@@ -31,7 +47,8 @@ def _build_frame(values: dict) -> bytes:
     kind = values["type"]
     msg_id = external.TYPE_IDS.get(kind.lower())
     if msg_id is None:
-        raise UsageError(f"unknown --type '{kind}' (use print, rotate-log or clean-shutdown)")
+        *names, last = external.TYPE_IDS
+        raise UsageError(f"unknown --type '{kind}' (use {', '.join(names)} or {last})")
     try:
         return external.encode(msg_id, values["message"])
     except ValueError as err:

@@ -5,7 +5,8 @@ the cluster: print a line, rotate an event log, shut the cluster down. The
 tools ``cluster_shutdown`` and ``external_sender`` encode them with
 :func:`encode`; the runner's external channel decodes them with
 :class:`ExternalFrameDecoder`. Ids follow Wallaroo's 2017 numbering
-(``wally@14c8252b1:lib/wallaroo_labs/messages/external_messages.pony``). This
+(``wally@14c8252b1:lib/wallaroo_labs/messages/external_messages.pony``);
+``machida-flink``'s rescale (40) and savepoint (41) are our own. This
 module imports no I/O: it turns text into bytes and bytes into ``(id, text)``.
 """
 
@@ -19,9 +20,20 @@ from machida.wire.framing import FrameDecoder
 PRINT = 11
 ROTATE_LOG = 12
 CLEAN_SHUTDOWN = 13
+# Ours, for machida-flink (14-29 are kept for the runner's autoscale messages): rescale the
+# job to the parallelism in the payload; stop it with a savepoint (the payload, if any, is
+# the directory to write it under).
+RESCALE = 40
+SAVEPOINT = 41
 
 # The names external_sender accepts for --type, mapped to their ids.
-TYPE_IDS = {"print": PRINT, "rotate-log": ROTATE_LOG, "clean-shutdown": CLEAN_SHUTDOWN}
+TYPE_IDS = {
+    "print": PRINT,
+    "rotate-log": ROTATE_LOG,
+    "clean-shutdown": CLEAN_SHUTDOWN,
+    "rescale": RESCALE,
+    "savepoint": SAVEPOINT,
+}
 
 # L counts the id and the payload: 2 bytes is an empty message, and Wallaroo's
 # channel refused anything above 1 MiB as a sign of a desynchronised stream.

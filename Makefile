@@ -37,9 +37,11 @@ browser:
 metrics-ui: install
 	$(PY) -m metrics_ui $(UI_ARGS)
 
+# ruff, then mypy over the layers pyproject.toml names (the protocols between them included).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -6,8 +6,9 @@ the cancellation is dropped (bpo-42130). A retry loop around it then runs on
 after ``task.cancel()``, and whoever awaits that task, such as the ending of
 a worker process, waits forever. :func:`within` and :func:`wait_event` behave
 like ``wait_for`` except that a cancellation of the caller always wins.
-:func:`background` runs a task that can be neither lost nor fail unseen, and
-:func:`close_loop` ends a loop even when one of its tasks will not stop.
+:func:`background` runs a task that can be neither lost nor fail unseen,
+:func:`close_loop` ends a loop even when one of its tasks will not stop, and
+:func:`listen` binds a listener or raises the one line that says why not.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from machida.console import warn
+from machida.console import os_reason, warn
+from machida.errors import BindError
 
 T = TypeVar("T")
+Address = tuple[str, int]
 # At exit, tasks still running are cancelled and given this long to end.
 END_TASKS_S = 5.0
 
@@ -59,12 +62,17 @@ def background(coro: Coroutine[Any, Any, Any], failed: Callable[[], None]) -> as
 
 def _ended(failed: Callable[[], None], task: asyncio.Task) -> None:
     _BACKGROUND.discard(task)
-    if task.cancelled() or task.exception() is None:
+    err = None if task.cancelled() else task.exception()
+    if err is None:
         return
-    err = task.exception()
-    warn(f"ERROR: {task.get_coro().__qualname__} failed:")
+    warn(f"ERROR: {_name(task)} failed:")
     traceback.print_exception(type(err), err, err.__traceback__)
     failed()
+
+
+def _name(task: asyncio.Task) -> str:
+    """The name of the coroutine a task runs (``Initializer._shutdown``)."""
+    return getattr(task.get_coro(), "__qualname__", task.get_name())
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -86,8 +94,19 @@ def close_loop(loop: asyncio.AbstractEventLoop, grace_s: float = END_TASKS_S) ->
     if pending:
         _, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=grace_s))
         if stuck:
-            names = ", ".join(sorted(task.get_coro().__qualname__ for task in stuck))
+            names = ", ".join(sorted(_name(task) for task in stuck))
             warn(f"WARNING: exiting although {len(stuck)} task(s) did not stop: {names}")
     loop.run_until_complete(loop.shutdown_asyncgens())
     asyncio.set_event_loop(None)
     loop.close()
+
+
+async def listen(factory: Callable[[], asyncio.BaseProtocol], address: Address,
+                 what: str, **options: Any) -> asyncio.base_events.Server:  # fmt: skip
+    """A server on ``address`` for ``what`` (``control``, ``external``, ...); a
+    :class:`BindError` naming the address and the operating system's reason if it cannot."""
+    host, port = address
+    try:
+        return await asyncio.get_running_loop().create_server(factory, host, port, **options)
+    except (OSError, OverflowError, ValueError) as err:  # OverflowError: a port past 65535
+        raise BindError(f"unable to listen on {host}:{port} for {what}: {os_reason(err)}") from err

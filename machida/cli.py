@@ -4,7 +4,7 @@ This is the first thing a runner process does, before it imports anything or
 binds a port. :func:`parse_runner_args` turns the command line into a frozen
 :class:`RunnerConfig` and enforces every rule of machida.md §2 with its exact
 message; :func:`main` prints the help or one ``Error:`` line (exit 1), or
-hands the config to ``machida.runtime.process.run``.
+hands the config to ``machida.process.run``.
 
 Checks run in this order and the first failure wins:
 
@@ -31,6 +31,8 @@ import sys
 from typing import Any
 
 from machida.config import RUNNER_OPTIONS, RunnerConfig, runner_parser
+from machida.console import error_line
+from machida.errors import ConfigError
 from machida.options import Option, OptionParser, UsageError, parse_host_port, strip_pony_options
 
 INITIALIZER_NAME = "initializer"
@@ -43,10 +45,6 @@ APPLICATION_SIDE_OPTIONS = [
     Option("out", "o", metavar="HOST:PORT", help="sink address, left in args for the app"),
 ]
 RULE = "-" * 73
-
-
-class ConfigError(Exception):
-    """The command line parses but breaks a rule of machida.md §2; str is the one-line message."""
 
 
 def parse_address(flag: str, text: str) -> tuple[str, int]:
@@ -73,7 +71,7 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
     module = _required_module(values)
     metrics = _required_metrics(values)
     if "join" in parsed.given:
-        raise ConfigError("Error: --join (autoscale) is not supported by this runner.")
+        raise ConfigError("--join (autoscale) is not supported by this runner.")
     initializer = bool(values["cluster_initializer"])
     worker_count = _worker_count(values, initializer)
     name = _check_role(values, parsed.given, initializer, worker_count)
@@ -102,13 +100,13 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
 
 def _required_module(values: dict[str, Any]) -> str:
     if not values["application_module"]:
-        raise ConfigError("Error: You must provide Machida with --application-module")
+        raise ConfigError("You must provide Machida with --application-module")
     return values["application_module"]
 
 
 def _required_metrics(values: dict[str, Any]) -> tuple[str, int]:
     if not values["metrics"]:
-        raise ConfigError("Error: You must specify a metrics address via --metrics/-m.")
+        raise ConfigError("You must specify a metrics address via --metrics/-m.")
     return parse_address("--metrics", values["metrics"])
 
 
@@ -212,12 +210,6 @@ def _block(title: str, options: list[Option]) -> list[str]:
     return [RULE, title, RULE, *OptionParser(options).help_lines()]
 
 
-def error_line(err: Exception) -> str:
-    """The one stderr line for a command-line error, with exactly one ``Error:`` prefix."""
-    message = str(err)
-    return message if message.startswith("Error: ") else f"Error: {message}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the runner; ``argv`` is the full command line, program name first (default sys.argv)."""
     argv = list(sys.argv if argv is None else argv)
@@ -229,6 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as err:
         print(error_line(err), file=sys.stderr)
         return 1
-    import machida.runtime.process  # loaded only now: --help and errors stay fast
+    import machida.process  # loaded only now: --help and errors stay fast
 
-    return machida.runtime.process.run(config)
+    return machida.process.run(config)

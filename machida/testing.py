@@ -4,12 +4,13 @@ Wallaroo had no way to test an application without a cluster. This driver
 loads the module and builds its plan exactly as the runner does, then runs one
 :class:`machida.runtime.dataplane.DataPlane` per simulated worker, the very
 object each worker process runs, with keys placed by the runner's rule. The
-planes are joined in memory: a message for a key on another simulated worker
-crosses in a numbered batch, through the module's ``serialize`` and
-``deserialize`` (plain ints as u64s when the pair gives them back unchanged,
-as in the runner), and is acknowledged. There are no sockets and no threads,
-and each input is carried to completion, on every worker, before the next, so
-the output is deterministic.
+planes are joined by a :class:`MemoryNetwork`: a message for a key on another
+simulated worker crosses in a numbered batch, through the module's
+``serialize`` and ``deserialize`` (plain ints as u64s when the pair gives them
+back unchanged, as in the runner), and is acknowledged. There are no sockets
+and no threads, and each input is carried to completion, on every worker,
+before the next, so the output is deterministic. :class:`MemoryNetwork` is
+public: a test can join planes itself and decide when each frame arrives.
 
     >>> from machida.testing import run
     >>> run("sequence_window", [1, 2], workers=2)
@@ -22,16 +23,17 @@ import sys
 from collections import Counter, deque
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from machida.app.callbacks import Callbacks
 from machida.app.loader import load_plan, serializers
-from machida.app.pipeline import SourceConnection
-from machida.errors import UserCallbackError
-from machida.runtime.dataplane import DataPlane, Inbound
+from machida.app.topology import SourceConnection
+from machida.errors import FrameError, UserCallbackError
+from machida.runtime.dataplane import DataPlane, WriteBoundary
 from machida.runtime.flow import FlowControl
+from machida.wire.boundary import IncomingBoundary
 
-__all__ = ["DEFAULT_ARGS", "Driver", "Output", "UserCallbackError", "run"]
+__all__ = ["DEFAULT_ARGS", "Driver", "MemoryNetwork", "Output", "UserCallbackError", "run"]
 
 DEFAULT_ARGS = ("machida", "--in", "127.0.0.1:0", "--out", "127.0.0.1:0")
 DRIVER_PEER = "in-process driver"
@@ -72,19 +74,17 @@ class Driver:
         self.placement = self.plan.placement(names)
         self.outputs: list[Output] = []
         pair = serializers(self.module)
-        self._wire: deque[tuple[str, str, bytes]] = deque()  # frames not yet delivered
-        self._delivering = False
+        # every forwarded message crosses at once, in a batch of its own, and is delivered
+        # before the next step runs: the output order does not depend on the worker count
+        self.network = MemoryNetwork(deliver_at_once=True)
         self._planes: dict[str, DataPlane] = {}
         for name in names:
-            plane = _EagerPlane(self.plan, name, pair, FlowControl(), _no_sink_writes,
-                                self._link_from(name), Callbacks(name, errors))  # fmt: skip
+            write = self.network.writer(name)
+            plane = DataPlane(self.plan, name, pair, FlowControl(), _no_sink_writes, write,
+                              Callbacks(name, errors), eager=True)  # fmt: skip
             plane.build(names, sink_for=self._sink_for(name), values=True)
-            plane.delivered = self._deliver
-            self._planes[name] = plane
-        self._inbound = {(a, b): Inbound() for a in names for b in names if a != b}
-        for a, b in self._inbound:
-            self._wire += [(a, b, frame) for frame in self._planes[a].link_opened(b)]
-        self._deliver()
+            self._planes[name] = self.network.add(plane)
+        self.network.connect_all()
         self._initializer = self._planes[names[0]]
         self._sources: dict[int, SourceConnection] = {}
 
@@ -159,30 +159,6 @@ class Driver:
 
         return sink_for
 
-    def _link_from(self, worker: str):
-        """Frames one simulated worker writes for another, kept until delivered."""
-
-        def write_link(peer: str, frame: bytes) -> None:
-            self._wire.append((worker, peer, frame))
-
-        return write_link
-
-    def _deliver(self) -> None:
-        """After a flush: every frame reaches its worker, which acknowledges it; what that
-        worker then sends is delivered too, until nothing is in flight."""
-        if self._delivering:
-            return  # a flush during delivery: its frames join the queue being delivered
-        self._delivering = True
-        try:
-            while self._wire:
-                src, dst, frame = self._wire.popleft()
-                inbound = self._inbound[(src, dst)]
-                self._planes[dst].boundary_read(inbound, frame)
-                if inbound.owes_ack:
-                    self._planes[src].link_read(dst, inbound.take_ack())
-        finally:
-            self._delivering = False
-
 
 def run(
     app: str | ModuleType,
@@ -207,30 +183,83 @@ def _warn(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-class _EagerPlane(DataPlane):
-    """A data plane that sends each forwarded message at once, in a batch of its own.
-
-    The runner's plane batches what a read forwards; the driver's sends every
-    message as it is forwarded, so that the output order does not depend on
-    the number of simulated workers. After each flush the driver delivers
-    what it wrote (:attr:`delivered`).
-    """
-
-    delivered: Callable[[], None]
-
-    def flush(self) -> None:
-        super().flush()
-        self.delivered()
-
-    def _outbound(self, owner: str, route: tuple) -> Callable[[Any], None]:
-        append = super()._outbound(owner, route)
-
-        def send(msg: Any) -> None:
-            append(msg)
-            self.flush()
-
-        return send
-
-
 def _no_sink_writes(p: int, data: bytes) -> None:
     raise AssertionError("the driver records its outputs itself; nothing is buffered for sinks")
+
+
+class MemoryNetwork:
+    """Data planes joined in memory, as their worker processes are joined by sockets.
+
+    Each direction between two planes is a connection whose frames wait on
+    :attr:`wire` until delivered. :meth:`add` a plane whose ``write_boundary``
+    is :meth:`writer` of its name; :meth:`connect` (re)opens the connection from
+    one plane to another (what was in flight on it is lost, as when a socket
+    drops, and the sender writes its hello and backlog again); :meth:`deliver`
+    carries frames to their receivers, which acknowledge them unless told not
+    to. With ``deliver_at_once``, every write is delivered as it is made (what
+    :class:`Driver` uses); otherwise a test decides when each frame arrives.
+    A frame a receiver refuses raises :class:`~machida.errors.FrameError`:
+    between planes of one application that is a bug.
+    """
+
+    def __init__(self, deliver_at_once: bool = False) -> None:
+        self.planes: dict[str, DataPlane] = {}
+        self.wire: deque[tuple[str, str, bytes]] = deque()  # (from, to, frame), in write order
+        self.incoming: dict[tuple[str, str], IncomingBoundary] = {}
+        self._at_once = deliver_at_once
+        self._delivering = False
+
+    def writer(self, name: str) -> WriteBoundary:
+        """The ``write_boundary`` of the plane called ``name``."""
+
+        def write(peer: str, frame: bytes) -> None:
+            self.wire.append((name, peer, frame))
+            if self._at_once:
+                self.deliver()
+
+        return write
+
+    def add(self, plane: DataPlane) -> DataPlane:
+        """Join ``plane`` (replacing one of the same name: a restarted worker)."""
+        self.planes[plane.name] = plane
+        return plane
+
+    def connect(self, src: str, dst: str) -> None:
+        """A (re)connection from ``src`` to ``dst``: what was in flight on it is lost, the
+        receiver has a fresh end, and the sender writes its first frames again."""
+        self.wire = deque(w for w in self.wire if w[:2] != (src, dst))
+        self.incoming[(src, dst)] = IncomingBoundary()
+        self.wire += [(src, dst, frame) for frame in self.planes[src].boundary_opened(dst)]
+        if self._at_once:
+            self.deliver()
+
+    def connect_all(self) -> None:
+        """Connect every plane to every other one."""
+        for src in self.planes:
+            for dst in self.planes:
+                if src != dst:
+                    self.connect(src, dst)
+
+    def deliver(self, ack: bool = True, frames: int | None = None) -> int:
+        """Carry frames to their receivers, oldest first, until the wire is empty (what the
+        receivers send meanwhile included), or ``frames`` of them; each receiver acknowledges
+        what it applied unless ``ack`` is false. Returns how many frames were delivered."""
+        if self._delivering:
+            return 0  # a write during delivery: it joins the wire being delivered
+        self._delivering = True
+        done = 0
+        try:
+            while self.wire and (frames is None or done < frames):
+                src, dst, frame = self.wire.popleft()
+                incoming = self.incoming[(src, dst)]
+                error = self.planes[dst].boundary_read(incoming, frame)
+                if error is not None:
+                    raise FrameError(f"{dst} refused a frame from {src}: {error}")
+                if ack and incoming.owes_ack:
+                    error = self.planes[src].ack_read(dst, incoming.take_ack())
+                    if error is not None:
+                        raise FrameError(f"{src} refused an acknowledgement from {dst}: {error}")
+                done += 1
+        finally:
+            self._delivering = False
+        return done

@@ -9,8 +9,10 @@ batch is the messages of one key from one source read, in order, so a record
 costs one Java-Python crossing however many messages it carries.
 
 Layout: ``b"Q" | u64le*`` for an all-int batch, ``b"S" | (u32be n | serialized)*``
-otherwise. Serialising goes through the caller's ``hop_out``/``hop_in``
-(:class:`machida.app.pipeline.LocalTopology`'s), so a failing ``serialize`` is
+otherwise. The int column is :func:`machida.wire.boundary.u64_column`'s, sent in the byte
+order of the host both ends run on; between the runner's workers it crosses big-endian.
+Serialising goes through the caller's ``hop_out``/``hop_in``
+(:class:`machida.app.topology.LocalTopology`'s), so a failing ``serialize`` is
 reported and counted by the project's error policy and only that message is
 dropped.
 """
@@ -23,6 +25,7 @@ from array import array
 from typing import Any, Callable
 
 from machida.errors import FrameError
+from machida.wire.boundary import u64_column
 
 INTS = b"Q"[0]
 SERIALIZED = b"S"[0]
@@ -33,15 +36,11 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 def encode(messages: list, hop_out: Callable[[Any], bytes | None], raw_ints: bool) -> bytes:
     """One batch's bytes; messages ``hop_out`` refuses (returns None) are left out."""
-    if raw_ints and all(m.__class__ is int for m in messages):
-        try:
-            words = array("Q", messages)
-        except OverflowError:
-            pass
-        else:
-            if _BIG_ENDIAN:
-                words.byteswap()
-            return b"Q" + words.tobytes()
+    words = u64_column(messages) if raw_ints else None
+    if words is not None:
+        if _BIG_ENDIAN:
+            words.byteswap()
+        return b"Q" + words.tobytes()
     pack = _LENGTH.pack
     parts = [b"S"]
     for message in messages:

@@ -11,15 +11,11 @@ import asyncio
 import contextlib
 import sys
 
-from machida.app.loader import BUILD_FAILED, load_plan
-from machida.errors import ApplicationError
+from machida.app.loader import load_plan, report_load_failure
+from machida.console import error_line, warn
+from machida.errors import ApplicationError, ConfigError
 from machida.options import UsageError
-from machida_flink.options import ConfigError, help_text, parse
-
-
-def _error(err: Exception) -> str:
-    text = str(err)
-    return text if text.startswith("Error:") or "\n" in text else f"Error: {text}"
+from machida_flink.options import help_text, parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,22 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse(argv)
     except (UsageError, ConfigError) as err:
-        print(_error(err), file=sys.stderr)
+        warn(error_line(err))
         return 1
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)
     for line in config.notices:
-        print(line, file=sys.stderr)
-    warn = lambda line: print(line, file=sys.stderr)  # noqa: E731
+        warn(line)
     try:
         module, plan = load_plan(config.application_module, list(config.app_args), warn=warn)
         from machida_flink.translate import shape
 
         shape(plan)
     except ApplicationError as err:
-        print(_error(err), file=sys.stderr)
-        if "Could not load module" not in str(err):
-            print(BUILD_FAILED, file=sys.stderr)
+        report_load_failure(err, warn)
         return 1
     from machida_flink.runner import FlinkRunner
 

@@ -27,8 +27,10 @@ import re
 import shutil
 from pathlib import Path
 
+from machida.errors import MachidaError
 
-class RunLocked(Exception):
+
+class RunLocked(MachidaError):
     """Another run holds the lock; the message is the line to print."""
 
 
@@ -54,7 +56,7 @@ class RunFiles:
             except BlockingIOError:
                 os.close(fd)
                 raise RunLocked(
-                    f"Error: another machida-flink run uses {self.lock_path} (same module and "
+                    f"another machida-flink run uses {self.lock_path} (same module and "
                     f"--name in {self.directory}); give this one another --name or "
                     f"--resilience-dir"
                 ) from None

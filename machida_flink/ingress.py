@@ -32,11 +32,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
-import socket
-import sys
 from pathlib import Path
 
-from machida.app.callbacks import Callbacks
+from machida.app.callbacks import Callbacks, label
 from machida.app.plan import AppPlan
 from machida.console import os_reason, warn
 from machida.errors import BindError
@@ -62,7 +60,9 @@ class SourceProtocol(asyncio.Protocol):
         self.ingress = ingress
         self.pipeline = pipeline
         source = ingress.plan.pipelines[pipeline].source
-        self.framer = SourceFramer(source.decoder, source.header_length)
+        self.framer = SourceFramer(
+            source.decoder, source.header_length, label(source.decoder, "payload_length")
+        )
         self.connection = ingress.next_connection()
         self.stream = ingress.streams[pipeline]
         self.peer = "?"
@@ -103,12 +103,8 @@ class SourceProtocol(asyncio.Protocol):
         left = self.framer.pending
         if left and self.framer.error is None and self.ingress.failure is None:
             name = self.ingress.plan.pipelines[self.pipeline].name
-            print(
-                f"WARNING: source connection from {self.peer} closed in the middle of a frame; "
-                f"{left} byte(s) discarded [pipeline '{name}']",
-                file=sys.stderr,
-                flush=True,
-            )
+            warn(f"WARNING: source connection from {self.peer} closed in the middle of a frame; "
+                 f"{left} byte(s) discarded [pipeline '{name}']")  # fmt: skip
         if not self.stream.ended:
             self.ingress.record(self.stream, log.entry(log.CLOSED, self.connection))
 
@@ -172,14 +168,14 @@ class Ingress:
                     lambda p=p: SourceProtocol(self, p), host, int(port), start_serving=False
                 )
             except (OSError, ValueError, OverflowError) as err:
-                raise BindError(f"Error: {pipeline.name} source is unable to listen on "
-                                f"{host}:{port}: {bind_reason(err)}") from err  # fmt: skip
+                raise BindError(f"{pipeline.name} source is unable to listen on "
+                                f"{host}:{port}: {os_reason(err)}") from err  # fmt: skip
             self.listeners.append(server)
         try:
             self.server = await asyncio.start_server(self._serve_reader, *serve)
         except (OSError, OverflowError) as err:
-            raise BindError(f"Error: unable to listen on {serve[0]}:{serve[1]} for the ingress "
-                            f"(--ingress): {bind_reason(err)}") from err  # fmt: skip
+            raise BindError(f"unable to listen on {serve[0]}:{serve[1]} for the ingress "
+                            f"(--ingress): {os_reason(err)}") from err  # fmt: skip
         self.address = self.server.sockets[0].getsockname()[:2]
 
     async def open_sources(self) -> list[str]:
@@ -354,10 +350,3 @@ class Ingress:
 
 def _refuse(peer: str, why: str) -> None:
     warn(f"ERROR: ingress connection from {peer}: {why}; connection closed")
-
-
-def bind_reason(err: Exception) -> str:
-    """The OS's words for a bind failure (the resolver's for an unknown host)."""
-    if isinstance(err, socket.gaierror):
-        return err.strerror
-    return os_reason(err) if isinstance(err, OSError) else str(err)

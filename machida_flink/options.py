@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from machida.errors import ConfigError
 from machida.options import Option, OptionParser, parse_host_port
 
 # The maximum parallelism is the number of Flink's key groups, the unit in which keyed
@@ -107,10 +108,6 @@ MACHIDA_ONLY = {
 SILENT = {"cluster-initializer", "worker-count", "control", "data", "run-with-resilience"}
 
 
-class ConfigError(Exception):
-    """A flag parses but its value is not acceptable; str is the one-line message."""
-
-
 @dataclass(frozen=True)
 class FlinkConfig:
     application_module: str
@@ -156,14 +153,14 @@ def parse(argv: list[str]) -> FlinkConfig:
     parsed = parser().parse(argv[1:])
     values = parsed.values
     if not values["application_module"]:
-        raise ConfigError("Error: You must provide machida-flink with --application-module")
+        raise ConfigError("You must provide machida-flink with --application-module")
     if values["state_backend"] not in STATE_BACKENDS:
         raise ConfigError(
             f"--state-backend must be hashmap or rocksdb, got {values['state_backend']!r}"
         )
     if "join" in parsed.given:
         raise ConfigError(
-            "Error: --join (autoscale) is not supported; rescale a running job with "
+            "--join (autoscale) is not supported; rescale a running job with "
             "external_sender -t rescale -m N."
         )
     if values["parallelism"] > MAX_PARALLELISM:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from machida.app.plan import AppPlan
+from machida.errors import MachidaError
 from machida_flink.files import remove
 from machida_flink.stream import Base, write_durably
 from machida_flink.translate import Shape
@@ -43,8 +44,8 @@ METADATA = "_metadata"
 _CHECKPOINT = re.compile(r"chk-(\d+)")
 
 
-class RestoreError(Exception):
-    """A record or savepoint cannot be used by this run; the message is the line to print."""
+class RestoreError(MachidaError):
+    """A record or savepoint cannot be used by this run; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class RunRecord:
                 (int(jvm[0]), int(jvm[1])) if jvm else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise RestoreError(f"Error: {path} is not the record of a run: {err!r}") from None
+            raise RestoreError(f"{path} is not the record of a run: {err!r}") from None
 
 
 @dataclass(frozen=True)
@@ -178,10 +179,10 @@ class SavepointInfo:
         """The description of a savepoint taken by machida-flink for this application, or a
         :class:`RestoreError` whose message says why it cannot be used."""
         if not (savepoint / METADATA).is_file():
-            raise RestoreError(f"Error: --from-savepoint {savepoint}: no Flink savepoint there "
+            raise RestoreError(f"--from-savepoint {savepoint}: no Flink savepoint there "
                                f"(no {METADATA} file)")  # fmt: skip
         if not (savepoint / SAVEPOINT_INFO).is_file():
-            raise RestoreError(f"Error: --from-savepoint {savepoint}: not a savepoint taken by "
+            raise RestoreError(f"--from-savepoint {savepoint}: not a savepoint taken by "
                                f"machida-flink (no {SAVEPOINT_INFO}); take one with "
                                f"external_sender -t savepoint")  # fmt: skip
         doc = _read(savepoint / SAVEPOINT_INFO, "a savepoint's description")
@@ -193,11 +194,11 @@ class SavepointInfo:
                 tuple(Base.from_json(s) for s in doc["streams"]),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise RestoreError(f"Error: --from-savepoint {savepoint}: {SAVEPOINT_INFO} is "
+            raise RestoreError(f"--from-savepoint {savepoint}: {SAVEPOINT_INFO} is "
                                f"damaged: {err!r}") from None  # fmt: skip
         differs = identity.difference(info.identity)
         if differs is not None:
-            raise RestoreError(f"Error: --from-savepoint {savepoint} is a savepoint of another "
+            raise RestoreError(f"--from-savepoint {savepoint} is a savepoint of another "
                                f"application or topology ({differs})")  # fmt: skip
         return info
 
@@ -206,10 +207,10 @@ def _read(path: Path, what: str) -> dict:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise RestoreError(f"Error: cannot read {path}: {err}") from None
+        raise RestoreError(f"cannot read {path}: {err}") from None
     found = doc.get("format") if isinstance(doc, dict) else None
     if found != FORMAT:
-        raise RestoreError(f"Error: {path} is not {what} this version can read "
+        raise RestoreError(f"{path} is not {what} this version can read "
                            f"(format {found!r})")  # fmt: skip
     return doc
 

@@ -32,10 +32,10 @@ from types import ModuleType
 from typing import Callable
 
 from machida.app.plan import AppPlan
-from machida.console import say, warn
+from machida.console import error_line, say, warn
 from machida.errors import BindError
+from machida.external import serve_external
 from machida_flink import rest
-from machida_flink.external import listen_external
 from machida_flink.files import RunFiles, RunLocked, remove
 from machida_flink.ingress import Ingress
 from machida_flink.jobs import TERMINAL, FlinkClient, JobHandle, first_line, still_running
@@ -99,7 +99,7 @@ class FlinkRunner:
         try:
             self.files.lock()
         except RunLocked as err:
-            warn(str(err))
+            warn(error_line(err))
             return 1
         self.loop = loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,9 +114,11 @@ class FlinkRunner:
                 self.ingress.close_connections(stream, left_open)
             try:
                 await self.ingress.bind(self.config.ingress)
-                self.external = await listen_external(self)
+                if self.config.external is not None:
+                    self.external = await serve_external(self, self.config.name,
+                                                         self.config.external)  # fmt: skip
             except BindError as err:
-                warn(str(err))
+                warn(error_line(err))
                 return 1
             self.scratch = Path(tempfile.mkdtemp(prefix="machida-flink-"))
             self.client = FlinkClient(self.config, self.module, self.plan, self.shape,
@@ -124,7 +126,7 @@ class FlinkRunner:
             self._announce(self.start)
             return await self._run_jobs(self.start)
         except RestoreError as err:
-            warn(str(err))
+            warn(error_line(err))
             return 1
         finally:
             await self._close()
@@ -167,8 +169,9 @@ class FlinkRunner:
         if record.jvm is not None and still_running(record.jvm):
             say(f"Waiting for the JVM of the previous run (pid {record.jvm[0]}) to exit")
             if not await _until(lambda: not still_running(record.jvm), PREVIOUS_S):
-                warn(f"Error: the JVM of the previous run (pid {record.jvm[0]}) still runs "
-                     f"after {PREVIOUS_S:.0f} s; stop it, then start this again")  # fmt: skip
+                pid = record.jvm[0]
+                warn(error_line(f"the JVM of the previous run (pid {pid}) still runs after "
+                                f"{PREVIOUS_S:.0f} s; stop it, then start this again"))  # fmt: skip
                 return False
         if self.config.jobmanager is None or record.job_id is None:
             return True
@@ -184,11 +187,12 @@ class FlinkRunner:
                 await asyncio.to_thread(rest.cancel, address, job_id)
                 if await _until(lambda: not running(), PREVIOUS_S):
                     return True
-                warn(f"Error: Flink job {job_id} of the previous run is still running after "
-                     f"{PREVIOUS_S:.0f} s; cancel it, then start this again")  # fmt: skip
+                left = f"Flink job {job_id} of the previous run still runs"
+                warn(error_line(f"{left} after {PREVIOUS_S:.0f} s; cancel it, then start this "
+                                f"again"))  # fmt: skip
                 return False
         except rest.RestError as err:
-            warn(f"Error: cannot ask the Flink cluster about the previous run's job: {err}")
+            warn(error_line(f"cannot ask the Flink cluster about the previous run's job: {err}"))
             return False
         return True
 
@@ -257,8 +261,8 @@ class FlinkRunner:
                 self.ingress.address, self.ingress.token.hex(), self._report,
             )  # fmt: skip
         except Exception as err:
-            warn(f"Error: the Flink job could not be started on {self.client.where}: "
-                 f"{first_line(err)}")  # fmt: skip
+            warn(error_line(f"the Flink job could not be started on {self.client.where}: "
+                            f"{first_line(err)}"))  # fmt: skip
             return False
         self.job, self.parallelism, self.restored = job, parallelism, restore
         origin = f", from {restore}" if restore is not None else ""
@@ -293,7 +297,7 @@ class FlinkRunner:
 
     # -- rescaling ----------------------------------------------------------------------------
 
-    def ask_rescale(self, text: str) -> None:
+    def rescale(self, text: str) -> None:
         """``external_sender -t rescale -m N``: checked here, done in turn by the run."""
         limit = self.table.max_parallelism if self.table else MAX_PARALLELISM
         try:
@@ -365,7 +369,7 @@ class FlinkRunner:
 
     # -- stopping ----------------------------------------------------------------------------
 
-    def ask_savepoint(self, text: str) -> None:
+    def savepoint(self, text: str) -> None:
         """``external_sender -t savepoint [-m DIR]``: drain, stop with a savepoint, exit 0."""
         if self.shutdown.is_set():
             warn("WARNING: savepoint ignored: the run is already stopping")
@@ -374,8 +378,11 @@ class FlinkRunner:
         self.savepoint_to = Path(text.strip()) if text.strip() else self.files.savepoints
         self.shutdown.set()
 
-    def ask_shutdown(self) -> None:
+    def clean_shutdown(self, reason: str) -> None:
         self.shutdown.set()
+
+    def rotate_log(self, worker: str) -> None:
+        warn("WARNING: RotateLog ignored: on Flink, state lives in checkpoints, not logs")
 
     def _on_signal(self, sig: signal.Signals) -> None:
         """The first SIGTERM/SIGINT drains the job as cluster_shutdown does; a second one

@@ -2,7 +2,7 @@
 
 Each operator loads the application itself in ``open()`` (import the module,
 ``application_setup(args)``, the checked plan), as every machida worker did,
-and carries messages through a :class:`machida.app.pipeline.LocalTopology`, the
+and carries messages through a :class:`machida.app.topology.LocalTopology`, the
 same object the runner and ``machida.testing`` use, so the calling rules and
 the error policy are the project's own. Flink sees batches only:
 
@@ -31,10 +31,10 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from machida.app.callbacks import Callbacks, label
+from machida.app.callbacks import Callbacks, build_failed
 from machida.app.loader import ints_round_trip, load_plan, serializers
-from machida.app.pipeline import LocalTopology
 from machida.app.plan import Placement
+from machida.app.topology import LocalTopology
 from machida.errors import ApplicationError
 from machida_flink import batch
 from machida_flink.ingress_log import CLOSED, FRAMES, OPENED, split_entries, split_frames
@@ -254,7 +254,5 @@ class StateStage(_Stage, KeyedProcessFunction):
         try:
             return self._builder.build()
         except Exception as err:
-            raise ApplicationError(
-                f"{label(self._builder, 'build')}() raised {type(err).__name__}: {err} while "
-                f"building key index {key_index} of state '{self.state_name}'"
-            ) from err
+            what = f"key index {key_index} of state '{self.state_name}'"
+            raise build_failed(self._builder, err, what) from err

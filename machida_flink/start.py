@@ -72,7 +72,7 @@ def plan_start(config: FlinkConfig, files: RunFiles, identity: Identity, pipelin
     savepoint = local_path(config.from_savepoint).resolve()
     info = SavepointInfo.load(savepoint, identity)
     if len(info.streams) != pipelines:  # the identity names the pipelines; a damaged file
-        raise RestoreError(f"Error: --from-savepoint {savepoint}: its description has "
+        raise RestoreError(f"--from-savepoint {savepoint}: its description has "
                            f"{len(info.streams)} stream(s) for {pipelines} "
                            f"pipeline(s)")  # fmt: skip
     streams = _opened([lambda path=path, base=base: Stream.create(path, base)
@@ -87,7 +87,7 @@ def _resume(config: FlinkConfig, files: RunFiles, identity: Identity, pipelines:
     differs = identity.difference(record.identity)
     if differs is not None:
         raise RestoreError(
-            f"Error: {files.directory} holds a run of '{files.prefix}' that did not stop "
+            f"{files.directory} holds a run of '{files.prefix}' that did not stop "
             f"cleanly, of another application or topology ({differs}). Remove its files or "
             f"use another --resilience-dir or --name.\nTo remove them: {clear_command(files)}"
         )
@@ -96,7 +96,7 @@ def _resume(config: FlinkConfig, files: RunFiles, identity: Identity, pipelines:
         if asked != record.origin:
             began = f"from savepoint {record.origin}" if record.origin else "fresh"
             raise RestoreError(
-                f"Error: {files.directory} holds a run of '{files.prefix}' that did not stop "
+                f"{files.directory} holds a run of '{files.prefix}' that did not stop "
                 f"cleanly (it began {began}); start it without --from-savepoint to resume it, "
                 f"or remove its files first.\nTo remove them: {clear_command(files)}"
             )
@@ -105,7 +105,7 @@ def _resume(config: FlinkConfig, files: RunFiles, identity: Identity, pipelines:
     paths = files.streams(pipelines)
     missing = [path for path in paths if not base_path(path).exists()]
     if missing:
-        raise RestoreError(f"Error: {missing[0]} of the run of '{files.prefix}' is missing; "
+        raise RestoreError(f"{missing[0]} of the run of '{files.prefix}' is missing; "
                            f"it cannot be resumed.\nTo remove its files: "
                            f"{clear_command(files)}")  # fmt: skip
     resumed = []

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from machida.cluster.secret import SecretError, cluster_secret, default_path
+from machida.console import error_line
 from machida.wire.auth import CHALLENGE, MAGIC, RESPONSE, AcceptorHandshake, DiallerHandshake
 
 SECRET = b"k" * 64
@@ -153,7 +154,7 @@ def test_a_secret_that_cannot_be_created_is_one_line_naming_the_place(tmp_path, 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "file"))
     with pytest.raises(SecretError) as err:
         cluster_secret()
-    message = str(err.value)
+    message = error_line(err.value)
     assert message.startswith(f"Error: cannot create the cluster secret {default_path()}: ")
     assert "Not a directory" in message and "--cluster-secret-file" in message
     assert "\n" not in message

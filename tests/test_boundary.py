@@ -13,9 +13,13 @@ from hypothesis import strategies as st
 from machida.wire.boundary import (
     MAX_DATA_FRAME,
     U64_MAX,
+    Ack,
     Backlog,
+    BatchEvent,
     BoundaryDecoder,
     Dedup,
+    Hello,
+    OutgoingBoundary,
     ack,
     encode_batch,
     hello,
@@ -28,10 +32,10 @@ def flatten(events) -> list[tuple]:
     """Every record of every batch event as (seq, route, value)."""
     out = []
     for event in events:
-        if event[0] != "batch":
+        if not isinstance(event, BatchEvent):
             continue
-        seq = event[1]
-        for p, step, key, _, values in event[2]:
+        seq = event.first
+        for p, step, key, _, values in event.runs:
             for value in values:
                 out.append((seq, (p, step, key), value))
                 seq += 1
@@ -49,8 +53,8 @@ def test_hello_ack_and_a_mixed_batch_decode_whole_and_byte_by_byte():
         (4, ROUTES[1], 7),
     ]  # fmt: skip
     events = BoundaryDecoder().feed(stream)
-    assert events[0] == ("hello", "initializer", 42)
-    assert events[-1] == ("ack", 9)
+    assert events[0] == Hello("initializer", 42)
+    assert events[-1] == Ack(9)
     assert flatten(events) == expected
     decoder = BoundaryDecoder()
     split = [e for i in range(len(stream)) for e in decoder.feed(stream[i : i + 1])]
@@ -60,7 +64,7 @@ def test_hello_ack_and_a_mixed_batch_decode_whole_and_byte_by_byte():
 def test_ints_travel_as_ints_and_bytes_as_bytes():
     (event,) = BoundaryDecoder().feed(encode_batch(1, [[ROUTES[0], True, [1, 2]],
                                                       [ROUTES[0], False, [b"ab"]]]))  # fmt: skip
-    assert event[2] == [(0, 1, 0, True, [1, 2]), (0, 1, 0, False, [b"ab"])]
+    assert event == BatchEvent(1, [(0, 1, 0, True, [1, 2]), (0, 1, 0, False, [b"ab"])])
 
 
 def test_backlog_numbers_keeps_until_ack_and_replays_the_rest():
@@ -167,7 +171,7 @@ def test_batches_are_cut_to_fit_a_frame_and_numbered_across_the_cut(monkeypatch)
     assert len(cut) > 2 and all(len(b.frame) <= 4 + 200 for b in cut)
     assert [b.first for b in cut] == [
         1,
-        *(sum(b.count for b in cut[:i]) + 1 for i in range(1, len(cut))),
+        *(sum(b.records for b in cut[:i]) + 1 for i in range(1, len(cut))),
     ]
     decoder = BoundaryDecoder()
     decoder._frames.max_length = 200
@@ -192,11 +196,9 @@ def test_a_backlog_restored_from_a_log_replays_what_was_not_acknowledged():
         if v % 5 == 0:
             sender.take_batch()
     logged = sender.replay()  # what the event log kept of the batches, before any ack
-    restored = Backlog()
-    runs = [[(p, s, k), is_int, values] for b in logged
-            for _, _, runs_ in [BoundaryDecoder().feed(b.frame)[0]]
-            for p, s, k, is_int, values in runs_]  # fmt: skip
-    restored.restore(logged[0].first, runs, next_seq=21, acked=7)
+    boundary = OutgoingBoundary("worker-2")
+    boundary.restore(acked=7, next_seq=21, frames=[b.frame for b in logged])
+    restored = boundary.backlog
     assert (restored.acked, restored.next_seq, restored.unacked) == (7, 21, 13)
     replayed = flatten(BoundaryDecoder().feed(b"".join(b.frame for b in restored.replay())))
     assert [(seq, value) for seq, _, value in replayed] == [(s, s) for s in range(8, 21)]

@@ -9,18 +9,22 @@ imported or bound.
 
 from __future__ import annotations
 
+import ast
 import os
 import socket
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from machida.cli import ConfigError, RunnerConfig, error_line, help_text, main, parse_runner_args
 from machida.config import RUNNER_OPTIONS, app_args
+from machida.errors import ApplicationError, MachidaError
 from machida.options import UsageError
 
+ROOT = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT = 30.0
 METRICS = ["--metrics", "127.0.0.1:5001"]
 COMMON = ["machida", "--application-module", "app", *METRICS]
@@ -368,10 +372,38 @@ def test_resilience_dir_must_be_a_directory(tmp_path):
         parse_runner_args([*INITIALIZER, "-r", str(plain_file)])
 
 
-def test_error_line_adds_the_prefix_exactly_once():
-    assert error_line(ConfigError("Error: x")) == "Error: x"
+def test_error_line_adds_the_prefix_that_no_message_carries():
     assert error_line(ConfigError("x")) == "Error: x"
+    assert error_line("the initializer refused") == "Error: the initializer refused"
     assert error_line(UsageError("option --m needs a value")) == "Error: option --m needs a value"
+    traceback = "Traceback (most recent call last):\n  ...\nCould not load module 'm'"
+    assert error_line(ApplicationError(traceback, verbatim=True)) == traceback
+
+
+def _leading_text(node: ast.expr) -> str:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values:
+        return _leading_text(node.values[0])
+    return ""
+
+
+def test_no_error_message_of_the_runner_or_flink_starts_with_the_prefix():
+    """error_line adds "Error: "; an exception whose message carried it would print it twice."""
+    import machida_flink.files  # noqa: F401  (its RunLocked is one of them)
+
+    errors = {cls.__name__ for cls in _subclasses(MachidaError)}
+    assert {"ConfigError", "RecoveryError", "RunLocked"} <= errors
+    for package in ("machida", "machida_flink"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") in errors:
+                    text = _leading_text(node.args[0]) if node.args else ""
+                    assert not text.startswith("Error: "), f"{path}:{node.lineno}"
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(sub for child in cls.__subclasses__() for sub in _subclasses(child))]
 
 
 def test_help_lists_every_flag_in_two_blocks():
@@ -389,12 +421,12 @@ def test_help_lists_every_flag_in_two_blocks():
 
 @pytest.fixture
 def fake_worker(monkeypatch):
-    """A stand-in ``machida.runtime.process`` whose ``run`` records its config and returns 7."""
+    """A stand-in ``machida.process`` whose ``run`` records its config and returns 7."""
     calls: list[RunnerConfig] = []
-    module = types.ModuleType("machida.runtime.process")
+    module = types.ModuleType("machida.process")
     module.run = lambda config: calls.append(config) or 7  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "machida.runtime.process", module)
-    monkeypatch.setattr("machida.runtime.process", module, raising=False)
+    monkeypatch.setitem(sys.modules, "machida.process", module)
+    monkeypatch.setattr("machida.process", module, raising=False)
     return calls
 
 

@@ -23,9 +23,10 @@ from machida.cluster.member import Member
 from machida.cluster.membership import Membership
 from machida.cluster.node import Node
 from machida.cluster.quiescence import Quiescence
-from machida.durability.recovery import Peer, Topology
+from machida.durability.recovery import Peer, RecoveryRecord
+from machida.process import Process
 from machida.runtime.channels import ControlChannel
-from machida.runtime.process import Process
+from machida.wire import control
 from machida.wire.framing import encode_frame
 
 PLAN = ["module=app", "app=App", "resilience=False", "pipeline=P"]
@@ -36,7 +37,7 @@ _ports = itertools.count(7000)
 class FakeNode:
     """A worker as the control plane sees it; ``asked`` lists the verbs it was given."""
 
-    def __init__(self, name: str, plan=PLAN, recovered: Topology | None = None) -> None:
+    def __init__(self, name: str, plan=PLAN, recovered: RecoveryRecord | None = None) -> None:
         self.name = name
         self.plan = list(plan)
         self.recovered = recovered
@@ -70,8 +71,8 @@ class FakeNode:
     def save_topology(self, workers, addresses):
         self._note("save_topology", list(workers))
 
-    def connect(self, peer, host, port):
-        self._note("connect", peer, host, int(port))
+    def connect(self, peer, data):
+        self._note("connect", peer, *data)
 
     async def sinks_connected(self):
         await asyncio.sleep(0)
@@ -288,7 +289,7 @@ def test_a_worker_whose_control_connection_drops_rejoins_without_rebuilding(caps
 
 
 def test_a_recovered_initializer_builds_the_recorded_cluster_before_anyone_says_hello():
-    recorded = Topology(
+    recorded = RecoveryRecord(
         module="app", worker="initializer", fingerprint="f", worker_count=2,
         workers=("initializer", "worker-2"), owned_keys={}, resilience=True,
         control=INITIALIZER_AT, data=("10.0.0.1", 6001),
@@ -319,7 +320,7 @@ def test_clean_shutdown_stops_the_sources_waits_for_quiescence_then_ends_everyon
         # the worker's counters move for two rounds, then settle with nothing unacknowledged
         node.rounds = [(0, 5, 0), (0, 9, 0), (0, 12, 0)]
         init.rounds = [(12, 0, 7), (12, 0, 0)]
-        member.request_shutdown("")  # CleanShutdown arrived on the worker's external channel
+        member.clean_shutdown("")  # CleanShutdown arrived on the worker's external channel
         await init.ended.wait()
         await node.ended.wait()
         assert (init.code, node.code) == (0, 0)
@@ -338,7 +339,7 @@ def test_a_shutdown_that_cannot_quiesce_aborts_everyone_at_the_deadline(monkeypa
     async def scenario():
         init, role, [(node, _)] = await form()
         init.rounds = [(1, 0, 1)]  # one record never acknowledged
-        role.request_shutdown("")
+        role.clean_shutdown("")
         await init.ended.wait()
         await node.ended.wait()
         assert (init.code, node.code) == (1, 1)
@@ -367,16 +368,19 @@ def test_rotate_log_requests_reach_the_named_worker(capsys):
 
 def test_membership_keeps_join_order_and_takes_a_lost_member_back():
     members = Membership(3, PLAN)
-    hello = {"plan": PLAN, "control": ["ignored", 1], "data": ["ignored", 2]}
+
+    def hello(name: str) -> control.Hello:
+        return control.Hello(name, ("ignored", 1), ("ignored", 2), tuple(PLAN))
+
     a, b = object(), object()
-    assert members.admit({**hello, "name": "w3"}, "10.0.0.3", a) == ("", False)
-    assert members.admit({**hello, "name": "w2"}, "10.0.0.2", b) == ("", False)
+    assert members.admit(hello("w3"), "10.0.0.3", a) == ("", False)
+    assert members.admit(hello("w2"), "10.0.0.2", b) == ("", False)
     assert members.names == ["initializer", "w3", "w2"] and members.complete
-    assert members.members["w3"].control == ["10.0.0.3", 1]  # host from the connection
+    assert members.members["w3"].control == ("10.0.0.3", 1)  # host from the connection
     assert members.lost(a) == "w3" and [m.name for m in members.others()] == ["w2"]
-    assert members.admit({**hello, "name": "w3"}, "10.0.0.4", object()) == ("", True)
+    assert members.admit(hello("w3"), "10.0.0.4", object()) == ("", True)
     assert members.names == ["initializer", "w3", "w2"]
-    assert members.admit({**hello, "name": "initializer"}, "h", object()).refused
+    assert members.admit(hello("initializer"), "h", object()).refused
 
 
 def test_membership_names_the_first_fingerprint_line_that_differs():
@@ -418,10 +422,13 @@ def test_the_process_offers_every_verb_the_control_plane_may_use(tmp_path):
 
 @pytest.mark.parametrize(
     ("message", "why"),
-    [({"type": "topology_please"}, "unexpected message type 'topology_please'"),
-     ({"type": "hello", "name": "w", "plan": PLAN}, "malformed 'hello' message (KeyError"),
+    [({"type": "topology_please"}, "unknown control message type 'topology_please'"),
+     ({"type": "finish"}, "unexpected message type 'finish'"),
+     ({"type": "hello", "name": "w", "plan": PLAN}, "malformed 'hello' message: no 'control'"),
      ({"type": "hello", "name": "w", "plan": PLAN, "control": 5, "data": [1, 2]},
-      "malformed 'hello' message (TypeError")],
+      "malformed 'hello' message: 'control' is 5"),
+     ({"type": "hello", "name": "w", "plan": PLAN, "control": ["h", True], "data": ["h", 2]},
+      "malformed 'hello' message: 'control' is ['h', True]")],
 )  # fmt: skip
 def test_a_control_message_the_initializer_cannot_take_closes_its_connection(message, why, capsys):
     async def scenario():
@@ -437,3 +444,31 @@ def test_a_control_message_the_initializer_cannot_take_closes_its_connection(mes
 
     asyncio.run(scenario())
     assert f"ERROR: control connection with 10.0.0.7:4000: {why}" in capsys.readouterr().err
+
+
+def test_a_bug_in_a_handler_is_not_taken_for_a_malformed_message(monkeypatch):
+    """The codec checked the message; an exception from the handler is the runner's own bug:
+    it reaches the event loop with its traceback instead of closing the peer's connection."""
+
+    def broken(self, conn, msg):
+        raise KeyError("a bug")
+
+    monkeypatch.setitem(Initializer.HANDLERS, control.Hello, broken)
+    failures: list[BaseException] = []
+
+    async def scenario():
+        LISTENING.clear()
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: failures.append(context["exception"])
+        )
+        role = Initializer(FakeNode("initializer"), 2)
+        await role.start()
+        end = pipe(ControlChannel(Silent()), ControlChannel(role), ("10.0.0.7", 4000),
+                   INITIALIZER_AT)  # fmt: skip
+        hello = control.Hello("w", ("h", 1), ("h", 2), tuple(PLAN))
+        end.write(control.encode(hello))
+        await until(lambda: failures)
+        assert not end.closed
+
+    asyncio.run(scenario())
+    assert [repr(err) for err in failures] == ["KeyError('a bug')"]

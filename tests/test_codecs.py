@@ -169,7 +169,7 @@ def test_source_framer_refuses_bad_lengths(bad):
         def payload_length(self, header):
             return bad if header == b"\xee" else header[0]
 
-    framer = SourceFramer(Bad(), 1)
+    framer = SourceFramer(Bad(), 1, "Bad.payload_length")
     assert framer.feed(b"\x01a\xee\x01b") == [b"a"]
     assert framer.error.length == bad and framer.error.callback == "Bad.payload_length"
     assert framer.feed(b"\x01c") == []

@@ -1,5 +1,5 @@
-"""The control-channel codec (machida/wire/control.py): whole, byte by byte, trailing bytes,
-malformed input, and random bytes."""
+"""The control-channel codec (machida/wire/control.py): typed messages, whole, byte by byte,
+trailing bytes, malformed input and fields, and random bytes."""
 
 from __future__ import annotations
 
@@ -9,21 +9,45 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from machida.wire.control import MAX_CONTROL_FRAME, ControlDecoder, encode
+from machida.wire import control
+from machida.wire.control import MAX_CONTROL_FRAME, ControlDecoder, decode, encode
 from machida.wire.framing import encode_frame
 
+# Each message with the JSON object it is on the wire (the format of earlier versions).
 MESSAGES = [
-    ("hello", {"name": "worker-2", "control": ["127.0.0.1", 6001], "data": ["127.0.0.1", 6002],
-               "plan": ["app: sequence_window"], "rejoin": False}),
-    ("topology", {"workers": [{"name": "initializer", "control": ["h", 1], "data": ["h", 2]}]}),
-    ("ready", {"name": "worker-2"}),
-    ("poll", {"round": 3}),
-    ("counts", {"round": 3, "sent": 10, "applied": 9, "backlog": 1}),
-    ("finish", {}),
-    ("rotate_log", {"worker": "wörker-é"}),
+    (control.Hello("worker-2", ("127.0.0.1", 6001), ("127.0.0.1", 6002),
+                   ("app: sequence_window",)),
+     {"type": "hello", "name": "worker-2", "control": ["127.0.0.1", 6001],
+      "data": ["127.0.0.1", 6002], "plan": ["app: sequence_window"], "rejoin": False}),
+    (control.Refused("the cluster already has its 2 workers"),
+     {"type": "refused", "reason": "the cluster already has its 2 workers"}),
+    (control.Members((control.Worker("initializer", ("h", 1), ("h", 2)),)),
+     {"type": "topology", "workers": [{"name": "initializer", "control": ["h", 1],
+                                       "data": ["h", 2]}]}),
+    (control.Ready("worker-2"), {"type": "ready", "name": "worker-2"}),
+    (control.ShutdownRequest("bye"), {"type": "shutdown_request", "reason": "bye"}),
+    (control.Poll(3), {"type": "poll", "round": 3}),
+    (control.Counts(3, 10, 9, 1),
+     {"type": "counts", "round": 3, "sent": 10, "applied": 9, "backlog": 1}),
+    (control.Finish(), {"type": "finish"}),
+    (control.Finished("worker-2", 0), {"type": "finished", "name": "worker-2", "code": 0}),
+    (control.Abort("drain deadline passed"), {"type": "abort", "reason": "drain deadline passed"}),
+    (control.RotateLog("wörker-é"), {"type": "rotate_log", "worker": "wörker-é"}),
 ]  # fmt: skip
-STREAM = b"".join(encode(kind, **fields) for kind, fields in MESSAGES)
-EXPECTED = [{"type": kind, **fields} for kind, fields in MESSAGES]
+STREAM = b"".join(encode(message) for message, _ in MESSAGES)
+EXPECTED = [message for message, _ in MESSAGES]
+
+
+def test_every_message_type_is_listed_once():
+    assert sorted(type(m).__name__ for m in EXPECTED) == sorted(
+        cls.__name__ for cls in control.MESSAGES.values()
+    )
+
+
+@pytest.mark.parametrize(("message", "wire"), MESSAGES)
+def test_each_message_is_the_json_object_it_always_was(message, wire):
+    assert json.loads(encode(message)[4:]) == wire
+    assert decode(json.dumps(wire).encode()) == message
 
 
 def test_a_stream_decodes_whole_and_byte_by_byte():
@@ -35,27 +59,49 @@ def test_a_stream_decodes_whole_and_byte_by_byte():
 
 def test_trailing_bytes_wait_for_the_rest_of_their_frame():
     decoder = ControlDecoder()
-    tail = encode("ready", name="x")
+    tail = encode(control.Ready("x"))
     assert decoder.feed(STREAM + tail[:5]) == EXPECTED
-    assert decoder.feed(tail[5:]) == [{"type": "ready", "name": "x"}]
+    assert decoder.feed(tail[5:]) == [control.Ready("x")]
+
+
+def test_optional_fields_take_their_defaults_and_unknown_ones_are_ignored():
+    assert decode(b'{"type": "abort"}') == control.Abort("")
+    hello = {"type": "hello", "name": "w", "control": ["h", 1], "data": ["h", 2], "plan": [],
+             "later": {"from": "a newer worker"}}  # fmt: skip
+    assert decode(json.dumps(hello).encode()) == control.Hello("w", ("h", 1), ("h", 2), ())
+
+
+def _frame(obj) -> bytes:
+    return encode_frame(json.dumps(obj).encode())
 
 
 @pytest.mark.parametrize(
     ("frame", "why"),
     [
         (encode_frame(b"not json"), "control message is not JSON"),
-        (encode_frame(b"[1, 2]"), "control message has no type"),
-        (encode_frame(json.dumps({"type": 7}).encode()), "control message has no type"),
+        (_frame([1, 2]), "control message has no type"),
+        (_frame({"type": 7}), "control message has no type"),
+        (_frame({"type": "gossip"}), "unknown control message type 'gossip'"),
+        (_frame({"type": "ready"}), "malformed 'ready' message: no 'name'"),
+        (_frame({"type": "ready", "name": 5}), "malformed 'ready' message: 'name' is 5"),
+        (_frame({"type": "poll", "round": True}), "malformed 'poll' message: 'round' is True"),
+        (_frame({"type": "poll", "round": "3"}), "malformed 'poll' message: 'round' is '3'"),
+        (_frame({"type": "hello", "name": "w", "control": ["h"], "data": ["h", 2], "plan": []}),
+         "malformed 'hello' message: 'control' is ['h']"),
+        (_frame({"type": "hello", "name": "w", "control": ["h", 1], "data": ["h", 2],
+                 "plan": ["a", 1]}), "malformed 'hello' message: 'plan' is ['a', 1]"),
+        (_frame({"type": "topology", "workers": [{"name": "w", "control": ["h", 1]}]}),
+         "malformed 'topology' message: 'workers' is"),
         ((MAX_CONTROL_FRAME + 1).to_bytes(4, "big"), "frame length"),
         (b"\0\0\0\1{", "frame length 1 is outside"),
         (encode_frame(b"[" * 100_000 + b"]" * 100_000), "control message is not JSON"),
     ],
-)
+)  # fmt: skip
 def test_a_malformed_frame_keeps_what_came_before_and_stops_the_stream(frame, why):
     decoder = ControlDecoder()
-    assert decoder.feed(STREAM + frame + encode("ready", name="late")) == EXPECTED
+    assert decoder.feed(STREAM + frame + encode(control.Ready("late"))) == EXPECTED
     assert decoder.error is not None and why in str(decoder.error)
-    assert decoder.feed(encode("ready", name="later")) == []
+    assert decoder.feed(encode(control.Ready("later"))) == []
 
 
 @given(st.lists(st.integers(1, 40), max_size=30))
@@ -69,8 +115,28 @@ def test_random_splits_decode_the_same(cuts):
     assert out == EXPECTED
 
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@given(st.sampled_from(sorted(control.MESSAGES)), st.dictionaries(
+    st.sampled_from(["name", "control", "data", "plan", "rejoin", "reason", "workers", "round",
+                     "sent", "applied", "backlog", "code", "worker"]), JSON))  # fmt: skip
+def test_any_fields_give_a_checked_message_or_a_frame_error(kind, fields):
+    decoder = ControlDecoder()
+    messages = decoder.feed(_frame({**fields, "type": kind}))
+    assert (messages == []) == (decoder.error is not None)
+    for message in messages:
+        assert isinstance(message, control.MESSAGES[kind])
+        assert decode(encode(message)[4:]) == message  # it round-trips
+
+
 @given(st.binary(max_size=300))
 def test_random_bytes_never_raise(data):
     decoder = ControlDecoder()
     for message in decoder.feed(data):
-        assert isinstance(message["type"], str)
+        assert type(message) in control.MESSAGES.values()

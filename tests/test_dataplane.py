@@ -1,11 +1,12 @@
 """Two data planes joined by bytes in memory (machida/runtime/dataplane.py), with no sockets.
 
 The initializer's and worker-2's planes run sequence_window (and word_lengths,
-whose messages cross both ways as serialised strings). Every frame one plane
-writes for the other is kept on :attr:`Pair.wire` until the test delivers it,
-loses it, or reconnects: so forwarding, batching, acknowledgements, replay
-after a reconnection, de-duplication after a restart and the water marks are
-all checked on the real code, byte for byte.
+whose messages cross both ways as serialised strings), joined by a
+:class:`machida.testing.MemoryNetwork`. Every frame one plane writes for the
+other waits on the network's wire until the test delivers it, loses it, or
+reconnects: so forwarding, batching, acknowledgements, replay after a
+reconnection, de-duplication after a restart and the water marks are all
+checked on the real code, byte for byte.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from machida.app.loader import load_plan, serializers
-from machida.runtime.dataplane import SOURCE_SLICE, DataPlane, Inbound
-from machida.runtime.durable import DurableState
+from machida.runtime.dataplane import SOURCE_SLICE, DataPlane
 from machida.runtime.flow import LINK_HIGH_WATER, FlowControl
-from machida.testing import DEFAULT_ARGS, run
-from machida.wire.boundary import BoundaryDecoder, encode_batch
+from machida.testing import DEFAULT_ARGS, MemoryNetwork, run
+from machida.wire.boundary import BatchEvent, BoundaryDecoder, IncomingBoundary, encode_batch
 
 WORKERS = ["initializer", "worker-2"]
 FRAME = struct.Struct(">IQ")
@@ -34,45 +34,36 @@ def framed(values) -> bytes:
 
 
 class Pair:
-    """The initializer and worker-2 of one application, joined by in-memory links."""
+    """The initializer and worker-2 of one application, joined by a memory network."""
 
     def __init__(self, app: str = "sequence_window") -> None:
         self.module, self.plan = load_plan(app, list(DEFAULT_ARGS))
         self.sink: dict[str, list[bytes]] = {name: [] for name in WORKERS}
-        self.wire: list[tuple[str, str, bytes]] = []  # written, not yet delivered
-        self.inbound: dict[tuple[str, str], Inbound] = {}
-        self.planes = {name: self.start(name) for name in WORKERS}
+        self.network = MemoryNetwork()
+        self.planes = self.network.planes
+        for name in WORKERS:
+            self.start(name)
         self.source = self.planes["initializer"].open_source(0, "test sender")
-        for src, dst in (WORKERS, WORKERS[::-1]):
-            self.connect(src, dst)
+        self.network.connect_all()
+
+    @property
+    def wire(self):
+        return self.network.wire
 
     def start(self, name: str, incarnation: int | None = None) -> DataPlane:
         def write_sink(p: int, data: bytes) -> None:
             self.sink[name].append(data)
 
-        def write_link(peer: str, frame: bytes) -> None:
-            self.wire.append((name, peer, frame))
-
         plane = DataPlane(self.plan, name, serializers(self.module), FlowControl(), write_sink,
-                          write_link, incarnation=incarnation)  # fmt: skip
+                          self.network.writer(name), incarnation=incarnation)  # fmt: skip
         plane.build(WORKERS)
-        return plane
+        return self.network.add(plane)
 
     def connect(self, src: str, dst: str) -> None:
-        """A (re)connection from ``src`` to ``dst``: what was in flight on it is lost, the
-        receiver has a fresh end, and the sender writes its first frames again."""
-        self.wire = [w for w in self.wire if w[:2] != (src, dst)]
-        self.inbound[(src, dst)] = Inbound()
-        self.wire += [(src, dst, frame) for frame in self.planes[src].link_opened(dst)]
+        self.network.connect(src, dst)
 
     def deliver(self, ack: bool = True) -> None:
-        """Every frame written so far reaches its receiver, which acknowledges (unless not)."""
-        while self.wire:
-            src, dst, frame = self.wire.pop(0)
-            inbound = self.inbound[(src, dst)]
-            assert self.planes[dst].boundary_read(inbound, frame) is None
-            if ack and inbound.owes_ack:
-                assert self.planes[src].link_read(dst, inbound.take_ack()) is None
+        self.network.deliver(ack=ack)
 
     def send(self, data: bytes) -> None:
         """One source read on the initializer."""
@@ -87,7 +78,9 @@ class Pair:
         out = []
         for src, dst, frame in self.wire:
             if (src, dst) == ("initializer", "worker-2"):
-                out += [e[1:] for e in BoundaryDecoder().feed(frame) if e[0] == "batch"]
+                out += [
+                    tuple(e) for e in BoundaryDecoder().feed(frame) if isinstance(e, BatchEvent)
+                ]
         return out
 
 
@@ -162,10 +155,10 @@ def test_a_restarted_receiver_skips_what_its_log_says_it_applied():
     pair = Pair()
     pair.send(framed(range(1, 21)))
     pair.deliver(ack=False)  # applied, logged, but the acknowledgement is lost in the crash
-    logged = DurableState(pair.planes["worker-2"]).origins()
+    logged = pair.planes["worker-2"].origins()
     pair.sink["worker-2"].clear()
-    restarted = pair.planes["worker-2"] = pair.start("worker-2")
-    DurableState(restarted).restore_origins(logged)  # what resilience does from the event log
+    restarted = pair.start("worker-2")
+    restarted.restore_origins(logged)  # what resilience does from the event log
     pair.connect("initializer", "worker-2")
     pair.deliver()
     assert restarted.counts()["applied"] == 0 and pair.windows("worker-2") == []
@@ -180,7 +173,7 @@ def test_a_restarted_sender_is_a_new_incarnation_whose_records_all_count():
     pair.send(framed(range(1, 11)))
     pair.deliver()
     old = pair.planes["initializer"].incarnation
-    pair.planes["initializer"] = pair.start("initializer", incarnation=old + 1)
+    pair.start("initializer", incarnation=old + 1)
     pair.source = pair.planes["initializer"].open_source(0, "test sender")
     pair.connect("initializer", "worker-2")
     pair.send(framed(range(11, 21)))  # numbered from 1 again by the new incarnation
@@ -221,8 +214,8 @@ def test_a_corrupt_frame_is_reported_after_the_batches_before_it_are_applied():
     pair = Pair()
     pair.send(framed([1, 3]))
     frames = [w[2] for w in pair.wire if w[:2] == ("initializer", "worker-2")]
-    inbound = Inbound()
-    error = pair.planes["worker-2"].boundary_read(inbound, b"".join(frames) + b"\0\0\0\1Z")
+    incoming = IncomingBoundary()
+    error = pair.planes["worker-2"].boundary_read(incoming, b"".join(frames) + b"\0\0\0\1Z")
     assert error is not None and "unknown data frame kind" in str(error)
     assert pair.windows("worker-2") == series([1, 3])
 
@@ -270,8 +263,8 @@ def test_a_batch_that_jumps_ahead_is_refused_and_nothing_of_it_applied():
     pair.send(framed([1, 3]))
     pair.deliver()
     forged = encode_batch(2**62, [[(0, STATE_STEP, 1), True, [99]]])
-    inbound = pair.inbound[("initializer", "worker-2")]
-    error = pair.planes["worker-2"].boundary_read(inbound, forged)
+    incoming = pair.network.incoming[("initializer", "worker-2")]
+    error = pair.planes["worker-2"].boundary_read(incoming, forged)
     assert "starts at record 4611686018427387904, but 3 was next" in str(error)
     pair.send(framed([5]))
     pair.connect("initializer", "worker-2")  # the refused link was closed; the real one redials
@@ -288,8 +281,8 @@ def test_a_batch_that_jumps_ahead_is_refused_and_nothing_of_it_applied():
 def test_a_batch_for_a_route_this_worker_does_not_own_is_refused(route, why, capsys):
     pair = Pair()
     pair.deliver()
-    inbound = pair.inbound[("initializer", "worker-2")]
-    error = pair.planes["worker-2"].boundary_read(inbound, encode_batch(1, [[route, True, [2]]]))
+    incoming = pair.network.incoming[("initializer", "worker-2")]
+    error = pair.planes["worker-2"].boundary_read(incoming, encode_batch(1, [[route, True, [2]]]))
     assert why in str(error)
     assert pair.windows("worker-2") == [] and pair.planes["worker-2"].counts()["applied"] == 0
     assert capsys.readouterr().err == ""  # not reported as a failure of the user's callbacks

@@ -353,7 +353,7 @@ def test_random_source_bytes_never_crash_or_hang(data):
 
 
 def test_a_serialized_message_too_large_to_cross_is_dropped_and_named(test_apps, monkeypatch):
-    monkeypatch.setattr("machida.app.pipeline.MAX_MESSAGE", 20)
+    monkeypatch.setattr("machida.app.topology.MAX_MESSAGE", 20)
     driver = Driver("word_lengths", workers=2, errors="log")
     driver.feed(["apple " + "b" * 30])  # the long word's key lives on worker1
     assert [o.data for o in driver.outputs] == [b"a:5 #1\n"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from machida.runtime.flow import LINK_HIGH_WATER, LINK_LOW_WATER, FlowControl
+from machida.runtime.flow import LINK_HIGH_WATER, LINK_LOW_WATER, FlowControl, sink_reason
 
 
 class Recorder:
@@ -47,14 +47,29 @@ def test_any_reason_holds_both_inputs_until_the_last_one_goes():
     assert len(changes.calls) == 4
 
 
+def test_two_blocked_sinks_hold_the_inputs_until_both_drain():
+    changes = Recorder()
+    flow = FlowControl(changes)
+    flow.open_links()
+    flow.open_sources()
+    flow.sink_blocked("A", True)
+    flow.sink_blocked("B", True)
+    flow.sink_blocked("A", False)  # A drained, B is still over its high mark
+    assert flow.paused and not flow.reading_sources and not flow.reading_links
+    assert flow.reasons == {sink_reason("B")}
+    flow.sink_blocked("B", False)
+    assert flow.reading_sources and flow.reading_links
+    assert changes.calls[-2:] == [(False, False, True), (True, True, False)]
+
+
 def test_a_reason_before_the_gates_open_is_still_reported_as_a_pause():
     changes = Recorder()
     flow = FlowControl(changes)
-    flow.sink_blocked(True)
+    flow.sink_blocked("P", True)
     assert changes.calls == [(False, False, True)]
     flow.open_links()  # the gate is open, but the sink still holds everything
     assert not flow.reading_links
-    flow.sink_blocked(False)
+    flow.sink_blocked("P", False)
     assert changes.calls[-1] == (False, True, False)
 
 

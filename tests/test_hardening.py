@@ -23,7 +23,7 @@ import pytest
 from clusterhelp import Cluster
 from toolhelp import DEADLINE, Tool, closed_port, dial_as_a_worker, run_tool
 
-from machida.runtime import channels
+from machida.runtime import channels, guard
 from machida.runtime.channels import ControlChannel
 from machida.wire.auth import DiallerHandshake
 from machida.wire.boundary import encode_batch, hello
@@ -194,13 +194,13 @@ def test_a_member_that_sends_nonsense_is_cut_off_with_one_line_and_the_cluster_g
             sock.sendall(encode_frame(json.dumps({"type": "bogus"}).encode()))
             assert _closed_by_peer(sock)
         worker = cluster.wait_for("worker-2", b"which this worker does not own", "stderr")
-        init = cluster.wait_for("initializer", b"unexpected message type", "stderr")
+        init = cluster.wait_for("initializer", b"unknown control message type 'bogus'", "stderr")
         assert b"Traceback" not in worker + init
         assert re.search(rb"ERROR: data link from 127\.0\.0\.1:\d+: a batch has records for "
                          rb"pipeline 3, step 1, key index 7, which this worker does not own; "
                          rb"connection closed\n", worker)  # fmt: skip
-        assert re.search(rb"ERROR: control connection with 127\.0\.0\.1:\d+: unexpected message "
-                         rb"type 'bogus'; connection closed\n", init)  # fmt: skip
+        assert re.search(rb"ERROR: control connection with 127\.0\.0\.1:\d+: unknown control "
+                         rb"message type 'bogus'; connection closed\n", init)  # fmt: skip
         cluster.send(100, "-s", "100", "-i", "0")
         cluster.wait_windows(100)
         assert cluster.validate(100).returncode == 0
@@ -208,7 +208,7 @@ def test_a_member_that_sends_nonsense_is_cut_off_with_one_line_and_the_cluster_g
 
 def test_a_dial_to_an_address_that_never_answers_gives_up(monkeypatch):
     """A listener whose accept queue is full drops the SYN, as a black-holed address does."""
-    monkeypatch.setattr(channels, "CONNECT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(guard, "CONNECT_TIMEOUT_S", 0.3)
     with socket.socket() as full:
         full.bind(("127.0.0.1", 0))
         full.listen(0)
@@ -217,7 +217,7 @@ def test_a_dial_to_an_address_that_never_answers_gives_up(monkeypatch):
 
             async def attempt() -> str:
                 handshake = DiallerHandshake(b"s" * 40, b"control")
-                return await channels.dial(ControlChannel(None), handshake, "127.0.0.1", port)
+                return await guard.dial(ControlChannel(None), handshake, "127.0.0.1", port)
 
             with pytest.raises(OSError) as err:
                 asyncio.run(asyncio.wait_for(attempt(), DEADLINE))
@@ -226,23 +226,23 @@ def test_a_dial_to_an_address_that_never_answers_gives_up(monkeypatch):
 
 def test_refusal_lines_are_bounded_and_the_rest_counted(capsys):
     now = [100.0]
-    door = channels.Door("data", clock=lambda: now[0])
-    for i in range(channels.REFUSAL_LINES + 5):
-        door.refused(f"10.0.0.1:{i}", "wrong secret")
-    now[0] += channels.REFUSAL_WINDOW_S
-    door.refused("10.0.0.2:1", "wrong secret")
+    limit = guard.HandshakeLimit("data", clock=lambda: now[0])
+    for i in range(guard.REFUSAL_LINES + 5):
+        limit.refused(f"10.0.0.1:{i}", "wrong secret")
+    now[0] += guard.REFUSAL_WINDOW_S
+    limit.refused("10.0.0.2:1", "wrong secret")
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == channels.REFUSAL_LINES + 1
+    assert len(lines) == guard.REFUSAL_LINES + 1
     assert lines[0] == "WARNING: refused a data connection from 10.0.0.1:0: wrong secret"
     assert lines[-1] == ("WARNING: refused a data connection from 10.0.0.2:1: wrong secret "
                          "(5 more refused since the last line)")  # fmt: skip
 
 
 def test_a_stranger_cannot_hold_more_than_a_bounded_number_of_handshakes(monkeypatch, capsys):
-    monkeypatch.setattr(channels, "MAX_PENDING_HANDSHAKES", 3)
+    monkeypatch.setattr(guard, "MAX_PENDING_HANDSHAKES", 3)
 
     async def scenario() -> tuple[list[bytes], bytes]:
-        factory = channels.guarded(b"s" * 40, b"data", lambda: channels.Ignored())
+        factory = guard.guarded(b"s" * 40, b"data", lambda: channels.Ignored())
         server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
@@ -273,7 +273,7 @@ def test_a_dial_that_connects_to_itself_lets_the_port_go_at_once(monkeypatch):
 
         monkeypatch.setattr(loop, "create_connection", to_itself)
         handshake = DiallerHandshake(b"s" * 40, b"control")
-        await channels.dial(ControlChannel(None), handshake, "127.0.0.1", port)
+        await guard.dial(ControlChannel(None), handshake, "127.0.0.1", port)
 
     with pytest.raises(ConnectionRefusedError):
         asyncio.run(asyncio.wait_for(attempt(), DEADLINE))

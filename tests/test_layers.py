@@ -1,12 +1,21 @@
 """The import layers of machida, the tools and the Metrics UI, read from the source (AST).
 
-The runner is built in layers (see ``machida/__init__.py``): wire codecs and
-the application model at the bottom, then the data plane and flow control,
-which do no I/O, then the asyncio shells and the control plane, then the
-process. These tests fail on an import cycle anywhere, on a module that does
-no I/O loading asyncio or socket (directly or through anything it imports),
-on the control plane reaching into the runtime, and on the tools importing
-the runner's process code.
+The runner is built in ranked layers (see ``machida/__init__.py``), each of
+which imports only layers ranked below it or its own modules:
+
+0. errors, console, options, config, aio, lib (the foundation every program uses);
+1. wire (the byte formats);
+2. metrics, external (counters and the shells both engines share);
+3. app (the application model);
+4. durability (recovery files, event log, resilience);
+5. runtime (one worker's data plane, flow control and asyncio channels);
+6. cluster (the control plane);
+7. process, testing, cli (what puts them together).
+
+These tests fail on an import against that order, on an import cycle
+anywhere, on a module that does no I/O loading asyncio or socket (directly or
+through anything it imports), on the control plane reaching into the runtime,
+and on the tools, the Metrics UI and machida-flink importing the runner.
 """
 
 from __future__ import annotations
@@ -25,7 +34,6 @@ NO_IO = (
     "machida.app",
     "machida.metrics.stats",
     "machida.runtime.dataplane",
-    "machida.runtime.durable",
     "machida.runtime.flow",
     "machida.cluster.membership",
     "machida.cluster.quiescence",
@@ -33,7 +41,18 @@ NO_IO = (
 )
 # The one deferred import of the runner: its command line loads the process only once its flags
 # are good. (machida_flink defers what loads PyFlink and its JVM bridge, for the same reason.)
-DEFERRED = {("machida.cli", "machida.runtime.process")}
+DEFERRED = {("machida.cli", "machida.process")}
+RANKS = [
+    ("machida.errors", "machida.console", "machida.options", "machida.config", "machida.aio",
+     "machida.lib"),
+    ("machida.wire",),
+    ("machida.metrics", "machida.external"),
+    ("machida.app",),
+    ("machida.durability",),
+    ("machida.runtime",),
+    ("machida.cluster",),
+    ("machida.process", "machida.testing", "machida.cli", "machida.__main__"),
+]  # fmt: skip
 
 
 def module_name(path: Path) -> str:
@@ -97,6 +116,40 @@ def test_the_graph_sees_the_layers():
     assert "machida.runtime.dataplane" in GRAPH and "machida.cluster.initializer" in GRAPH
     assert ("machida.wire.boundary", False) in GRAPH["machida.runtime.dataplane"]
     assert ("asyncio", False) in GRAPH["machida.runtime.channels"]
+
+
+def rank(name: str) -> int:
+    """The layer of a module of machida (the package itself is above everything)."""
+    for number, prefixes in enumerate(RANKS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return number
+    if name == "machida":
+        return len(RANKS)
+    raise AssertionError(f"{name} is in no layer: give it one in RANKS")
+
+
+def test_every_module_of_the_runner_is_in_a_layer():
+    assert sorted({rank(name) for name in GRAPH if name.startswith("machida.")}) == list(
+        range(len(RANKS))
+    )
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = [
+        f"{name} (layer {rank(name)}) imports {target} (layer {rank(target)})"
+        for name, targets in GRAPH.items() if name.startswith("machida.")
+        for target, late in targets
+        if target.startswith("machida.") and rank(target) > rank(name)
+        and (name, target) not in DEFERRED
+    ]  # fmt: skip
+    assert upward == []
+
+
+def test_the_order_is_enforced_against_an_upward_import():
+    """The check above sees an import that runs up, as the wire once imported the model."""
+    assert rank("machida.wire.source") < rank("machida.app.callbacks")
+    assert rank("machida.runtime.dataplane") < rank("machida.cluster.node")
+    assert rank("machida.process") > rank("machida.cluster.initializer")
 
 
 def test_there_is_no_import_cycle():

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from machida.console import error_line
 from machida.durability import recovery
 from machida.durability.recovery import (
     FORMAT,
@@ -16,7 +17,7 @@ from machida.durability.recovery import (
     Recover,
     RecoveryError,
     RecoveryFiles,
-    Topology,
+    RecoveryRecord,
     removal_lines,
 )
 
@@ -27,7 +28,7 @@ EXPECT = Expectation(fingerprint=FP, resilience=False, worker_count=2)
 WORKER_EXPECT = Expectation(fingerprint=FP, resilience=False)
 
 
-def topology(worker: str = "initializer", module: str = "app", **changes) -> Topology:
+def topology(worker: str = "initializer", module: str = "app", **changes) -> RecoveryRecord:
     fields = {
         "module": module,
         "worker": worker,
@@ -41,7 +42,7 @@ def topology(worker: str = "initializer", module: str = "app", **changes) -> Top
         "peers": PEERS,
     }
     fields.update(changes)
-    return Topology(**fields)
+    return RecoveryRecord(**fields)
 
 
 def initializer_files(tmp_path, module: str = "app") -> RecoveryFiles:
@@ -61,10 +62,10 @@ def snapshot(tmp_path) -> dict[str, bytes]:
 
 
 def refusal(files: RecoveryFiles, expected: Expectation) -> str:
-    """The refusal's message, without the line giving the command that clears the files."""
+    """The refusal as printed, without the line giving the command that clears the files."""
     with pytest.raises(RecoveryError) as err:
         files.inspect(expected)
-    return str(err.value).split("\nTo remove them: ")[0]
+    return error_line(err.value).split("\nTo remove them: ")[0]
 
 
 def test_a_refusal_gives_the_command_that_clears_exactly_these_files(tmp_path):
@@ -106,10 +107,8 @@ def test_worker_round_trip(tmp_path):
     files.write(written)
     decision = files.inspect(WORKER_EXPECT)
     assert decision == Recover(written)
-    assert decision.topology.peers == (
-        Peer("initializer", ("127.0.0.1", 7000), ("127.0.0.1", 7001)),
-    )
-    assert decision.topology.owned() == {"window": [0, 2], "other": []}
+    assert decision.record.peers == (Peer("initializer", ("127.0.0.1", 7000), ("127.0.0.1", 7001)),)
+    assert decision.record.owned() == {"window": [0, 2], "other": []}
 
 
 def test_single_worker_initializer_writes_only_what_it_has(tmp_path):

@@ -15,15 +15,14 @@ from clusterhelp import Cluster
 from toolhelp import Tool, closed_port, run_tool, wait_until
 
 from machida.app.loader import load_plan, serializers
-from machida.app.pipeline import LocalTopology
+from machida.app.topology import LocalTopology
 from machida.cli import parse_runner_args
 from machida.durability.eventlog import encode_commit, read_log
-from machida.durability.recovery import Expectation, Recover, RecoveryFiles, Topology
+from machida.durability.recovery import Expectation, Recover, RecoveryFiles, RecoveryRecord
 from machida.durability.resilience import Resilience, Settings
 from machida.runtime.dataplane import DataPlane
-from machida.runtime.durable import DurableState
 from machida.runtime.flow import FlowControl
-from machida.wire.boundary import BoundaryDecoder, ack
+from machida.wire.boundary import BatchEvent, BoundaryDecoder, ack
 
 APP_SOURCE = pathlib.Path(__file__).resolve().parent.parent / "sequence_window.py"
 
@@ -326,6 +325,12 @@ class Worker2:
         self.flow = FlowControl()
         self.sink: list[bytes] = []
         self.sent: list[bytes] = []  # frames to the other worker
+        self.files = RecoveryFiles(str(directory), "sequence_window", self.NAME,
+                                   self.NAME == "initializer")  # fmt: skip
+        fingerprint = self.plan.fingerprint(True)
+        decision = self.files.inspect(Expectation(fingerprint=fingerprint, resilience=True))
+        self.recovering = isinstance(decision, Recover)
+        self.resilience = Resilience(Settings.of(config, fingerprint), self.files, self.flow)
         self.plane = DataPlane(
             self.plan,
             self.NAME,
@@ -333,16 +338,9 @@ class Worker2:
             self.flow,
             lambda p, data: self.sink.append(data),
             lambda peer, frame: self.sent.append(frame),
+            persist=self.resilience.persist,
+            commit=self.commit,
         )
-        self.files = RecoveryFiles(str(directory), "sequence_window", self.NAME,
-                                   self.NAME == "initializer")  # fmt: skip
-        fingerprint = self.plan.fingerprint(True)
-        decision = self.files.inspect(Expectation(fingerprint=fingerprint, resilience=True))
-        self.recovering = isinstance(decision, Recover)
-        self.resilience = Resilience(Settings.of(config, fingerprint), self.files,
-                                     DurableState(self.plane), self.flow)  # fmt: skip
-        self.plane.persist = self.resilience.persist
-        self.plane.commit = self.commit
 
     def commit(self, leaving: list) -> bool:
         self.resilience.commit(leaving)  # as the process does, but an error fails the test
@@ -351,9 +349,9 @@ class Worker2:
     def join(self) -> Worker2:
         """What the worker does once it has the member list: topology, event log, files."""
         self.plane.build(WORKERS)
-        self.resilience.open(self.recovering)
+        self.resilience.open(self.plane, self.recovering)
         here = ("127.0.0.1", closed_port())
-        self.files.write(Topology(
+        self.files.write(RecoveryRecord(
             module="sequence_window", worker=self.NAME, fingerprint=self.plan.fingerprint(True),
             worker_count=2, workers=tuple(WORKERS), resilience=True,
             owned_keys=self.plan.placement(WORKERS).owned_by(self.NAME), control=here,
@@ -401,7 +399,8 @@ class Initializer(Worker2):
     def forwarded(self) -> list[tuple[int, int]]:
         """Each batch sent to worker-2: (first sequence number, records)."""
         events = [event for frame in self.sent for event in BoundaryDecoder().feed(frame)]
-        return [(e[1], sum(len(run[4]) for run in e[2])) for e in events if e[0] == "batch"]
+        return [(e.first, sum(len(run[4]) for run in e.runs)) for e in events
+                if isinstance(e, BatchEvent)]  # fmt: skip
 
 
 def test_after_a_rotation_and_a_crash_the_initializer_numbers_on_where_it_was(tmp_path):
@@ -412,7 +411,7 @@ def test_after_a_rotation_and_a_crash_the_initializer_numbers_on_where_it_was(tm
         first = Initializer(tmp_path, "--log-rotation").join()
         first.read(*range(1, 21))
         assert first.forwarded() == [(1, 10)]
-        first.plane.link_read("worker-2", ack(10))
+        first.plane.ack_read("worker-2", ack(10))
         await first.rotate()
         first.stop()  # a crash after the rotation: the new log is all there is
         again = Initializer(tmp_path, "--log-rotation").join()

@@ -7,7 +7,10 @@ import socket
 import struct
 
 from machida.aio import wait_event
-from machida.runtime.sink import HIGH_WATER, Sink
+from machida.app.plan import AppPlan, Pipeline, Source
+from machida.app.plan import Sink as PlanSink
+from machida.runtime.flow import FlowControl, sink_reason
+from machida.runtime.sink import HIGH_WATER, Sink, Sinks
 from wallaroo_tools.loopback import unused_port
 
 CHUNK = 64 * 1024
@@ -104,3 +107,47 @@ def test_what_the_transport_held_when_the_connection_dropped_is_sent_again():
     resent = [got[i : i + CHUNK] for i in range(0, len(got), CHUNK)]
     assert resent == frames[-len(resent) :]  # a tail of the writes, in order, ending at the last
     assert any("lost; reconnecting" in line for line in lines)
+
+
+def test_two_full_sinks_hold_the_inputs_until_both_have_drained():
+    """Each sink pauses the worker's inputs for itself: the first to drain does not reopen
+    them while the other still holds more than its high mark."""
+    ports = [unused_port(), unused_port()]
+    source = Source("127.0.0.1", "0", None, 4)
+    pipelines = tuple(
+        Pipeline(name, source, (), PlanSink("127.0.0.1", str(port), None))
+        for name, port in zip("AB", ports)
+    )
+    plan = AppPlan("app", "App", pipelines)
+
+    async def main():
+        flow = FlowControl()
+        flow.open_sources()
+        sinks = Sinks(plan, flow.sink_blocked)
+        sinks.start()
+        over = b"x" * (HIGH_WATER + CHUNK)  # queued while nothing listens: both sinks block
+        sinks.write(0, over)
+        sinks.write(1, over)
+        assert flow.reasons == {sink_reason("A"), sink_reason("B")}
+        received = asyncio.Event()
+
+        async def drain(reader, writer):
+            got = 0
+            while got < len(over):
+                got += len(await reader.read(1 << 20))
+            received.set()
+            await reader.read()  # keep the connection until the sink closes it
+
+        server = await asyncio.start_server(drain, "127.0.0.1", ports[0])
+        try:
+            assert await wait_event(received, 10)
+            while sinks.sinks[0].buffered:  # the transport hands the rest to the kernel
+                await asyncio.sleep(0.01)
+            return set(flow.reasons), flow.reading_sources
+        finally:
+            sinks.close()
+            server.close()
+            await server.wait_closed()
+
+    reasons, reading = asyncio.run(main())
+    assert reasons == {sink_reason("B")} and not reading

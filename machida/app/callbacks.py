@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Any, TextIO
 
 from machida.app.python2 import PORTING_GUIDE
-from machida.errors import UserCallbackError
+from machida.errors import ApplicationError, UserCallbackError
 
 RAISED = "raised"
 INVALID = "invalid result"
@@ -65,6 +65,13 @@ def short_repr(value: Any) -> str:
     except Exception as err:  # a user __repr__ may itself raise
         text = f"<unrepresentable {type(value).__name__}: {err!r}>"
     return text if len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 3] + "..."
+
+
+def build_failed(builder: Any, err: Exception, what: str) -> ApplicationError:
+    """A state builder's ``build()`` raised while building ``what``: nothing can run."""
+    return ApplicationError(
+        f"{label(builder, 'build')}() raised {type(err).__name__}: {err} while building {what}"
+    )
 
 
 def serialized(data: Any) -> bytes | None:

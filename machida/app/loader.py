@@ -21,6 +21,7 @@ from typing import Any, Callable
 import machida.lib
 from machida.app.plan import AppPlan, build_plan
 from machida.app.python2 import python2_hint
+from machida.console import error_line
 from machida.errors import ApplicationError
 
 LIB_DIR = os.path.dirname(os.path.abspath(machida.lib.__file__))
@@ -41,6 +42,13 @@ def _traceback_text(err: BaseException) -> str:
     return "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip()
 
 
+def _import_failed(name: str, err: BaseException) -> ApplicationError:
+    """The module raised while being imported: the user's traceback, then which module."""
+    return ApplicationError(
+        f"{_traceback_text(err)}\nCould not load module '{name}'", verbatim=True
+    )
+
+
 def import_application(name: str) -> ModuleType:
     """Import ``name`` (dotted names allowed) after :func:`prepare_sys_path`."""
     prepare_sys_path()
@@ -53,16 +61,17 @@ def import_application(name: str) -> ModuleType:
                 f"Could not load module '{name}': no module of that name in "
                 f"{os.getcwd()} or on the Python path"
             ) from err
-        raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err
+        raise _import_failed(name, err) from err
     except SyntaxError as err:
         hint = python2_hint(err)
         if hint is not None:
             # where the syntax is, not the import machinery's frames, then one line saying why
             shown = "".join(traceback.format_exception_only(type(err), err)).rstrip()
-            raise ApplicationError(f"{shown}\nCould not load module '{name}': {hint}") from err
-        raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err
+            text = f"{shown}\nCould not load module '{name}': {hint}"
+            raise ApplicationError(text, verbatim=True) from err
+        raise _import_failed(name, err) from err
     except Exception as err:
-        raise ApplicationError(f"{_traceback_text(err)}\nCould not load module '{name}'") from err
+        raise _import_failed(name, err) from err
     check_wallaroo()
     return module
 
@@ -91,15 +100,19 @@ def call_setup(module: ModuleType, name: str, args: list[str]) -> Any:
     except Exception as err:
         raise ApplicationError(
             f"{_traceback_text(err)}\n"
-            f"application_setup(args) of module '{name}' raised {type(err).__name__}: {err}"
+            f"application_setup(args) of module '{name}' raised {type(err).__name__}: {err}",
+            verbatim=True,
         ) from err
 
 
 def serializers(module: ModuleType) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """The module's own ``serialize``/``deserialize`` if it has both, else ``wallaroo``'s."""
-    own = getattr(module, "serialize", None), getattr(module, "deserialize", None)
-    if callable(own[0]) and callable(own[1]):
-        return own
+    serialize, deserialize = (
+        getattr(module, "serialize", None),
+        getattr(module, "deserialize", None),
+    )
+    if callable(serialize) and callable(deserialize):
+        return serialize, deserialize
     wallaroo = importlib.import_module("wallaroo")
     return wallaroo.serialize, wallaroo.deserialize
 
@@ -118,6 +131,13 @@ def ints_round_trip(pair: tuple) -> bool:
         )
     except Exception:
         return False
+
+
+def report_load_failure(err: ApplicationError, warn: Callable[[str], None]) -> None:
+    """What ``machida`` and ``machida-flink`` print when the application cannot be loaded."""
+    warn(error_line(err))
+    if "Could not load module" not in str(err):
+        warn(BUILD_FAILED)
 
 
 def load_plan(

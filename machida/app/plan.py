@@ -261,7 +261,7 @@ class _ActionReader:
                 f"it expects a computation class"
             )
         _need_method(cls, ("compute", "compute_multi"), "a stateless computation", index)
-        self.open["steps"].append(Computation(action[0], cls))
+        self._steps().append(Computation(action[0], cls))
 
     def _state(self, index: int, action: tuple) -> None:
         if action[0] == "to_stateful":
@@ -285,7 +285,7 @@ class _ActionReader:
             action[0], comp, builder, state_name, pf, _check_keys(keys, action[0], index)
         )
         self._check_shared(step, index)
-        self.open["steps"].append(step)
+        self._steps().append(step)
 
     def _check_shared(self, step: StatePartition, index: int) -> None:
         earlier = self.states.setdefault(step.state_name, step)
@@ -298,6 +298,11 @@ class _ActionReader:
                 f"{list(earlier.keys)!r} vs {type(step.builder).__name__} {list(step.keys)!r}"
             )
 
+    def _steps(self) -> list:
+        """The steps of the open pipeline (a step's handler runs only while one is open)."""
+        assert self.open is not None
+        return self.open["steps"]
+
     def _to_sink(self, index: int, action: tuple) -> None:
         (config,) = self._arg(action, index, 1, 2)
         self._close(self._sink(index, config))
@@ -308,6 +313,7 @@ class _ActionReader:
 
     def _close(self, sink: Sink | None) -> None:
         opened = self.open
+        assert opened is not None
         self.open = None
         self.pipelines.append(
             Pipeline(opened["name"], opened["source"], tuple(opened["steps"]), sink)

@@ -45,7 +45,7 @@ class Initializer(Role):
         say("Single worker topology" if expected == 1 else f"{expected} worker topology")
         control_addr, data_addr = await self.node.listen(self)
         me = self.membership.members[INITIALIZER]
-        me.control, me.data = list(control_addr), list(data_addr)
+        me.control, me.data = control_addr, data_addr
         self.started = True
         recovered = self.node.recovered
         if recovered is not None:
@@ -71,17 +71,17 @@ class Initializer(Role):
                 warn(f"WARNING: worker {name} control channel lost; waiting for it to rejoin")
             self.coordinator.wake()
 
-    def _on_hello(self, conn: ControlLink, msg: dict) -> None:
-        name = str(msg.get("name"))
+    def _on_hello(self, conn: ControlLink, msg: control.Hello) -> None:
+        name = msg.name
         admission = self.membership.admit(msg, conn.peer.rpartition(":")[0], conn)
         if admission.refused:
             warn(f"WARNING: refused worker '{name}' from {conn.peer}: {admission.refused}")
-            conn.write(control.encode("refused", reason=admission.refused))
+            conn.write(control.encode(control.Refused(admission.refused)))
             return
         say(f"Worker {name} control channel identified")
         if admission.rejoined and self.identified:  # a restarted worker rejoins
             self._send_topology()
-            self.node.connect(name, *self.membership.members[name].data)
+            self.node.connect(name, self.membership.data_address(name))
         else:
             self._maybe_all_identified()
 
@@ -102,14 +102,14 @@ class Initializer(Role):
         node = self.node
         if not node.build(self.membership.names):
             return False
-        for member in self.membership.members.values():
-            if member.name != INITIALIZER:
-                node.connect(member.name, *member.data)
+        for name in self.membership.names:
+            if name != INITIALIZER:
+                node.connect(name, self.membership.data_address(name))
         self.spawn(self._self_ready())
         return True
 
     def _send_topology(self) -> None:
-        message = control.encode("topology", workers=self.membership.workers())
+        message = control.encode(control.Members(self.membership.workers()))
         for member in self.membership.members.values():
             if member.conn is not None:
                 member.conn.write(message)
@@ -121,8 +121,8 @@ class Initializer(Role):
         self.membership.members[INITIALIZER].ready = True
         self._check_ready()
 
-    def _on_ready(self, conn: ControlLink, msg: dict) -> None:
-        member = self.membership.members.get(str(msg.get("name")))
+    def _on_ready(self, conn: ControlLink, msg: control.Ready) -> None:
+        member = self.membership.members.get(msg.name)
         if member is not None and member.conn is conn:
             member.ready = True
             self._check_ready()
@@ -138,7 +138,7 @@ class Initializer(Role):
 
     # -- requests from the external channel or from workers ------------------------------
 
-    def request_shutdown(self, text: str) -> None:
+    def clean_shutdown(self, text: str) -> None:
         if not self.shutting_down:
             self.shutting_down = True
             self.spawn(self._shutdown())
@@ -150,34 +150,34 @@ class Initializer(Role):
         else:
             self.node.finish(code)
 
-    def _on_shutdown_request(self, conn: ControlLink, msg: dict) -> None:
-        self.request_shutdown(msg.get("reason", ""))
+    def _on_shutdown_request(self, conn: ControlLink, msg: control.ShutdownRequest) -> None:
+        self.clean_shutdown(msg.reason)
 
     def rotate_log(self, target: str) -> None:
         member = self.membership.members.get(target)
         if target == INITIALIZER:
             self.node.rotate_log()
         elif member is not None and member.conn is not None:
-            member.conn.write(control.encode("rotate_log", worker=target))
+            member.conn.write(control.encode(control.RotateLog(target)))
         else:
             warn(f"WARNING: RotateLog requested for unknown worker '{target}'")
 
-    def _on_rotate_log(self, conn: ControlLink, msg: dict) -> None:
-        self.rotate_log(str(msg.get("worker")))
+    def _on_rotate_log(self, conn: ControlLink, msg: control.RotateLog) -> None:
+        self.rotate_log(msg.worker)
 
-    def _on_counts(self, conn: ControlLink, msg: dict) -> None:
+    def _on_counts(self, conn: ControlLink, msg: control.Counts) -> None:
         member = self.membership.of(conn)
         if member is not None:
             self.coordinator.counts(member.name, msg)
 
-    def _on_finished(self, conn: ControlLink, msg: dict) -> None:
-        self.coordinator.finished(str(msg.get("name")))
+    def _on_finished(self, conn: ControlLink, msg: control.Finished) -> None:
+        self.coordinator.finished(msg.name)
 
     HANDLERS = {
-        "hello": _on_hello,
-        "ready": _on_ready,
-        "shutdown_request": _on_shutdown_request,
-        "rotate_log": _on_rotate_log,
-        "counts": _on_counts,
-        "finished": _on_finished,
+        control.Hello: _on_hello,
+        control.Ready: _on_ready,
+        control.ShutdownRequest: _on_shutdown_request,
+        control.RotateLog: _on_rotate_log,
+        control.Counts: _on_counts,
+        control.Finished: _on_finished,
     }

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from machida.cluster.node import Address, ControlLink, Node
 from machida.cluster.role import DRAIN_DEADLINE_S, Role
-from machida.console import say, warn
+from machida.console import error_line, say, warn
 from machida.wire import control
 
 # machida.md §3: a worker retries the initializer every 0.5 s and says so every 10 s.
@@ -38,7 +38,7 @@ class Member(Role):
         self.initializer = initializer
         self._dial_once = dial
         self.conn: ControlLink | None = None
-        self.members: dict[str, dict] = {}
+        self.members: dict[str, control.Worker] = {}
         self.built = False
         self.rejoin = False
         self.my_control: Address | None = None
@@ -75,10 +75,11 @@ class Member(Role):
 
     def on_open(self, conn: ControlLink) -> None:
         self.conn = conn
-        conn.write(control.encode(
-            "hello", name=self.node.name, control=list(self.my_control),
-            data=list(self.my_data), rejoin=self.rejoin, plan=self.node.fingerprint_parts(),
-        ))  # fmt: skip
+        assert self.my_control is not None and self.my_data is not None  # bound in start()
+        conn.write(control.encode(control.Hello(
+            self.node.name, self.my_control, self.my_data,
+            tuple(self.node.fingerprint_parts()), self.rejoin,
+        )))  # fmt: skip
 
     def on_close(self, conn: ControlLink) -> None:
         if conn is not self.conn:
@@ -89,52 +90,52 @@ class Member(Role):
             self.rejoin = True
             self.spawn(self._dial())
 
-    def _on_refused(self, conn: ControlLink, msg: dict) -> None:
-        warn(f"Error: the initializer refused this worker: {msg.get('reason')}")
+    def _on_refused(self, conn: ControlLink, msg: control.Refused) -> None:
+        warn(error_line(f"the initializer refused this worker: {msg.reason}"))
         self.node.finish(1)
 
-    def _on_topology(self, conn: ControlLink, msg: dict) -> None:
-        workers = msg["workers"]
-        self.members = {w["name"]: w for w in workers}
+    def _on_members(self, conn: ControlLink, msg: control.Members) -> None:
+        workers = msg.workers
+        self.members = {w.name: w for w in workers}
         node = self.node
         if not self.built:
             self.built = True
-            names = [w["name"] for w in workers]
+            names = [w.name for w in workers]
             if not node.build(names):
                 return
-            node.save_topology(names, {w["name"]: (w["control"], w["data"]) for w in workers})
+            node.save_topology(names, {w.name: (w.control, w.data) for w in workers})
         self.spawn(self._report_ready())
         for w in workers:
-            if w["name"] != node.name:
-                node.connect(w["name"], w["data"][0], int(w["data"][1]))
+            if w.name != node.name:
+                node.connect(w.name, w.data)
 
     async def _report_ready(self) -> None:
         await self.node.sinks_connected()
         if self.conn is not None:
-            self.conn.write(control.encode("ready", name=self.node.name))
+            self.conn.write(control.encode(control.Ready(self.node.name)))
             self.node.recovery_complete()
 
-    def _on_poll(self, conn: ControlLink, msg: dict) -> None:
+    def _on_poll(self, conn: ControlLink, msg: control.Poll) -> None:
         self.shutting_down = True
         self.node.flush()
-        conn.write(control.encode("counts", round=msg["round"], **self.node.counts()))
+        conn.write(control.encode(control.Counts(msg.round, **self.node.counts())))
 
-    def _on_finish(self, conn: ControlLink, msg: dict) -> None:
+    def _on_finish(self, conn: ControlLink, msg: control.Finish) -> None:
         self.spawn(self._finish())
 
     async def _finish(self) -> None:
         self.node.quiet_links()
         code = await self.finish_shutdown(DRAIN_DEADLINE_S)
         if self.conn is not None:
-            self.conn.write(control.encode("finished", name=self.node.name, code=code))
+            self.conn.write(control.encode(control.Finished(self.node.name, code)))
         self.node.finish(code)
 
-    def _on_abort(self, conn: ControlLink, msg: dict) -> None:
+    def _on_abort(self, conn: ControlLink, msg: control.Abort) -> None:
         self.abort_shutdown()
 
-    def request_shutdown(self, text: str) -> None:
+    def clean_shutdown(self, text: str) -> None:
         if self.conn is not None:
-            self.conn.write(control.encode("shutdown_request", reason=text))
+            self.conn.write(control.encode(control.ShutdownRequest(text)))
         else:
             warn("WARNING: clean shutdown requested while the initializer is unreachable")
 
@@ -142,19 +143,19 @@ class Member(Role):
         if target == self.node.name:
             self.node.rotate_log()
         elif target in self.members and self.conn is not None:
-            self.conn.write(control.encode("rotate_log", worker=target))
+            self.conn.write(control.encode(control.RotateLog(target)))
         else:
             warn(f"WARNING: RotateLog requested for unknown worker '{target}'")
 
-    def _on_rotate_log(self, conn: ControlLink, msg: dict) -> None:
-        if msg.get("worker") == self.node.name:
+    def _on_rotate_log(self, conn: ControlLink, msg: control.RotateLog) -> None:
+        if msg.worker == self.node.name:
             self.node.rotate_log()
 
     HANDLERS = {
-        "refused": _on_refused,
-        "topology": _on_topology,
-        "poll": _on_poll,
-        "finish": _on_finish,
-        "abort": _on_abort,
-        "rotate_log": _on_rotate_log,
+        control.Refused: _on_refused,
+        control.Members: _on_members,
+        control.Poll: _on_poll,
+        control.Finish: _on_finish,
+        control.Abort: _on_abort,
+        control.RotateLog: _on_rotate_log,
     }

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from machida.wire import control
+from machida.wire.control import Address
+
 INITIALIZER = "initializer"
 
 
@@ -21,8 +24,8 @@ class Member:
     """One member: its listener addresses, its control connection while up, and readiness."""
 
     name: str
-    control: list | None = None
-    data: list | None = None
+    control: Address | None = None
+    data: Address | None = None
     conn: Any = None
     ready: bool = False
 
@@ -54,10 +57,10 @@ class Membership:
     def names(self) -> list[str]:
         return list(self.members)
 
-    def admit(self, hello: dict, host: str, conn: Any) -> Admission:
+    def admit(self, hello: control.Hello, host: str, conn: Any) -> Admission:
         """A worker's ``hello`` from ``host`` on ``conn``: admit it, or say why not."""
-        name = str(hello.get("name"))
-        mismatch = self.mismatch([str(x) for x in hello.get("plan", [])])
+        name = hello.name
+        mismatch = self.mismatch(list(hello.plan))
         if mismatch:
             return Admission(mismatch)
         known = self.members.get(name)
@@ -65,9 +68,8 @@ class Membership:
             return Admission(f"a worker named '{name}' has already joined")
         if known is None and len(self.members) >= self.expected:
             return Admission(f"the cluster already has its {self.expected} workers")
-        control = [host, int(hello["control"][1])]
-        data = [host, int(hello["data"][1])]
-        self.members[name] = Member(name, control, data, conn)
+        # the addresses it listens on, as seen from here: the host it dialled from
+        self.members[name] = Member(name, (host, hello.control[1]), (host, hello.data[1]), conn)
         return Admission(rejoined=known is not None)
 
     def mismatch(self, theirs: list[str]) -> str:
@@ -100,10 +102,17 @@ class Membership:
         """The other members whose control connection is up."""
         return [m for m in self.members.values() if m.name != INITIALIZER and m.conn is not None]
 
-    def workers(self) -> list[dict]:
-        """The ``topology`` message's member list, in join order."""
-        return [{"name": m.name, "control": m.control, "data": m.data}
-                for m in self.members.values()]  # fmt: skip
+    def workers(self) -> tuple[control.Worker, ...]:
+        """The member list of a :class:`~machida.wire.control.Members` message, in join
+        order (every member has bound its listeners by then)."""
+        return tuple(control.Worker(m.name, m.control, m.data) for m in self.members.values()
+                     if m.control is not None and m.data is not None)  # fmt: skip
+
+    def data_address(self, name: str) -> Address:
+        """Where member ``name`` takes its boundaries (known once it has said hello)."""
+        data = self.members[name].data
+        assert data is not None, f"{name} has no data address yet"
+        return data
 
     def addresses(self) -> dict[str, tuple]:
         return {m.name: (m.control, m.data) for m in self.members.values()}
@@ -111,6 +120,5 @@ class Membership:
     def restore(self, workers: tuple[str, ...], peers: Any) -> None:
         """Restarted from recovery files: the recorded members, in the recorded order."""
         for peer in peers:
-            data = list(peer.data) if peer.data else None
-            self.members[peer.name] = Member(peer.name, list(peer.control), data)
+            self.members[peer.name] = Member(peer.name, peer.control, peer.data)
         self.members = {name: self.members[name] for name in workers}

@@ -1,28 +1,19 @@
 """What the control plane may ask of a worker, declared as protocols.
 
 The cluster roles steer a worker through :class:`Node` only, and talk to other
-workers through :class:`ControlLink` connections only. The runtime's process
-(:class:`machida.runtime.process.Process`) implements :class:`Node`; tests use
-small fakes of both.
+workers through :class:`~machida.wire.control.ControlLink` connections only. The
+worker process (:class:`machida.process.Process`) implements :class:`Node`;
+tests use small fakes of both.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
-from machida.durability.recovery import Topology
+from machida.durability.recovery import RecoveryRecord
+from machida.wire.control import Address, ControlHandler, ControlLink
 
-Address = tuple[str, int]
-
-
-class ControlLink(Protocol):
-    """One control connection, as a role sees it."""
-
-    peer: str
-
-    def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None: ...
+__all__ = ["Address", "ControlLink", "Node"]
 
 
 class Node(Protocol):
@@ -31,7 +22,7 @@ class Node(Protocol):
     name: str
     # The topology recorded by an earlier run when this one restarted from recovery files;
     # None on a fresh start, and again once recovery is complete.
-    recovered: Topology | None
+    recovered: RecoveryRecord | None
 
     @property
     def running(self) -> bool:
@@ -40,7 +31,7 @@ class Node(Protocol):
     def fingerprint_parts(self) -> list[str]:
         """The lines of this worker's topology fingerprint, compared at admission."""
 
-    async def listen(self, role: Any) -> tuple[Address, Address | None]:
+    async def listen(self, role: ControlHandler) -> tuple[Address, Address]:
         """Bind this worker's listeners (control connections go to ``role``); the bound
         control and data addresses."""
 
@@ -51,7 +42,7 @@ class Node(Protocol):
     def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
         """Write the recovery files for this member list and these addresses."""
 
-    def connect(self, peer: str, host: str, port: int) -> None:
+    def connect(self, peer: str, data: Address) -> None:
         """Dial the data link to ``peer`` (or re-dial it at a new address)."""
 
     async def sinks_connected(self) -> None:

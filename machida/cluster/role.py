@@ -8,18 +8,21 @@ from typing import Any, Callable, ClassVar
 from machida.aio import background
 from machida.cluster.node import ControlLink, Node
 from machida.console import say, warn
+from machida.wire.control import ControlMessage
 
 # machida.md §8.1: a clean shutdown that has not drained by then gives up.
 DRAIN_DEADLINE_S = 30.0
 
-Handler = Callable[["Role", ControlLink, dict], None]
+Handler = Callable[[Any, ControlLink, Any], None]
 
 
 class Role:
-    """A cluster role steering ``node``; each control message goes to its handler."""
+    """A cluster role steering ``node``: a :class:`~machida.wire.control.ControlHandler`
+    whose messages each go to the handler for their type, and the engine behind the
+    external channel's requests (:class:`machida.external.ExternalCommands`)."""
 
-    # message type -> handler; a type a role does not handle ends the connection
-    HANDLERS: ClassVar[dict[str, Handler]] = {}
+    # message class -> handler; a message a role does not handle ends the connection
+    HANDLERS: ClassVar[dict[type, Handler]] = {}
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -35,17 +38,21 @@ class Role:
     def on_close(self, conn: ControlLink) -> None:
         """A control connection is gone."""
 
-    def on_message(self, conn: ControlLink, message: dict) -> None:
-        """Dispatch one message; one this role does not expect, or one whose fields are
-        wrong, ends the connection with one line."""
-        kind = message["type"]
-        handler = self.HANDLERS.get(kind)
+    def on_message(self, conn: ControlLink, message: ControlMessage) -> None:
+        """Dispatch one message (the codec checked its fields); one this role does not
+        expect ends the connection with one line."""
+        handler = self.HANDLERS.get(type(message))
         if handler is None:
-            return self._refuse(conn, f"unexpected message type {kind!r}")
-        try:
-            handler(self, conn, message)
-        except (KeyError, IndexError, TypeError, ValueError) as err:
-            self._refuse(conn, f"malformed {kind!r} message ({type(err).__name__}: {err})")
+            return self._refuse(conn, f"unexpected message type {message.TYPE!r}")
+        handler(self, conn, message)
+
+    def clean_shutdown(self, reason: str) -> None:
+        """CleanShutdown from the external channel: stop the cluster, draining first."""
+        raise NotImplementedError
+
+    def rotate_log(self, worker: str) -> None:
+        """RotateLog from the external channel: rotate ``worker``'s event log."""
+        raise NotImplementedError
 
     @staticmethod
     def _refuse(conn: ControlLink, why: str) -> None:

@@ -17,13 +17,11 @@ import secrets
 import stat
 from pathlib import Path
 
+from machida.errors import SecretError
+
 FILE_NAME = "cluster-secret"
 # Fewer characters than this would be guessable; a created secret has 64 (256 bits in hex).
 MIN_LENGTH = 32
-
-
-class SecretError(Exception):
-    """The cluster secret cannot be used; the message is the line to print."""
 
 
 def default_path() -> Path:
@@ -40,7 +38,7 @@ def cluster_secret(path: str | None = None) -> bytes:
             try:
                 _create(default)
             except OSError as err:
-                raise SecretError(f"Error: cannot create the cluster secret {default}: "
+                raise SecretError(f"cannot create the cluster secret {default}: "
                                   f"{_reason(err)}; set XDG_CONFIG_HOME to a writable "
                                   "directory or give --cluster-secret-file") from err  # fmt: skip
         return _read(default)
@@ -75,14 +73,14 @@ def _read(path: Path) -> bytes:
         info = path.stat()
         text = path.read_bytes().strip()
     except OSError as err:
-        raise SecretError(f"Error: cannot read the cluster secret {path}: {_reason(err)}") from err
+        raise SecretError(f"cannot read the cluster secret {path}: {_reason(err)}") from err
     if info.st_uid != os.getuid():
-        raise SecretError(f"Error: the cluster secret {path} belongs to another user")
+        raise SecretError(f"the cluster secret {path} belongs to another user")
     if stat.S_IMODE(info.st_mode) & 0o077:
         mode = oct(stat.S_IMODE(info.st_mode))[2:]
-        raise SecretError(f"Error: the cluster secret {path} can be read by other users "
+        raise SecretError(f"the cluster secret {path} can be read by other users "
                           f"(mode {mode}); make it private: chmod 600 {path}")  # fmt: skip
     if len(text) < MIN_LENGTH:
-        raise SecretError(f"Error: the cluster secret {path} is too short "
+        raise SecretError(f"the cluster secret {path} is too short "
                           f"({len(text)} characters, at least {MIN_LENGTH})")  # fmt: skip
     return text

@@ -13,6 +13,7 @@ told to ``abort``: each reports what is left and exits 1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable
 from typing import Callable
 
@@ -35,7 +36,7 @@ class ShutdownCoordinator:
     def __init__(self, node: Node, membership: Membership) -> None:
         self.node = node
         self.membership = membership
-        self.replies: dict[str, dict] = {}
+        self.replies: dict[str, dict[str, int]] = {}  # this round's counts, by member
         self.done: set[str] = set()
         self.poll_round = 0
         self._event = asyncio.Event()
@@ -44,9 +45,9 @@ class ShutdownCoordinator:
         """Something a waiting step may be waiting for happened (a reply, a lost member)."""
         self._event.set()
 
-    def counts(self, name: str, msg: dict) -> None:
-        if msg.get("round") == self.poll_round:
-            self.replies[name] = msg
+    def counts(self, name: str, msg: control.Counts) -> None:
+        if msg.round == self.poll_round:
+            self.replies[name] = dataclasses.asdict(msg)
             self.wake()
 
     def finished(self, name: str) -> None:
@@ -59,17 +60,17 @@ class ShutdownCoordinator:
         deadline = loop.time() + DRAIN_DEADLINE_S
         self.node.stop_sources()
         if not await self._quiescent(deadline):
-            self._tell_others("abort", reason="drain deadline passed")
+            self._tell_others(control.Abort("drain deadline passed"))
             return None
         self.node.quiet_links()
-        self._tell_others("finish")
+        self._tell_others(control.Finish())
         await self._wait_finished(deadline)
         return await finish_self(max(0.1, deadline - loop.time()))
 
-    def _tell_others(self, kind: str, **fields: object) -> None:
-        message = control.encode(kind, **fields)
+    def _tell_others(self, message: control.ControlMessage) -> None:
+        frame = control.encode(message)
         for member in self.membership.others():
-            member.conn.write(message)
+            member.conn.write(frame)
 
     async def _quiescent(self, deadline: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -90,7 +91,7 @@ class ShutdownCoordinator:
         self.poll_round += 1
         self.replies = {}
         others = self.membership.others()
-        message = control.encode("poll", round=self.poll_round)
+        message = control.encode(control.Poll(self.poll_round))
         for member in others:
             member.conn.write(message)
         while len(self.replies) < len(others) and loop.time() < deadline:

@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from machida.durability.recovery import fsync_directory
+from machida.errors import EventLogError
 
 MAGIC = b"machida-evlog 2 "
 _COMMIT = struct.Struct(">II")
@@ -54,10 +55,6 @@ _SNAPSHOT = struct.Struct(">II")
 _ORIGIN = struct.Struct(">QQ")
 _U64 = struct.Struct(">Q")
 _FORWARDED = struct.Struct(">QII")
-
-
-class EventLogError(Exception):
-    """The event log cannot be used; the message names the file and the cause."""
 
 
 def encode_commit(
@@ -180,11 +177,11 @@ def read_log(path: str, module: str, worker: str, fingerprint: str) -> Replay:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as err:
-        raise EventLogError(f"Error: event log {path} cannot be read: {err.strerror}") from err
+        raise EventLogError(f"event log {path} cannot be read: {err.strerror}") from err
     line, _, rest = data.partition(b"\n")
     if line + b"\n" != header(module, worker, fingerprint):
         raise EventLogError(
-            f"Error: event log {path} does not match this worker (its header is "
+            f"event log {path} does not match this worker (its header is "
             f"{line[:200]!r}); remove it or use another --resilience-dir"
         )
     replay = Replay()
@@ -197,7 +194,7 @@ def read_log(path: str, module: str, worker: str, fingerprint: str) -> Replay:
         try:
             replay.apply_commit(body)
         except (ValueError, struct.error, UnicodeDecodeError) as err:
-            raise EventLogError(f"Error: event log {path} has a corrupt entry: {err}") from err
+            raise EventLogError(f"event log {path} has a corrupt entry: {err}") from err
         pos += _COMMIT.size + length
     replay.end = len(line) + 1 + pos
     return replay

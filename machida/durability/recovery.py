@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+from machida.errors import RecoveryError
+
 _SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 
 FORMAT = 1
@@ -42,10 +44,6 @@ MISSING = "Some resilience/recovery files are missing! Cannot continue!"
 Address = tuple[str, int]
 
 
-class RecoveryError(Exception):
-    """The recovery files forbid this start: incomplete, unreadable, or someone else's."""
-
-
 @dataclass(frozen=True, **_SLOTS)
 class Peer:
     """Another process of the cluster, as this one last knew it."""
@@ -60,12 +58,12 @@ class Peer:
 
 
 @dataclass(frozen=True, **_SLOTS)
-class Topology:
+class RecoveryRecord:
     """Everything one process's recovery files hold together.
 
     ``owned_keys`` (state name → key indexes) and ``peers`` (name →
     ``{"control": [h, p], "data": [h, p]}``) may be given as mappings; they are
-    kept as tuples so that a topology is immutable and compares by value.
+    kept as tuples so that a record is immutable and compares by value.
     """
 
     module: str
@@ -81,9 +79,11 @@ class Topology:
     format: int = FORMAT
 
     def __post_init__(self) -> None:
-        keys, peers = self.owned_keys, self.peers
-        keys = keys.items() if isinstance(keys, Mapping) else keys
-        peers = [Peer(n, **p) for n, p in peers.items()] if isinstance(peers, Mapping) else peers
+        given_keys: Any = self.owned_keys
+        given_peers: Any = self.peers
+        keys = given_keys.items() if isinstance(given_keys, Mapping) else given_keys
+        peers = ([Peer(n, **p) for n, p in given_peers.items()] if isinstance(given_peers, Mapping)
+                 else given_peers)  # fmt: skip
         fix = object.__setattr__
         fix(self, "workers", tuple(self.workers))
         fix(self, "owned_keys", tuple((name, tuple(ixs)) for name, ixs in keys))
@@ -118,7 +118,7 @@ class Fresh:
 class Recover:
     """Rejoin with the recorded topology; ``event_logs`` are oldest first."""
 
-    topology: Topology
+    record: RecoveryRecord
     event_logs: tuple[str, ...] = ()
 
 
@@ -164,7 +164,7 @@ class RecoveryFiles:
             raise ValueError(f"{path} is not an event log of {self.stem!r}")
         return int(match.group(1) or "0", 16)
 
-    def write(self, topology: Topology) -> None:
+    def write(self, topology: RecoveryRecord) -> None:
         """Record ``topology`` durably; ``.local-topology`` is renamed into place last."""
         if (topology.module, topology.worker) != (self.module, self.worker):
             raise ValueError(f"topology of {topology.worker!r} given to {self.stem!r}")
@@ -185,13 +185,13 @@ class RecoveryFiles:
         _write_durably(paths[LOCAL_TOPOLOGY], documents[LOCAL_TOPOLOGY])
         fsync_directory(self.directory)
 
-    def read(self, expected_format: int = FORMAT) -> Topology:
+    def read(self, expected_format: int = FORMAT) -> RecoveryRecord:
         """The recorded set; RecoveryError if a file is missing, unreadable or of another format."""
         present = set(self.found())
         paths = self.paths()
         missing = [paths[ext] for ext in self.required() if paths[ext] not in present]
         if missing:
-            raise RecoveryError("\n".join([MISSING, *missing]))
+            raise RecoveryError("\n".join([MISSING, *missing]), verbatim=True)
         documents = {ext: _load(path) for ext, path in paths.items() if path in present}
         for document in documents.values():
             if document["format"] != expected_format:
@@ -202,7 +202,7 @@ class RecoveryFiles:
         if (fields["module"], fields["worker"]) != (self.module, self.worker):
             cause = f"it records module {fields['module']!r} and worker {fields['worker']!r}"
             raise _unreadable(paths[LOCAL_TOPOLOGY], cause)
-        return Topology(**fields, format=expected_format)
+        return RecoveryRecord(**fields, format=expected_format)
 
     def inspect(self, expected: Expectation) -> Decision:
         """machida.md §9.2: what to do with the files found at start-up."""
@@ -246,7 +246,7 @@ class RecoveryFiles:
         own = {f"{self.stem}.{ext}" for ext in EXTENSIONS}
         return name in own or self._evlog.fullmatch(name) is not None
 
-    def _check(self, topology: Topology, expected: Expectation) -> None:
+    def _check(self, topology: RecoveryRecord, expected: Expectation) -> None:
         # The mode before the fingerprint, which includes it (AppPlan.fingerprint),
         # and the count before the names, so that each refusal names its first cause.
         workers = None if expected.workers is None else list(expected.workers)
@@ -262,7 +262,7 @@ class RecoveryFiles:
 
     def _different(self, field: str, recorded: Any, now: Any) -> RecoveryError:
         return RecoveryError(
-            f"Error: recovery files in {self.directory} for '{self.stem}' belong to a different"
+            f"recovery files in {self.directory} for '{self.stem}' belong to a different"
             f" application or topology ({field}: recorded {recorded!r}, now {now!r})."
             " Remove them or use another --resilience-dir.\n"
             f"To remove them: {self.clear_command()}"
@@ -287,7 +287,7 @@ def _mode(resilience: bool) -> str:
     return "on" if resilience else "off"
 
 
-def _documents(topology: Topology) -> dict[str, dict]:
+def _documents(topology: RecoveryRecord) -> dict[str, dict]:
     """One JSON document per file, with the fields _SCHEMA names; json writes tuples as lists."""
     values = {key: getattr(topology, key) for schema in _SCHEMA.values() for key in schema}
     values["owned_keys"] = topology.owned()
@@ -350,7 +350,7 @@ def _fields(path: str, document: dict, schema: dict[str, Callable[[Any], bool]])
 
 
 def _unreadable(path: str, cause: str) -> RecoveryError:
-    return RecoveryError(f"Error: recovery file {path} cannot be read: {cause}")
+    return RecoveryError(f"recovery file {path} cannot be read: {cause}")
 
 
 # Validators for JSON values, combined into each file's schema below.

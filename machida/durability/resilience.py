@@ -53,8 +53,8 @@ class ResilienceHost(Protocol):
     def backups(self) -> dict[str, tuple[int, list[Batch]]]:
         """Each downstream worker's acknowledged mark and the batches it may still need."""
 
-    def restore_link(self, peer: str, acked: int, next_seq: int, frames: list[bytes]) -> None:
-        """A recovered backup for ``peer``, re-sent once its link is up."""
+    def restore_boundary(self, peer: str, acked: int, next_seq: int, frames: list[bytes]) -> None:
+        """A recovered backup for ``peer``, re-sent once its boundary is up."""
 
     @property
     def states(self) -> dict[str, dict[int, Any]]:
@@ -68,6 +68,16 @@ class ResilienceHost(Protocol):
 
     def flush(self) -> None:
         """Send what is buffered; it ends with :meth:`Resilience.commit`."""
+
+
+class _NotOpen:
+    """The host of a resilience not opened yet: using it is a bug of the runner."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"resilience used before open() (host.{name})")
+
+
+_NOT_OPEN: Any = _NotOpen()
 
 
 class Pausable(Protocol):
@@ -107,12 +117,11 @@ def banners(config: Any) -> list[str]:
 class Resilience:
     """The event log of one worker and what it takes to write and replay it."""
 
-    def __init__(self, settings: Settings, files: RecoveryFiles, host: ResilienceHost,
-                 inputs: Pausable) -> None:  # fmt: skip
+    def __init__(self, settings: Settings, files: RecoveryFiles, inputs: Pausable) -> None:
         self.settings = settings
         self.files = files
-        self.host = host
         self.inputs = inputs
+        self.host: ResilienceHost = _NOT_OPEN
         self.dirty: set[tuple[str, int]] = set()
         # what the log holds already, so that a commit adds only what changed
         self.origins: dict[str, tuple[int, int]] = {}
@@ -136,8 +145,10 @@ class Resilience:
         s = self.settings
         return EventLog(path, s.module, s.worker, s.fingerprint, offset)
 
-    def open(self, recovering: bool) -> None:
-        """Open the log; when recovering, restore everything from it first."""
+    def open(self, host: ResilienceHost, recovering: bool) -> None:
+        """Open the log for ``host`` (the worker's data plane, built); when recovering,
+        restore everything from the log first."""
+        self.host = host
         if not recovering:
             self.log = self._open_log(self._path(0))
             self.log.append(encode_commit(incarnation=self.host.incarnation))
@@ -157,7 +168,7 @@ class Resilience:
         logs = self.files.event_logs()
         if not logs:
             raise EventLogError(
-                f"Error: event log missing: expected {self._path(0)} "
+                f"event log missing: expected {self._path(0)} "
                 f"(the recovery files say this worker ran with resilience)"
             )
         for path in reversed(logs):
@@ -178,7 +189,7 @@ class Resilience:
                 states[key_index] = deserialize(data)
             except Exception as err:
                 raise EventLogError(
-                    f"Error: event log snapshot of state '{state_name}' key index {key_index} "
+                    f"event log snapshot of state '{state_name}' key index {key_index} "
                     f"cannot be deserialised: {type(err).__name__}: {err}"
                 ) from err
         self.host.restore_origins(replay.origins)
@@ -187,7 +198,7 @@ class Resilience:
             self.host.incarnation = replay.incarnation  # its backup keeps its numbers
         for peer, link in replay.links.items():
             frames = [frame for _, _, frame in link.batches]
-            self.host.restore_link(peer, link.acked, link.next_seq, frames)
+            self.host.restore_boundary(peer, link.acked, link.next_seq, frames)
             self.acked[peer] = link.acked
         self.host.restore_source_counts(replay.accepted)
         self.accepted = dict(replay.accepted)
@@ -197,11 +208,13 @@ class Resilience:
     def commit(self, leaving: list[tuple[str, list[Batch]]]) -> None:
         """In a flush, before its batches leave: log dirty snapshots, new origins, the batches
         and new source counts, then fsync (group commit). OSError if the disk refuses."""
+        if self.log is None:
+            return  # not open yet: no topology, so nothing was applied or forwarded
         origins = _changed(self.host.origins(), self.origins)
         accepted = _changed(self.host.source_counts(), self.accepted)
-        forwarded = [(peer, b.first, b.count, b.frame) for peer, taken in leaving for b in taken]
-        if self.log is None or not (self.dirty or origins or accepted or forwarded):
-            return  # nothing to log, or the log is not open yet (no topology)
+        forwarded = [(peer, b.first, b.records, b.frame) for peer, taken in leaving for b in taken]
+        if not (self.dirty or origins or accepted or forwarded):
+            return  # nothing to log
         keys, self.dirty = self.dirty, set()
         snapshots = self._snapshots(keys)
         if not (snapshots or origins or accepted or forwarded):
@@ -265,25 +278,30 @@ class Resilience:
             self._switch_log()
             say("Steps snapshotting to new log file complete.")
             for path in self.files.event_logs():
-                if path != self.log.path:
+                if path != self._current().path:
                     os.remove(path)
         except Exception as err:
             say(f"WARNING: event log rotation failed ({type(err).__name__}: {err}); "
-                f"still logging to {self.log.path}")  # fmt: skip
+                f"still logging to {self._current().path}")  # fmt: skip
         finally:
             say("~~~Resuming message processing.~~~")
             self.rotating = False
             self.inputs.resume(ROTATION_PAUSE)
 
+    def _current(self) -> EventLog:
+        """The open event log (a rotation starts only once there is one)."""
+        assert self.log is not None
+        return self.log
+
     def _switch_log(self) -> None:
         """Log to a new file that starts with a snapshot of every owned key."""
         keys = [(name, i) for name, states in self.host.states.items() for i in states]
         say(f"Snapshotting {len(keys)} steps to new log file.")
-        old = self.log
+        old = self._current()
         offset = old.offset + old.size
         new = self._open_log(self._path(offset), offset)
         backups = self.host.backups()
-        forwarded = [(peer, b.first, b.count, b.frame)
+        forwarded = [(peer, b.first, b.records, b.frame)
                      for peer, (_, taken) in backups.items() for b in taken]  # fmt: skip
         acked = {peer: mark for peer, (mark, _) in backups.items()}
         accepted = self.host.source_counts()

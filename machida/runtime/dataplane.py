@@ -2,100 +2,75 @@
 
 Everything a worker does with a message between two socket calls is here:
 
-* a **source read** is framed whole (:class:`~machida.app.pipeline.SourceConnection`)
+* a **source read** is framed whole (:class:`~machida.app.topology.SourceConnection`)
   and carried through the application's objects in slices of
   :data:`SOURCE_SLICE` frames, each followed by a flush;
 * what the compiled pipeline emits waits in one buffer per pipeline, what it
   forwards to another worker in the **outbox** (one list per route, filled by
   ``list.append``); :meth:`DataPlane.flush` turns them into one sink write per
   pipeline and one numbered batch per downstream worker, kept in that
-  worker's :class:`~machida.wire.boundary.Backlog` until acknowledged;
+  worker's :class:`~machida.wire.boundary.OutgoingBoundary` until acknowledged;
 * with resilience on, the flush's ``commit`` hook makes all of it durable
   before any batch leaves or anything is acknowledged (write-ahead); a hook
   that fails *halts* the plane: nothing more is sent, applied or acknowledged;
 * a **boundary read** (from an upstream worker) is decoded, de-duplicated per
   upstream incarnation, applied, flushed, and then owes an acknowledgement,
-  which the shell sends once the output has left (:class:`Inbound`);
-* an acknowledgement read on a link to a downstream worker frees its backlog
-  (:class:`Outbound`); a reconnection re-sends the backlog.
+  which the shell sends once the output has left
+  (:class:`~machida.wire.boundary.IncomingBoundary`);
+* an acknowledgement read from a downstream worker frees its backlog; a
+  reconnection re-sends the backlog.
 
 The plane writes through the two callables it is given (``write_sink(p,
-data)`` and ``write_link(peer, frame)``) and tells :class:`FlowControl` when a
-backlog passes its water marks. The runner's process shell gives it sockets;
-the in-process driver joins several planes in memory.
+data)`` and ``write_boundary(peer, frame)``), tells :class:`FlowControl` when a
+backlog passes its water marks, and answers what the shells and resilience ask
+of it (:meth:`DataPlane.unacked`, :meth:`DataPlane.origins`, ...). The runner's
+process shell gives it sockets; :class:`machida.testing.MemoryNetwork` joins
+several planes in memory.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from array import array
 from typing import Any, Callable
 
 from machida.app.callbacks import Callbacks
 from machida.app.loader import ints_round_trip
-from machida.app.pipeline import LocalTopology, SinkFor, SourceConnection
 from machida.app.plan import AppPlan
+from machida.app.topology import LocalTopology, PersistFn, SinkFor, SourceConnection
 from machida.errors import FrameError
 from machida.metrics.stats import Stats
 from machida.runtime.flow import FlowControl
-from machida.wire.boundary import Backlog, Batch, BoundaryDecoder, Dedup, ack, hello
+from machida.wire.boundary import (
+    Backlog,
+    Batch,
+    BatchEvent,
+    Dedup,
+    Hello,
+    IncomingBoundary,
+    OutgoingBoundary,
+    Run,
+    u64_column,
+)
 
 # Frames of one source read carried through between two flushes (a read holds up to 256 KiB):
 # the other workers start on their share early and acknowledgements come back sooner.
 SOURCE_SLICE = 2048
 
 WriteSink = Callable[[int, bytes], None]
-WriteLink = Callable[[str, bytes], None]
-
-
-class Inbound:
-    """The receiving end of one incoming data link: who sends on it, what it applied and acked."""
-
-    __slots__ = ("acked", "applied", "decoder", "upstream")
-
-    def __init__(self) -> None:
-        self.decoder = BoundaryDecoder()
-        self.upstream: str | None = None
-        self.applied = 0  # highest sequence number applied from this link
-        self.acked = 0  # highest sequence number acknowledged on it
-
-    @property
-    def owes_ack(self) -> bool:
-        return self.applied > self.acked
-
-    def take_ack(self) -> bytes:
-        """The acknowledgement of everything applied so far (the shell writes it)."""
-        self.acked = self.applied
-        return ack(self.applied)
-
-
-class Outbound:
-    """The sending end towards one downstream worker: its backlog and the acks coming back."""
-
-    __slots__ = ("backlog", "decoder", "peer")
-
-    def __init__(self, peer: str) -> None:
-        self.peer = peer
-        self.backlog = Backlog()
-        self.decoder = BoundaryDecoder()
-
-    def opened(self, me: str, incarnation: int) -> list[bytes]:
-        """A new connection: a fresh decoder; the hello, then the whole unacknowledged backlog."""
-        self.decoder = BoundaryDecoder()
-        return [hello(me, incarnation), *(batch.frame for batch in self.backlog.replay())]
-
-    def read(self, data: bytes) -> bool:
-        """Acknowledgements in; whether any arrived."""
-        events = self.decoder.feed(data)
-        for event in events:
-            if event[0] == "ack":
-                self.backlog.ack(event[1])
-        return bool(events)
+WriteBoundary = Callable[[str, bytes], None]
+# commit(leaving): make durable what a flush is about to send (the batches leaving for each
+# downstream worker); False if that failed, and then nothing leaves.
+CommitFn = Callable[[list[tuple[str, list[Batch]]]], bool]
 
 
 class DataPlane:
-    """One worker's message flow: sources and boundaries in, sinks and boundaries out."""
+    """One worker's message flow: sources and boundaries in, sinks and boundaries out.
+
+    ``persist`` is called after each state call and ``commit`` in each flush (resilience's
+    hooks, both optional). An ``eager`` plane sends every forwarded message at once, in a
+    batch of its own, so that an in-process run does not depend on how reads are sliced.
+    """
 
     def __init__(
         self,
@@ -104,10 +79,13 @@ class DataPlane:
         serializers: tuple[Callable, Callable],
         flow: FlowControl,
         write_sink: WriteSink,
-        write_link: WriteLink,
+        write_boundary: WriteBoundary,
         callbacks: Callbacks | None = None,
         stats: Stats | None = None,
         incarnation: int | None = None,
+        persist: PersistFn | None = None,
+        commit: CommitFn | None = None,
+        eager: bool = False,
     ) -> None:
         self.plan = plan
         self.name = name
@@ -118,25 +96,22 @@ class DataPlane:
         self.stats = stats if stats is not None else Stats(name)
         self.pstats = [self.stats.pipeline(p.name) for p in plan.pipelines]
         self.incarnation = random.getrandbits(63) if incarnation is None else incarnation
-        self._write_sink, self._write_link = write_sink, write_link
+        self._write_sink, self._write_boundary = write_sink, write_boundary
+        self._persist, self._commit, self._eager = persist, commit, eager
         self.topology: LocalTopology | None = None
         self._sink_pending: list[list[bytes]] = [[] for _ in plan.pipelines]
         self._outbox: dict[str, list[tuple[tuple, list]]] = {}
-        self.outbound: dict[str, Outbound] = {}
-        self.dedup: dict[str, Dedup] = {}
+        self._outgoing: dict[str, OutgoingBoundary] = {}
+        self._dedup: dict[str, Dedup] = {}  # per upstream worker, across its connections
         self.applied_total = 0
         self.accepted = [0] * len(plan.pipelines)  # source records taken in, per pipeline
         self.halted = False
-        # Hooks: after each state call (resilience's persist), and in each flush before any
-        # batch leaves or anything is acknowledged (resilience's commit, which is given the
-        # batches about to leave and says whether everything is durable).
-        self.persist: Callable[[str, int, Any], None] | None = None
-        self.commit: Callable[[list[tuple[str, list[Batch]]]], bool] | None = None
 
     # -- building -------------------------------------------------------------------------
 
     def build(self, workers: list[str], sink_for: SinkFor | None = None, values: bool = False):
-        """This worker's topology for a member list in join order; incoming links may be read.
+        """This worker's topology for a member list in join order; incoming boundaries may be
+        read.
 
         By default what a pipeline emits is buffered until :meth:`flush`;
         ``sink_for`` (with ``values``: ``out(value, data)``) replaces that.
@@ -144,18 +119,31 @@ class DataPlane:
         self.topology = LocalTopology(
             self.plan, self.name, self.plan.placement(workers), self.callbacks,
             sink_for=sink_for or (lambda p: self._sink_pending[p].append),
-            forward_to=self._outbound, serializers=self.serializers, stats=self.stats,
-            sink_values=values, persist=self.persist,
+            forward_to=self._forward_to, serializers=self.serializers, stats=self.stats,
+            sink_values=values, persist=self._persist,
         )  # fmt: skip
         self.flow.open_links()
         return self.topology
 
-    def _outbound(self, owner: str, route: tuple) -> Callable[[Any], None]:
+    def _forward_to(self, owner: str, route: tuple) -> Callable[[Any], None]:
         """Where the topology puts messages for ``route`` on ``owner``: a list, until flush."""
         pending: list = []
         self._outbox.setdefault(owner, []).append((route, pending))
-        self.outbound.setdefault(owner, Outbound(owner))
-        return pending.append
+        self._boundary_to(owner)
+        if not self._eager:
+            return pending.append
+
+        def send_now(msg: Any) -> None:
+            pending.append(msg)
+            self.flush()
+
+        return send_now
+
+    def _boundary_to(self, peer: str) -> OutgoingBoundary:
+        out = self._outgoing.get(peer)
+        if out is None:
+            out = self._outgoing[peer] = OutgoingBoundary(peer)
+        return out
 
     @property
     def states(self) -> dict[str, dict[int, Any]]:
@@ -164,13 +152,17 @@ class DataPlane:
 
     # -- sources --------------------------------------------------------------------------
 
+    def _built(self) -> LocalTopology:
+        assert self.topology is not None, "the plane is used before build()"
+        return self.topology
+
     def open_source(self, p: int, peer: str) -> SourceConnection:
         """A new source connection of pipeline ``p``, with its own stateless step instances."""
-        return self.topology.source_connection(p, peer)
+        return self._built().source_connection(p, peer)
 
     def source_read(self, source: SourceConnection, data: bytes, slice_size: int = SOURCE_SLICE):
         """Carry one source read through, flushing after each slice; False once the framing
-        broke (the shell closes the connection)."""
+        broke or the plane halted (the shell closes the connection)."""
         start = time.perf_counter_ns()
         counts = self.pstats[source.p]
         payloads = source.frames(data)
@@ -199,7 +191,7 @@ class DataPlane:
                 pending.clear()
         leaving = []
         for owner, routes in self._outbox.items():
-            backlog = self.outbound[owner].backlog
+            backlog = self._outgoing[owner].backlog
             for route, pending in routes:
                 if pending:
                     self._queue_run(backlog, route, pending)
@@ -207,58 +199,62 @@ class DataPlane:
             taken = backlog.take_batch()
             if taken:
                 leaving.append((owner, taken))
-        if self.commit is not None and not self.commit(leaving):
+        if self._commit is not None and not self._commit(leaving):
             self.halted = True  # what could not be made durable never leaves
             return
         for owner, taken in leaving:
             for batch in taken:
-                self._write_link(owner, batch.frame)
-            self.flow.link_backlog(owner, self.outbound[owner].backlog.unacked)
+                self._write_boundary(owner, batch.frame)
+            self.flow.link_backlog(owner, self.unacked(owner))
 
     def _queue_run(self, backlog: Backlog, route: tuple, messages: list) -> None:
         """Messages for one key of another worker: as u64s when they are plain ints."""
-        self.pstats[route[0]].messages_forwarded += len(messages)
-        if self.ints_travel_raw and set(map(type, messages)) == {int}:
-            try:
-                backlog.add(route, True, array("Q", messages))
-                return
-            except OverflowError:
-                pass  # some int outside 0..2**64-1: serialise them all
-        hop_out, p = self.topology.hop_out, route[0]
+        column = u64_column(messages) if self.ints_travel_raw else None
+        if column is not None:
+            backlog.add(route, True, column)
+            self.pstats[route[0]].messages_forwarded += len(column)
+            return
+        hop_out, p = self._built().hop_out, route[0]
         data = [d for d in map(hop_out, messages, [p] * len(messages)) if d is not None]
-        self.pstats[p].messages_forwarded -= len(messages) - len(data)
+        self.pstats[p].messages_forwarded += len(data)  # those serialize refused are dropped
         if data:
             backlog.add(route, False, data)
 
-    # -- the receiving end of a boundary --------------------------------------------------
+    # -- the receiving half of a boundary -------------------------------------------------
 
-    def boundary_read(self, inbound: Inbound, data: bytes) -> FrameError | None:
+    def boundary_read(self, incoming: IncomingBoundary, data: bytes) -> FrameError | None:
         """Apply what an upstream worker sent, then flush; the error if the bytes broke."""
         if self.halted:
             return None  # nothing more is applied, nor acknowledged
         start = time.perf_counter_ns()
         before = [counts.messages_arrived for counts in self.pstats]
-        ready = self.topology is not None
-        for event in inbound.decoder.feed(data):
-            if event[0] == "hello":
-                inbound.upstream = event[1]
-                self.dedup.setdefault(event[1], Dedup()).start(event[2])
-            elif event[0] == "batch" and inbound.upstream is not None and ready:
-                refused = self._apply_batch(inbound, event[1], event[2])
+        topology, upstream = self.topology, incoming.upstream
+        for event in incoming.decoder.feed(data):
+            if isinstance(event, BatchEvent):
+                if upstream is None or topology is None:
+                    continue  # before the hello, or before build: not applied, not acked
+                refused = self._apply_batch(topology, upstream, incoming, event)
                 if refused is not None:
-                    inbound.decoder.error = refused  # nothing more is read from this link
+                    incoming.decoder.error = refused  # nothing more is read from this boundary
                     break
+            elif isinstance(event, Hello):
+                incoming.upstream = upstream = event.worker
+                self._dedup.setdefault(event.worker, Dedup()).start(event.incarnation)
+            else:
+                incoming.decoder.error = FrameError(f"a {type(event).__name__} from upstream")
+                break
         self.flush()
         took = time.perf_counter_ns() - start
         for counts, earlier in zip(self.pstats, before):
             if counts.messages_arrived > earlier:
                 counts.latency.add_many(took, counts.messages_arrived - earlier)
-        return inbound.decoder.error
+        return incoming.decoder.error
 
-    def _apply_batch(self, inbound: Inbound, first: int, runs: list) -> FrameError | None:
-        dedup = self.dedup[inbound.upstream]
-        topology, pstats = self.topology, self.pstats
-        refused = _refused(inbound.upstream, dedup, topology, first, runs)
+    def _apply_batch(self, topology: LocalTopology, upstream: str, incoming: IncomingBoundary,
+                     batch: BatchEvent) -> FrameError | None:  # fmt: skip
+        dedup, pstats = self._dedup[upstream], self.pstats
+        first, runs = batch.first, batch.runs
+        refused = _refused(upstream, dedup, topology, first, runs)
         if refused is not None:
             return refused
         total = sum(len(run[4]) for run in runs)
@@ -281,29 +277,33 @@ class DataPlane:
                     apply(key_index, msg)
         self.applied_total += total - skipped
         dedup.applied(first + total - 1)
-        inbound.applied = dedup.seq
+        incoming.applied = dedup.seq
         return None
 
-    # -- the sending end of a boundary ----------------------------------------------------
+    # -- the sending half of a boundary ---------------------------------------------------
 
-    def link_opened(self, peer: str) -> list[bytes]:
+    def boundary_opened(self, peer: str) -> list[bytes]:
         """A (re)connection to ``peer``: the frames to send first (hello, then the backlog)."""
-        out = self.outbound.setdefault(peer, Outbound(peer))
-        return out.opened(self.name, self.incarnation)
+        return self._boundary_to(peer).opened(self.name, self.incarnation)
 
-    def link_read(self, peer: str, data: bytes) -> FrameError | None:
+    def ack_read(self, peer: str, data: bytes) -> FrameError | None:
         """Acknowledgements from ``peer``; the error if the bytes broke."""
-        out = self.outbound[peer]
+        out = self._outgoing[peer]
         if out.read(data):
-            for other in self.outbound.values():
+            for other in self._outgoing.values():
                 self.flow.link_backlog(other.peer, other.backlog.unacked)
         return out.decoder.error
+
+    def unacked(self, peer: str) -> int:
+        """Records sent (or about to be) to ``peer`` and not acknowledged yet."""
+        out = self._outgoing.get(peer)
+        return out.backlog.unacked if out is not None else 0
 
     # -- counts ---------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """What the initializer compares to know that nothing is in flight."""
-        backlogs = [out.backlog for out in self.outbound.values()]
+        backlogs = [out.backlog for out in self._outgoing.values()]
         return {
             "sent": sum(backlog.sent_total for backlog in backlogs),
             "applied": self.applied_total,
@@ -312,10 +312,46 @@ class DataPlane:
 
     def leftovers(self) -> list[str]:
         return [f"{out.backlog.unacked} unacknowledged message(s) for {out.peer}"
-                for out in self.outbound.values() if out.backlog.unacked]  # fmt: skip
+                for out in self._outgoing.values() if out.backlog.unacked]  # fmt: skip
+
+    # -- what resilience keeps, and puts back after a crash -------------------------------
+    # (machida.durability.resilience.ResilienceHost)
+
+    def origins(self) -> dict[str, tuple[int, int]]:
+        """The newest ``(incarnation, seq)`` applied from each upstream worker."""
+        return {n: (d.incarnation, d.seq) for n, d in self._dedup.items()
+                if d.incarnation is not None}  # fmt: skip
+
+    def restore_origins(self, origins: dict[str, tuple[int, int]]) -> None:
+        """What a recovered worker's event log says it applied from each upstream worker."""
+        for upstream, (incarnation, seq) in origins.items():
+            self._dedup.setdefault(upstream, Dedup()).restore(incarnation, seq)
+
+    def source_counts(self) -> dict[str, int]:
+        """Records each source (by pipeline name) has taken in, for those that took any."""
+        return {p.name: n for p, n in zip(self.plan.pipelines, self.accepted) if n}
+
+    def restore_source_counts(self, counts: dict[str, int]) -> None:
+        for p, pipeline in enumerate(self.plan.pipelines):
+            self.accepted[p] = counts.get(pipeline.name, 0)
+
+    def acks(self) -> dict[str, int]:
+        """How far each downstream worker has acknowledged."""
+        return {peer: out.backlog.acked for peer, out in self._outgoing.items()}
+
+    def backups(self) -> dict[str, tuple[int, list[Batch]]]:
+        """Each downstream worker's acknowledged mark and the batches it may still need."""
+        return {peer: (out.backlog.acked, out.backlog.replay())
+                for peer, out in self._outgoing.items()}  # fmt: skip
+
+    def restore_boundary(self, peer: str, acked: int, next_seq: int, frames: list[bytes]) -> None:
+        """A recovered worker's backup for ``peer``: re-sent, under the same numbers, once the
+        boundary is up."""
+        self._boundary_to(peer).restore(acked, next_seq, frames)
 
 
-def _refused(upstream: str, dedup: Dedup, topology: LocalTopology, first: int, runs: list):
+def _refused(upstream: str, dedup: Dedup, topology: LocalTopology, first: int,
+             runs: list[Run]) -> FrameError | None:  # fmt: skip
     """Why a batch cannot be trusted (it skips records, or names a key not owned here)."""
     if dedup.gap(first):
         return FrameError(f"a batch from {upstream} starts at record {first}, but "

@@ -11,7 +11,8 @@ reasons decide what may be read:
   and sinks exist;
 * any pause reason holds both kinds: a link to another worker with
   :data:`LINK_HIGH_WATER` unacknowledged records (until it is back under
-  :data:`LINK_LOW_WATER`), a sink whose buffer passed its high mark, a log
+  :data:`LINK_LOW_WATER`), a sink whose buffer passed its high mark (each sink
+  its own reason), a log
   rotation. Holding the incoming links too is what carries backpressure
   along a chain of workers.
 
@@ -28,12 +29,17 @@ from typing import Callable
 # (some 30 ms of input at full speed: enough to keep a link busy, little to hold and replay).
 LINK_HIGH_WATER = 16_384
 LINK_LOW_WATER = 8_192
-SINK = "sink"
 
 
 def link_reason(peer: str) -> str:
     """The pause reason of the link to ``peer``, as the pause report names it."""
     return f"link:{peer}"
+
+
+def sink_reason(pipeline: str) -> str:
+    """The pause reason of the sink connection of ``pipeline``: each sink holds the inputs
+    on its own, so that one draining does not reopen them while another is still full."""
+    return f"sink:{pipeline}"
 
 
 class FlowControl:
@@ -87,8 +93,10 @@ class FlowControl:
         elif unacked < LINK_LOW_WATER:
             self.resume(link_reason(peer))
 
-    def sink_blocked(self, blocked: bool) -> None:
-        (self.pause if blocked else self.resume)(SINK)
+    def sink_blocked(self, pipeline: str, blocked: bool) -> None:
+        """The sink of ``pipeline`` passed its high mark (``blocked``) or drained under its
+        low one."""
+        (self.pause if blocked else self.resume)(sink_reason(pipeline))
 
     def _state(self) -> tuple[bool, bool, bool]:
         return self.reading_sources, self.reading_links, self.paused

@@ -12,10 +12,9 @@ import asyncio
 import socket
 from typing import Callable
 
+from machida.aio import Address, listen
 from machida.console import os_reason, say
 from machida.errors import BindError
-
-Address = tuple[str, int]
 
 
 class Listeners:
@@ -32,23 +31,23 @@ class Listeners:
         if recorded is not None:
             address = recorded
             say("Restarting a listener ...")
-        try:
-            server = await _listen(factory, address)
-        except OSError as err:
-            raise BindError(f"Error: unable to listen on {address[0]}:{address[1]} "
-                            f"for {kind}: {os_reason(err)}") from err  # fmt: skip
+        server = await listen(factory, address, kind)
         self.servers.append(server)
         self.bound[kind] = (address[0], _port(server))
         return self.bound[kind]
 
     async def bind_source(self, name: str, address: Address, factory: Callable) -> None:
         try:
-            server = await _listen(factory, address)
-        except OSError as err:
-            raise BindError(f"Error: {name} source is unable to listen on "
+            server = await asyncio.get_running_loop().create_server(factory, *address)
+        except (OSError, OverflowError) as err:
+            raise BindError(f"{name} source is unable to listen on "
                             f"{address[0]}:{address[1]}: {os_reason(err)}") from err  # fmt: skip
         self.sources.append(server)
         say(f"{name} source listening on {address[0]}:{_port(server)}")
+
+    def keep(self, server: asyncio.base_events.Server) -> None:
+        """A server bound elsewhere (the external channel's), closed with the others."""
+        self.servers.append(server)
 
     def stop_sources(self) -> None:
         for server in self.sources:
@@ -70,13 +69,9 @@ def local_address_towards(host: str, port: int) -> str:
             return probe.getsockname()[0]
     except OSError as err:
         raise BindError(
-            f"Error: cannot tell which local address reaches the initializer at {host}:{port} "
+            f"cannot tell which local address reaches the initializer at {host}:{port} "
             f"({os_reason(err)}); give --my-control and --my-data"
         ) from err
-
-
-async def _listen(factory: Callable, address: Address) -> asyncio.base_events.Server:
-    return await asyncio.get_running_loop().create_server(factory, *address)
 
 
 def _port(server: asyncio.base_events.Server) -> int:

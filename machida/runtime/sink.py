@@ -15,6 +15,7 @@ may see some windows twice but never a torn frame or a gap).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from typing import Callable
@@ -34,6 +35,7 @@ class _SinkProtocol(asyncio.Protocol):
         self.sink = sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
 
     def data_received(self, data: bytes) -> None:
@@ -176,9 +178,10 @@ class Sink:
 
 
 class Sinks:
-    """A worker's sink connections, one per pipeline with a sink (``None`` for the others)."""
+    """A worker's sink connections, one per pipeline with a sink (``None`` for the others);
+    each reports ``on_blocked(pipeline_name, blocked)``."""
 
-    def __init__(self, plan: AppPlan, on_blocked: Callable[[bool], None]) -> None:
+    def __init__(self, plan: AppPlan, on_blocked: Callable[[str, bool], None]) -> None:
         self.plan = plan
         self._on_blocked = on_blocked
         self.sinks: list[Sink | None] = []
@@ -187,12 +190,15 @@ class Sinks:
         for pipeline in self.plan.pipelines:
             sink = None
             if pipeline.sink is not None:
-                sink = Sink(pipeline.sink.host, int(pipeline.sink.port), self._on_blocked, say)
+                blocked = functools.partial(self._on_blocked, pipeline.name)
+                sink = Sink(pipeline.sink.host, int(pipeline.sink.port), blocked, say)
                 sink.start()
             self.sinks.append(sink)
 
     def write(self, p: int, data: bytes) -> None:
-        self.sinks[p].write(data)
+        sink = self.sinks[p]
+        assert sink is not None, "only a pipeline with a sink emits output"
+        sink.write(data)
 
     def _open(self) -> list[Sink]:
         return [sink for sink in self.sinks if sink is not None]

@@ -1,4 +1,4 @@
-"""Sans-I/O codec and bookkeeping for boundaries, the data links between workers.
+"""Boundaries, the data channels between workers: their bytes and both halves, with no I/O.
 
 A message whose key lives on another worker crosses a boundary. Each
 direction between two workers is its own TCP connection, dialled by the
@@ -22,10 +22,15 @@ first_seq, first_seq+1, … across the runs. Sequence numbers count per sending
 process *incarnation* (a random number drawn at start), so a restarted sender
 is never mistaken for a replay.
 
-:class:`Backlog` is the sender's side: records are grouped into runs as they
-are added, wait until acknowledged, and are sent again, in order, after a
-reconnection. :class:`BoundaryDecoder` is the receiver's side of the bytes;
-:class:`Dedup` drops records a receiver has already applied.
+The data plane keeps two halves per boundary. :class:`OutgoingBoundary` (one per
+downstream worker) holds a :class:`Backlog`: records are grouped into runs as
+they are added, wait until acknowledged, and are sent again, in order, after a
+reconnection. :class:`IncomingBoundary` (one per connection from an upstream
+worker) decodes what arrives (:class:`BoundaryDecoder`, which returns the typed
+events :class:`Hello`, :class:`BatchEvent` and :class:`Ack`) and says when to
+acknowledge; :class:`Dedup` (one per upstream worker, across its connections)
+drops records already applied. The asyncio shells around the halves are
+:mod:`machida.runtime.boundary`.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import struct
 import sys
 from array import array
 from collections import deque
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 from machida.errors import FrameError
 from machida.wire.framing import FrameDecoder
@@ -60,6 +65,14 @@ MAX_BATCH_RECORDS = 16_384
 # for one message as large as a source payload may be (16 MiB) twice over, for what serialize
 # adds. A longer frame is refused at its header, never buffered.
 MAX_DATA_FRAME = 32 * 1024 * 1024
+# While a sink holds output in user space, an acknowledgement is retried this often
+# (asyncio has no event for "the transport's buffer is empty", so the shell polls).
+ACK_RETRY_S = 0.002
+# A boundary is acknowledged at most this often. An acknowledgement only frees the upstream's
+# backlog (whose pause mark, 16,384 records, is far), but each one wakes the upstream worker,
+# whose data path then waits behind it: at 50,000 msgs/s, one per batch made a third of the
+# initializer's wake-ups. Five milliseconds of records is little backlog at any rate.
+ACK_EVERY_S = 0.005
 # What a batch spends besides its records' bytes: the kind and first sequence number, and the
 # head of each run.
 _BATCH_OVERHEAD = 1 + _SEQ.size
@@ -77,10 +90,10 @@ def ack(seq: int) -> bytes:
 
 
 class Batch(NamedTuple):
-    """One ``M`` frame and the records it numbers: ``first`` .. ``first + count - 1``."""
+    """One ``M`` frame and the records it numbers: ``first`` .. ``first + records - 1``."""
 
     first: int
-    count: int
+    records: int
     frame: bytes
 
 
@@ -88,7 +101,9 @@ def batches(first_seq: int, runs: list, max_records: int | None = None) -> list[
     """``M`` frames for ``runs`` numbered from ``first_seq``, each within MAX_DATA_FRAME (and
     ``max_records``); one frame unless the runs are that large."""
     limit = MAX_DATA_FRAME - _BATCH_OVERHEAD
-    frames, chunk, records, size = [], [], 0, 0
+    frames: list[Batch] = []
+    chunk: list[list] = []
+    records = size = 0
     for route, is_int, values in runs:
         start = 0
         while start < len(values):
@@ -121,6 +136,22 @@ def _fitting(values: list, start: int, most: int, room: int) -> int:
             break
         n += 1
     return n
+
+
+def u64_column(messages: list) -> array | None:
+    """``messages`` as one column of u64s when every one is a plain ``int`` in 0..2**64-1
+    (they then cross as 8 bytes each, without ``serialize``); else None.
+
+    machida-flink's operator batches (:mod:`machida_flink.batch`) take the same column and
+    send it little-endian, the order of the one host both their ends run on; a boundary
+    sends it big-endian, like every other number between workers.
+    """
+    if not set(map(type, messages)) <= {int}:
+        return None
+    try:
+        return array("Q", messages)
+    except OverflowError:
+        return None  # some int outside 0..2**64-1: serialise them all
 
 
 def encode_batch(first_seq: int, runs: list) -> bytes:
@@ -220,13 +251,37 @@ class Backlog:
         self.sent_total = self._sent_n
 
 
-class BoundaryDecoder:
-    """Receiver side: bytes in, events out.
+# One run of a batch: pipeline, state step position, key index, whether the values are ints,
+# and the values (ints, or what the application's serialize made).
+Run = tuple[int, int, int, bool, list]
 
-    ``feed`` returns a list of events: ``("hello", worker, incarnation)``,
-    ``("batch", first_seq, runs)`` with runs as ``(pipeline, step, key_index,
-    is_int, values)`` tuples (ints, or serialized payloads), and ``("ack", seq)``.
-    """
+
+class Hello(NamedTuple):
+    """First frame of a connection: which worker sends, and which run of it."""
+
+    worker: str
+    incarnation: int
+
+
+class BatchEvent(NamedTuple):
+    """Records ``first`` .. ``first + n - 1``, as runs of :data:`Run`."""
+
+    first: int
+    runs: list[Run]
+
+
+class Ack(NamedTuple):
+    """Every record up to ``seq`` is applied (receiver to sender)."""
+
+    seq: int
+
+
+BoundaryEvent = Union[Hello, BatchEvent, Ack]
+
+
+class BoundaryDecoder:
+    """Bytes in, :data:`BoundaryEvent` values out; a frame that cannot be trusted sets
+    :attr:`error` (the events before it are returned) and stops the decoder."""
 
     __slots__ = ("_frames", "error")
 
@@ -234,17 +289,17 @@ class BoundaryDecoder:
         self._frames = FrameDecoder(max_length=MAX_DATA_FRAME, min_length=1)
         self.error: FrameError | None = None
 
-    def feed(self, data: bytes) -> list[tuple]:
+    def feed(self, data: bytes) -> list[BoundaryEvent]:
         if self.error is not None:
             return []
-        events: list[tuple] = []
+        events: list[BoundaryEvent] = []
         for frame in self._frames.feed(data):
             kind = frame[0]
             try:
                 if kind == BATCH:
-                    events.append(("batch", _SEQ.unpack_from(frame, 1)[0], _runs(frame, 9)))
+                    events.append(BatchEvent(_SEQ.unpack_from(frame, 1)[0], _runs(frame, 9)))
                 elif kind == ACK:
-                    events.append(("ack", _SEQ.unpack_from(frame, 1)[0]))
+                    events.append(Ack(_SEQ.unpack_from(frame, 1)[0]))
                 elif kind == HELLO:
                     events.append(_hello(frame))
                 else:
@@ -258,18 +313,18 @@ class BoundaryDecoder:
         return events
 
 
-def _hello(frame: bytes) -> tuple[str, str, int]:
+def _hello(frame: bytes) -> Hello:
     info = json.loads(frame[1:])
     worker, incarnation = info["worker"], info["incarnation"]
     if not isinstance(worker, str):
         raise FrameError(f"hello names no worker: {worker!r:.80}")
     if incarnation.__class__ is not int or not 0 <= incarnation <= U64_MAX:
         raise FrameError(f"hello has no incarnation in 0..2**64-1: {incarnation!r:.80}")
-    return ("hello", worker, incarnation)
+    return Hello(worker, incarnation)
 
 
-def _runs(frame: bytes, pos: int) -> list[tuple]:
-    out = []
+def _runs(frame: bytes, pos: int) -> list[Run]:
+    out: list[Run] = []
     end = len(frame)
     while pos < end:
         kind, p, step, key, count = _RUN.unpack_from(frame, pos)
@@ -338,3 +393,80 @@ class Dedup:
     def applied(self, upto: int) -> None:
         self.seq = max(self.seq, upto)
         self.known = True
+
+
+# -- the two halves of a boundary, as the data plane keeps them --------------------------------
+
+
+class OutgoingBoundary:
+    """The sending half towards one downstream worker: its backlog, and the acknowledgements
+    read back on the current connection."""
+
+    __slots__ = ("backlog", "decoder", "peer")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.backlog = Backlog()
+        self.decoder = BoundaryDecoder()
+
+    def opened(self, me: str, incarnation: int) -> list[bytes]:
+        """A new connection: a fresh decoder; the hello, then the whole unacknowledged backlog."""
+        self.decoder = BoundaryDecoder()
+        return [hello(me, incarnation), *(batch.frame for batch in self.backlog.replay())]
+
+    def read(self, data: bytes) -> bool:
+        """Acknowledgements in; whether any arrived (anything else is an error)."""
+        events = self.decoder.feed(data)
+        for event in events:
+            if not isinstance(event, Ack):
+                self.decoder.error = FrameError(f"a {type(event).__name__} on an ack stream")
+                return False
+            self.backlog.ack(event.seq)
+        return bool(events)
+
+    def restore(self, acked: int, next_seq: int, frames: list[bytes]) -> None:
+        """What an event log kept of this boundary: its batches (re-sent, under the same
+        numbers, on the next connection), the next number to give and the acknowledged mark."""
+        first, runs = next_seq, []
+        for frame in frames:
+            (event,) = BoundaryDecoder().feed(frame)
+            assert isinstance(event, BatchEvent), "the event log keeps batches only"
+            first = min(first, event.first)
+            runs += [[(p, step, key), ints, values] for p, step, key, ints, values in event.runs]
+        self.backlog.restore(first, runs, next_seq, acked)
+
+
+class IncomingBoundary:
+    """The receiving half of one connection from an upstream worker: who sends on it, what was
+    applied from it, and when to acknowledge.
+
+    An acknowledgement goes once the output of what was applied has left for the kernel
+    (never while ``sinks_busy``) and at most every :data:`ACK_EVERY_S`: :meth:`ack_wait`
+    says how long to wait, the shell keeps the time.
+    """
+
+    __slots__ = ("_acked_at", "acked", "applied", "decoder", "upstream")
+
+    def __init__(self) -> None:
+        self.decoder = BoundaryDecoder()
+        self.upstream: str | None = None
+        self.applied = 0  # highest sequence number applied from this connection
+        self.acked = 0  # highest sequence number acknowledged on it
+        self._acked_at = float("-inf")
+
+    @property
+    def owes_ack(self) -> bool:
+        return self.applied > self.acked
+
+    def ack_wait(self, now: float, sinks_busy: bool) -> float | None:
+        """None when nothing is owed; else the seconds to wait before acknowledging (0: now)."""
+        if not self.owes_ack:
+            return None
+        if sinks_busy:
+            return ACK_RETRY_S
+        return max(0.0, self._acked_at + ACK_EVERY_S - now)
+
+    def take_ack(self, now: float = 0.0) -> bytes:
+        """The acknowledgement of everything applied so far, sent at ``now``."""
+        self.acked, self._acked_at = self.applied, now
+        return ack(self.applied)

@@ -1,14 +1,13 @@
-"""Sans-I/O codec for the control channel between our own workers.
+"""Sans-I/O codec for the control channel between our own workers, with its typed messages.
 
 The control channel carries the few messages that organise a cluster: a
-worker's ``hello`` (name, listener addresses, the lines of its topology fingerprint), the
-initializer's ``refused`` or ``topology`` (the member list in join order),
-``ready``, and the clean-shutdown conversation (``shutdown_request``,
-``poll``/``counts``, ``finish``, ``abort``). They are rare, so each is a small
-JSON object in a ``u32be length | payload`` frame; the format is this
-project's own (machida.md leaves it open).
-
-Message types and their fields:
+worker's :class:`Hello` (name, listener addresses, the lines of its topology
+fingerprint), the initializer's :class:`Refused` or :class:`Members` (the
+member list in join order, type ``topology``), :class:`Ready`, and the clean-shutdown conversation
+(:class:`ShutdownRequest`, :class:`Poll`/:class:`Counts`, :class:`Finish`,
+:class:`Finished`, :class:`Abort`). They are rare, so each is a small JSON
+object in a ``u32be length | payload`` frame; the format is this project's own
+(machida.md leaves it open):
 
 | type | from → to | fields |
 |---|---|---|
@@ -21,12 +20,21 @@ Message types and their fields:
 | ``finish`` / ``finished`` | initializer ↔ worker | —; ``name``, ``code`` |
 | ``abort`` | initializer → worker | ``reason`` |
 | ``rotate_log`` | any → owner | ``worker`` |
+
+:class:`ControlDecoder` turns bytes into these messages and checks every field
+of each against its declared type (an address is ``[host, port]``): a message
+that is not one of them, or whose fields are wrong, is refused by the codec
+like a bad frame, so a handler only ever sees a well-formed message.
+:class:`ControlHandler` is what a control connection's messages go to (a
+cluster role); :class:`ControlLink` is that connection as the handler sees it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol, Union
 
 from machida.errors import FrameError
 from machida.wire.framing import FrameDecoder, encode_frame
@@ -35,17 +43,144 @@ from machida.wire.framing import FrameDecoder, encode_frame
 MAX_CONTROL_FRAME = 1024 * 1024
 
 
-def encode(kind: str, **fields: Any) -> bytes:
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One member of a :class:`Members` message: its name and listener addresses."""
+
+    name: str
+    control: Address
+    data: Address
+
+
+@dataclass(frozen=True)
+class Hello:
+    TYPE: ClassVar[str] = "hello"
+    name: str
+    control: Address
+    data: Address
+    plan: tuple[str, ...]
+    rejoin: bool = False
+
+
+@dataclass(frozen=True)
+class Refused:
+    TYPE: ClassVar[str] = "refused"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Members:
+    TYPE: ClassVar[str] = "topology"
+    workers: tuple[Worker, ...]
+
+
+@dataclass(frozen=True)
+class Ready:
+    TYPE: ClassVar[str] = "ready"
+    name: str
+
+
+@dataclass(frozen=True)
+class ShutdownRequest:
+    TYPE: ClassVar[str] = "shutdown_request"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Poll:
+    TYPE: ClassVar[str] = "poll"
+    round: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    TYPE: ClassVar[str] = "counts"
+    round: int
+    sent: int
+    applied: int
+    backlog: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    TYPE: ClassVar[str] = "finish"
+
+
+@dataclass(frozen=True)
+class Finished:
+    TYPE: ClassVar[str] = "finished"
+    name: str
+    code: int
+
+
+@dataclass(frozen=True)
+class Abort:
+    TYPE: ClassVar[str] = "abort"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RotateLog:
+    TYPE: ClassVar[str] = "rotate_log"
+    worker: str
+
+
+ControlMessage = Union[
+    Hello, Refused, Members, Ready, ShutdownRequest, Poll, Counts, Finish, Finished, Abort,
+    RotateLog,
+]  # fmt: skip
+MESSAGES: dict[str, type] = {
+    cls.TYPE: cls
+    for cls in (Hello, Refused, Members, Ready, ShutdownRequest, Poll, Counts, Finish, Finished,
+                Abort, RotateLog)
+}  # fmt: skip
+
+
+class ControlLink(Protocol):
+    """One control connection, as a handler sees it."""
+
+    peer: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ControlHandler(Protocol):
+    """What a control connection's events go to (a cluster role)."""
+
+    def on_open(self, conn: ControlLink) -> None: ...
+
+    def on_message(self, conn: ControlLink, message: ControlMessage) -> None: ...
+
+    def on_close(self, conn: ControlLink) -> None: ...
+
+
+def encode(message: ControlMessage) -> bytes:
     """One control message as a frame."""
-    return encode_frame(json.dumps({"type": kind, **fields}).encode("utf-8"))
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    return encode_frame(json.dumps({"type": message.TYPE, **_plain(fields)}).encode("utf-8"))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
 
 
 class ControlDecoder:
-    """Turns control-channel bytes into message dicts (each has a ``type``).
+    """Turns control-channel bytes into typed messages, all the complete ones of a read.
 
-    A frame that is too long, not JSON, or not an object with a string ``type``
-    sets :attr:`error`; the messages before it are still returned, and later
-    feeds return nothing.
+    A frame that is too long, not JSON, not an object naming a known ``type``, or
+    one whose fields are missing or of the wrong kind sets :attr:`error`; the
+    messages before it are still returned, and later feeds return nothing.
     """
 
     __slots__ = ("_frames", "error")
@@ -54,20 +189,92 @@ class ControlDecoder:
         self._frames = FrameDecoder(max_length=MAX_CONTROL_FRAME, min_length=2)
         self.error: FrameError | None = None
 
-    def feed(self, data: bytes) -> list[dict]:
+    def feed(self, data: bytes) -> list[ControlMessage]:
         if self.error is not None:
             return []
         messages = []
         for frame in self._frames.feed(data):
             try:
-                message = json.loads(frame)
-            except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
-                self.error = FrameError(f"control message is not JSON: {err}")
+                messages.append(decode(frame))
+            except FrameError as err:
+                self.error = err
                 return messages
-            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-                self.error = FrameError(f"control message has no type: {message!r:.80}")
-                return messages
-            messages.append(message)
         if self._frames.error is not None:
             self.error = self._frames.error
         return messages
+
+
+def decode(frame: bytes) -> ControlMessage:
+    """One control message from its payload; FrameError says what is wrong with it."""
+    try:
+        obj = json.loads(frame)
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
+        raise FrameError(f"control message is not JSON: {err}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise FrameError(f"control message has no type: {obj!r:.80}")
+    cls = MESSAGES.get(obj["type"])
+    if cls is None:
+        raise FrameError(f"unknown control message type {obj['type']!r:.40}")
+    return _build(cls, obj, f"{obj['type']!r} message")
+
+
+def _build(cls: type, obj: dict, what: str) -> Any:
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in obj:
+            if field.default is dataclasses.MISSING:
+                raise FrameError(f"malformed {what}: no {field.name!r}")
+            continue
+        value = _CHECKS[str(field.type)](obj[field.name])  # a string: annotations are postponed
+        if value is _BAD:
+            raise FrameError(f"malformed {what}: {field.name!r} is {obj[field.name]!r:.80}")
+        values[field.name] = value
+    return cls(**values)
+
+
+# Each declared field type, as a reader of the JSON value: the value (lists become tuples),
+# or _BAD. JSON's true is not an int here, although Python's bool is one.
+_BAD = object()
+
+
+def _kind(kind: type) -> Callable[[Any], Any]:
+    def read(v: Any) -> Any:
+        if isinstance(v, bool) and kind is not bool:
+            return _BAD
+        return v if isinstance(v, kind) else _BAD
+
+    return read
+
+
+def _address(v: Any) -> Any:
+    ok = isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+    return (v[0], v[1]) if ok and _kind(int)(v[1]) is not _BAD else _BAD
+
+
+def _tuple_of(item: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def read(v: Any) -> Any:
+        if not isinstance(v, list):
+            return _BAD
+        items = tuple(map(item, v))
+        return _BAD if _BAD in items else items
+
+    return read
+
+
+def _worker(v: Any) -> Any:
+    if not isinstance(v, dict):
+        return _BAD
+    try:
+        return _build(Worker, v, "member entry")
+    except FrameError:
+        return _BAD
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "str": _kind(str),
+    "int": _kind(int),
+    "bool": _kind(bool),
+    "Address": _address,
+    "tuple[str, ...]": _tuple_of(_kind(str)),
+    "tuple[Worker, ...]": _tuple_of(_worker),
+}

@@ -43,7 +43,7 @@ class RecordDecoder:
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         if self.error is not None:
             return []
-        records = []
+        records: list[dict[str, Any]] = []
         for payload in self._frames.feed(data):
             try:
                 record = json.loads(payload.decode("utf-8"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from machida.app.callbacks import label
 from machida.wire.framing import Carry
 
 # The largest payload a source accepts (16 MiB), as Wallaroo's framed readers.
@@ -35,16 +34,18 @@ class BadLength:
 
 
 class SourceFramer:
-    """Splits one source connection's bytes into payloads using the decoder's framing."""
+    """Splits one source connection's bytes into payloads using the decoder's framing;
+    ``callback`` is how errors name its ``payload_length`` (``<Class>.payload_length``)."""
 
     __slots__ = ("_carry", "_header_length", "_need", "_payload_length", "callback", "error")
 
-    def __init__(self, decoder: Any, header_length: int) -> None:
+    def __init__(self, decoder: Any, header_length: int,
+                 callback: str = "payload_length") -> None:  # fmt: skip
         self._payload_length = decoder.payload_length
         self._header_length = header_length
         self._carry = Carry()
         self._need = -1  # payload bytes owed for a header already read, or -1
-        self.callback = label(decoder, "payload_length")
+        self.callback = callback
         self.error: BadLength | None = None
 
     @property

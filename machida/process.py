@@ -6,10 +6,12 @@ loads the application (every process does, as machida did) and runs a
 listeners, the sink and data-link connections, the metrics client and the
 recovery files are here, and nowhere else. Messages are handled by the
 :class:`~machida.runtime.dataplane.DataPlane` (no I/O), which this shell
-feeds through the per-channel protocols of :mod:`machida.runtime.channels`;
-:class:`~machida.runtime.flow.FlowControl` says which inputs may be read. The
-cluster role (:mod:`machida.cluster`) steers the process through the verbs of
-:class:`machida.cluster.node.Node`.
+feeds through the per-channel protocols of :mod:`machida.runtime.channels` and
+:mod:`machida.runtime.boundary`; :class:`~machida.runtime.flow.FlowControl`
+says which inputs may be read. The cluster role (:mod:`machida.cluster`) steers
+the process through the verbs of :class:`machida.cluster.node.Node`. This
+module sits above both the runtime and the control plane, which know nothing
+of each other.
 """
 
 from __future__ import annotations
@@ -23,47 +25,38 @@ import signal
 import sys
 from typing import Any
 
-from machida.aio import background, close_loop
+from machida.aio import Address, background, close_loop
 from machida.app.callbacks import Callbacks
-from machida.app.loader import BUILD_FAILED, load_plan, serializers
+from machida.app.loader import load_plan, report_load_failure, serializers
 from machida.app.plan import AppPlan
 from machida.cluster.initializer import Initializer
 from machida.cluster.member import Member
 from machida.cluster.secret import SecretError, cluster_secret
 from machida.config import RunnerConfig
-from machida.console import os_reason, say, warn
+from machida.console import error_line, os_reason, say, warn
 from machida.durability.eventlog import EventLogError
 from machida.durability.recovery import (
     RECOVERING,
     Expectation,
+    Peer,
     Recover,
     RecoveryError,
     RecoveryFiles,
-    Topology,
+    RecoveryRecord,
     removal_lines,
 )
 from machida.durability.resilience import Resilience, Settings, banners
 from machida.errors import ApplicationError, BindError
+from machida.external import serve_external
 from machida.metrics.client import MetricsClient
 from machida.metrics.stats import Stats
-from machida.runtime.channels import (
-    BoundaryIn,
-    ControlChannel,
-    ExternalChannel,
-    Ignored,
-    Inputs,
-    SourceChannel,
-    dial_control,
-    guarded,
-)
+from machida.runtime.boundary import Boundaries, BoundaryIn
+from machida.runtime.channels import ControlChannel, Ignored, Inputs, SourceChannel
 from machida.runtime.dataplane import DataPlane
-from machida.runtime.durable import DurableState
 from machida.runtime.flow import FlowControl
-from machida.runtime.links import Links
+from machida.runtime.guard import dial_control, guarded
 from machida.runtime.listeners import Listeners, local_address_towards
 from machida.runtime.sink import Sinks
-from machida.wire import external
-from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG
 
 # Allocations between two young-generation collections (CPython's default is 700).
 GC_THRESHOLD = 20_000
@@ -78,28 +71,31 @@ class Process:
         self.config, self.name, self.plan = config, config.name, plan
         self.secret = secret
         self.stats = Stats(self.name)
-        self.flow = FlowControl(lambda flow: self.inputs.changed())
-        self.sinks = Sinks(plan, self.flow.sink_blocked)
-        self.plane = DataPlane(
-            plan, self.name, serializers(module), self.flow, self.sinks.write,
-            lambda peer, frame: self.links.write(peer, frame), Callbacks(self.name), self.stats,
-        )  # fmt: skip
-        self.links = Links(self.plane, secret)
+        self.flow = FlowControl(self._flow_changed)
         self.inputs = Inputs(self.flow, self.name)
-        self.listeners = Listeners()
+        self.sinks = Sinks(plan, self.flow.sink_blocked)
         self.recovery = RecoveryFiles(config.resilience_dir, config.application_module,
                                       self.name, config.initializer)  # fmt: skip
-        self.recovered: Topology | None = None
         self.resilience: Resilience | None = None
         if config.resilience:
             settings = Settings.of(config, plan.fingerprint(True))
-            durable = DurableState(self.plane)
-            self.resilience = Resilience(settings, self.recovery, durable, self.flow)
-            self.plane.persist, self.plane.commit = self.resilience.persist, self._commit
-        self.role: Initializer | Member = (
-            Initializer(self, config.worker_count) if config.initializer
-            else Member(self, config.control, functools.partial(dial_control, secret))
+            self.resilience = Resilience(settings, self.recovery, self.flow)
+        resilience = self.resilience
+        self.plane = DataPlane(
+            plan, self.name, serializers(module), self.flow, self.sinks.write,
+            self._write_boundary, Callbacks(self.name), self.stats,
+            persist=resilience.persist if resilience else None,
+            commit=self._commit if resilience else None,
         )  # fmt: skip
+        self.boundaries = Boundaries(self.plane, secret)
+        self.listeners = Listeners()
+        self.recovered: RecoveryRecord | None = None
+        self.role: Initializer | Member
+        if config.initializer:
+            self.role = Initializer(self, config.worker_count)
+        else:
+            assert config.control is not None  # a worker is given the initializer's address
+            self.role = Member(self, config.control, functools.partial(dial_control, secret))
         self.finished: asyncio.Future | None = None
         self.disk_failed = False
         self._stopping = False
@@ -111,7 +107,7 @@ class Process:
         decision = self.recovery.inspect(_expectation(self.config, self.plan))
         if isinstance(decision, Recover):
             say(RECOVERING)
-            self.recovered = decision.topology
+            self.recovered = decision.record
         else:
             for line in decision.notices:
                 say(line)
@@ -135,13 +131,11 @@ class Process:
         secret, boundary = self.secret, functools.partial(BoundaryIn, self.plane, self.inputs,
                                                           self.sinks.busy)  # fmt: skip
         control = await listeners.bind("control", control, guarded(secret, b"control", talk),
-                                       recorded and recorded.control)  # fmt: skip
+                                       recorded.control if recorded else None)  # fmt: skip
         data = await listeners.bind("data", data, guarded(secret, b"data", boundary),
-                                    recorded and recorded.data)  # fmt: skip
-        if cfg.external is not None:
-            factory = functools.partial(ExternalChannel, self.on_external)
-            host, port = await listeners.bind("external", cfg.external, factory)
-            say(f"{self.name} external: listening on {host}:{port}")
+                                    recorded.data if recorded else None)  # fmt: skip
+        if cfg.external is not None:  # its requests go to the cluster role
+            listeners.keep(await serve_external(role, self.name, cfg.external))
         return control, data
 
     def build(self, workers: list[str]) -> bool:
@@ -149,14 +143,14 @@ class Process:
         try:
             self.plane.build(workers)
         except ApplicationError as err:  # a state builder raised
-            warn(f"Error: {err}")
+            warn(error_line(err))
             self.finish(1)
             return False
         if self.resilience is not None:
             try:
-                self.resilience.open(recovering=self.recovered is not None)
+                self.resilience.open(self.plane, recovering=self.recovered is not None)
             except EventLogError as err:
-                warn(str(err))
+                warn(error_line(err))
                 self.finish(1)
                 return False
             except OSError as err:
@@ -168,12 +162,12 @@ class Process:
     def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
         bound = self.listeners.bound
         try:
-            self.recovery.write(_topology(self.config, self.plan, workers, addresses, bound))
+            self.recovery.write(_record(self.config, self.plan, workers, addresses, bound))
         except OSError as err:
             self._disk_failed(err.filename or self.recovery.directory, err)
 
-    def connect(self, peer: str, host: str, port: int) -> None:
-        self.links.connect(peer, host, int(port))
+    def connect(self, peer: str, data: Address) -> None:
+        self.boundaries.connect(peer, *data)
 
     async def sinks_connected(self) -> None:
         await self.sinks.connected()
@@ -189,16 +183,24 @@ class Process:
 
     # -- the flow of messages -------------------------------------------------------------
 
+    def _flow_changed(self, flow: FlowControl) -> None:
+        self.inputs.changed()
+
+    def _write_boundary(self, peer: str, frame: bytes) -> None:
+        self.boundaries.write(peer, frame)
+
     def flush(self) -> None:
         self.plane.flush()
 
     def _commit(self, leaving: list) -> bool:
         """The data plane's commit: the event log, durable before anything leaves. A disk that
         refuses stops this worker, without acknowledging what it could not log."""
+        resilience = self.resilience
+        assert resilience is not None and resilience.log is not None  # the hook of an open log
         try:
-            self.resilience.commit(leaving)
+            resilience.commit(leaving)
         except (OSError, EventLogError) as err:
-            self._disk_failed(self.resilience.log.path, err)
+            self._disk_failed(resilience.log.path, err)
             return False
         return True
 
@@ -216,19 +218,6 @@ class Process:
 
     def counts(self) -> dict[str, int]:
         return self.plane.counts()
-
-    def on_external(self, channel: Any, msg_id: int, text: str) -> None:
-        if msg_id == PRINT:
-            say(f"$$$ ExternalPrint: {text} $$$")
-        elif msg_id == CLEAN_SHUTDOWN:
-            say("External Clean Shutdown received." if not text else
-                f"External Clean Shutdown received: {text}")  # fmt: skip
-            channel.write(external.encode(CLEAN_SHUTDOWN))  # cluster_shutdown waits for it
-            self.role.request_shutdown(text)
-        elif msg_id == ROTATE_LOG:
-            self.role.rotate_log(text)
-        else:
-            say("Incoming External Message type not handled by external channel.")
 
     def rotate_log(self) -> None:
         """RotateLog for this worker. Event logs exist only with resilience."""
@@ -254,13 +243,13 @@ class Process:
         return await self.sinks.drain(seconds)
 
     def quiet_links(self) -> None:
-        self.links.quiet()
+        self.boundaries.quiet()
 
     def close(self, clean: bool = False) -> None:
         """Close every listener and connection; a clean close removes the recovery files."""
         self.listeners.close()
         self.inputs.close()
-        self.links.close()
+        self.boundaries.close()
         self.sinks.close()
         if self.resilience is not None:
             self.resilience.close()
@@ -270,7 +259,7 @@ class Process:
 
     def finish(self, code: int) -> None:
         """End the process's main loop with exit status ``code``."""
-        if self.running:
+        if self.finished is not None and not self.finished.done():
             self.finished.set_result(code)
 
     def on_signal(self) -> None:
@@ -286,11 +275,13 @@ class Process:
         self.finish(0)
 
 
-def _cluster_addresses(config: RunnerConfig) -> tuple[tuple, tuple]:
+def _cluster_addresses(config: RunnerConfig) -> tuple[Address, Address]:
     """Where this worker's control and data listeners go: as given; on a worker, by default the
     local address that reaches the initializer (any port), never every interface."""
     if config.initializer:
+        assert config.data is not None  # the command line requires it
         return config.control or ("127.0.0.1", 0), config.data
+    assert config.control is not None
     here = local_address_towards(*config.control)
     return config.my_control or (here, 0), config.my_data or (here, 0)
 
@@ -303,19 +294,18 @@ def _expectation(config: RunnerConfig, plan: AppPlan) -> Expectation:
     )
 
 
-def _topology(config: RunnerConfig, plan: AppPlan, workers: list[str],
-              addresses: dict[str, tuple], bound: dict[str, tuple]) -> Topology:  # fmt: skip
+def _record(config: RunnerConfig, plan: AppPlan, workers: list[str],
+            addresses: dict[str, tuple[Address, Address]],
+            bound: dict[str, Address]) -> RecoveryRecord:  # fmt: skip
     """The recovery files' record of this worker once the member list is known."""
-    peers = {
-        name: {"control": tuple(addr[0]), "data": tuple(addr[1])}
-        for name, addr in addresses.items()
-        if name != config.name
-    }
-    return Topology(
+    peers = tuple(Peer(name, control, data) for name, (control, data) in addresses.items()
+                  if name != config.name)  # fmt: skip
+    owned = plan.placement(workers).owned_by(config.name)
+    return RecoveryRecord(
         module=config.application_module, worker=config.name,
         fingerprint=plan.fingerprint(config.resilience),
         worker_count=len(workers), workers=tuple(workers),
-        owned_keys=plan.placement(workers).owned_by(config.name),
+        owned_keys=tuple((state, tuple(keys)) for state, keys in owned.items()),
         resilience=config.resilience,
         control=bound["control"], data=bound.get("data"), peers=peers,
     )  # fmt: skip
@@ -335,7 +325,7 @@ async def _main(config: RunnerConfig, module: Any, plan: AppPlan, secret: bytes)
         process.open_recovery()
         await process.role.start()
     except (BindError, RecoveryError) as err:
-        warn(str(err))
+        warn(error_line(err))
         process.close()
         await metrics.stop()
         return 1
@@ -357,7 +347,7 @@ async def _summaries(callbacks: Callbacks) -> None:
 def run(config: RunnerConfig) -> int:
     """Run one worker process to its end; returns the exit status."""
     with contextlib.suppress(AttributeError, ValueError):
-        sys.stdout.reconfigure(line_buffering=True)
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     for line in config.notices:
         warn(line)
     if config.resilience:
@@ -366,15 +356,12 @@ def run(config: RunnerConfig) -> int:
     try:
         module, plan = load_plan(config.application_module, list(config.app_args), warn=warn)
     except ApplicationError as err:
-        text = str(err)
-        warn(text if text.startswith("Error:") or "\n" in text else f"Error: {text}")
-        if "Could not load module" not in text:
-            warn(BUILD_FAILED)
+        report_load_failure(err, warn)
         return 1
     try:
         secret = cluster_secret(config.cluster_secret_file)
     except SecretError as err:
-        warn(str(err))
+        warn(error_line(err))
         return 1
     # The application's objects and the runner's live for the whole run: keep the
     # cyclic collector from scanning them again and again, and let it run less

@@ -18,9 +18,8 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-from machida.app.callbacks import Callbacks, fn_label, label, serialized
+from machida.app.callbacks import Callbacks, build_failed, fn_label, label, serialized
 from machida.app.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
-from machida.errors import ApplicationError
 from machida.metrics.stats import Stats
 from machida.wire.boundary import MAX_MESSAGE
 from machida.wire.source import SourceFramer
@@ -77,7 +76,7 @@ class LocalTopology:
     def _build_states(self) -> None:
         """Call ``build()`` eagerly for every owned key, in key-list order."""
         owned = self.placement.owned_by(self.worker)
-        builders = {}
+        builders: dict[str, Any] = {}
         for pipeline in self.plan.pipelines:
             for step in pipeline.steps:
                 if isinstance(step, StatePartition):
@@ -88,10 +87,8 @@ class LocalTopology:
                 try:
                     states[index] = builder.build()
                 except Exception as err:
-                    raise ApplicationError(
-                        f"{label(builder, 'build')}() raised {type(err).__name__}: {err} "
-                        f"while building state '{state_name}' on worker '{self.worker}'"
-                    ) from err
+                    what = f"state '{state_name}' on worker '{self.worker}'"
+                    raise build_failed(builder, err, what) from err
 
     # -- compiling ------------------------------------------------------------------------
 
@@ -173,8 +170,8 @@ class LocalTopology:
         me, cb = self.worker, self.callbacks
         pname = self.plan.pipelines[p].name
         local = [owner == me for owner in owners]
-        send = [None if owner == me else self._forward_to(owner, (p, pos, i))
-                for i, owner in enumerate(owners)]  # fmt: skip
+        send: list[Any] = [None if owner == me else self._forward_to(owner, (p, pos, i))
+                           for i, owner in enumerate(owners)]  # fmt: skip
         if step.partition_function is None:
             return (lambda msg: apply(0, msg)) if local[0] else send[0]
         index = {key: i for i, key in enumerate(step.keys)}
@@ -186,7 +183,7 @@ class LocalTopology:
         def route(msg: Any) -> None:
             nonlocal matched
             try:
-                key = partition(msg)
+                key: Any = partition(msg)
             except Exception as err:
                 cb.raised(name, err, pname, f"state '{state_name}'")
                 return
@@ -197,7 +194,7 @@ class LocalTopology:
                 if not isinstance(key, numbers.Real) or isinstance(key, bool):
                     cb.invalid(name, key, pname, f"state '{state_name}' needs a u64 key")
                     return
-                key = int(key) & U64_MASK
+                key = int(key) & U64_MASK  # type: ignore[call-overload]
             try:
                 i = index.get(key)
             except TypeError:
@@ -350,7 +347,9 @@ class SourceConnection:
         self._decode = source.decoder.decode
         self._decode_name = label(source.decoder, "decode")
         self._counts = topology.stats.pipeline(topology.plan.pipelines[p].name)
-        self.framer = SourceFramer(source.decoder, source.header_length)
+        self.framer = SourceFramer(
+            source.decoder, source.header_length, label(source.decoder, "payload_length")
+        )
         self._reported = False
 
     @property

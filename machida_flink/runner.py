@@ -155,6 +155,10 @@ class FlinkRunner:
             return
         if start.kind == "resume":
             say("Recovering from recovery files!")
+            if self.config.parallelism_given and self.config.parallelism != start.parallelism:
+                warn(f"WARNING: --parallelism {self.config.parallelism} ignored: the run "
+                     f"resumes at parallelism {start.parallelism}, where it was (rescale it "
+                     f"once it runs)")  # fmt: skip
         else:
             say(f"Starting from savepoint {start.restore}")
         for pipeline, stream in zip(self.plan.pipelines, start.streams):

@@ -109,6 +109,11 @@ flink-run: install flink-install
 flink-cluster: install flink-install
 	$(PY) -m machida_flink.cluster start --taskmanagers $(TASKMANAGERS) --slots $(FLINK_SLOTS) --rest-port $(FLINK_REST_PORT)
 
+# What a rescale of a running machida-flink job costs: the output's pause over 10 rescales
+# (p50 and max), into bench/flink_rescale.json. make bench-flink-rescale RESCALE_ARGS='--rate 5000'
+bench-flink-rescale: install flink-install
+	$(PY) scripts/bench_flink_rescale.py $(RESCALE_ARGS)
+
 # $(ADD) more TaskManagers (default 1) in the running cluster, for a job to be rescaled onto
 # (external_sender -t rescale -m N needs N free task slots once the job's own are back).
 ADD ?= 1

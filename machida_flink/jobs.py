@@ -52,6 +52,10 @@ class JobHandle:
         self.final = ""  # its terminal status, once it has ended
         self.failure = ""
         self._report = report
+
+    def watch(self) -> None:
+        """Start reporting (once the run has taken this job as its own, so that no report
+        comes before it)."""
         for target in (self._watch, self._await_result):
             threading.Thread(target=target, daemon=True).start()
 

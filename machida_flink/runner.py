@@ -269,6 +269,7 @@ class FlinkRunner:
                             f"{first_line(err)}"))  # fmt: skip
             return False
         self.job, self.parallelism, self.restored = job, parallelism, restore
+        job.watch()
         origin = f", from {restore}" if restore is not None else ""
         say(f"Flink job {job.job_id} submitted to {self.client.where}, parallelism "
             f"{parallelism}{origin}")  # fmt: skip
@@ -348,8 +349,9 @@ class FlinkRunner:
                 self.status, self.failure = "FAILED", ": it could not be started again"
                 self.job_ended.set()
                 return
-        say(f"Flink job: stopped with a savepoint in {stopped:.1f} s, resubmitted in "
-            f"{time.monotonic() - started - stopped:.1f} s")  # fmt: skip
+        submitted = time.monotonic() - started - stopped
+        say(f"Flink job: stopped with a savepoint in {stopped:.1f} s, the new job submitted "
+            f"{submitted:.1f} s later")  # fmt: skip
 
     async def _slots_for(self, wanted: int, current: int) -> bool:
         """On a session cluster: whether it has the task slots ``wanted`` subtasks need once

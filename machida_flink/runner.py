@@ -75,9 +75,11 @@ class FlinkRunner:
         self.identity = Identity.of(plan, self.shape)
         self.directory = Path(config.resilience_dir)
         self.files = RunFiles(self.directory, config.application_module, config.name)
-        self.ingress: Ingress | None = None
+        # set up by run() before any job is submitted
+        self.ingress: Ingress
+        self.client: FlinkClient
+        self.start: Start
         self.external: asyncio.AbstractServer | None = None
-        self.client: FlinkClient | None = None
         self.job: JobHandle | None = None  # the run's current job; None during a rescale
         self.status = "CREATED"
         self.failure = ""
@@ -88,7 +90,6 @@ class FlinkRunner:
         self.rescales: asyncio.Queue[int] = asyncio.Queue()
         self.signalled = False
         self.scratch: Path | None = None
-        self.start: Start | None = None
         self.table: KeyTable | None = None
         self.parallelism = config.parallelism
         self.restored: Path | None = None  # what the current job was started from
@@ -134,21 +135,21 @@ class FlinkRunner:
     async def _close(self) -> None:
         if self.external is not None:
             self.external.close()
-        if self.ingress is not None:
-            self.ingress.close()
-        elif self.start is not None:
-            self.start.close()
-        if self.start is not None and self.start.kind != "resume" and not self._accepted():
+        ingress: Ingress | None = vars(self).get("ingress")
+        start: Start | None = vars(self).get("start")
+        client: FlinkClient | None = vars(self).get("client")
+        if ingress is not None:
+            ingress.close()
+        elif start is not None:
+            start.close()
+        if start is not None and start.kind != "resume" and not (ingress and ingress.opened):
             for path in [*self.files.stale(), self.files.record]:  # nothing to resume
                 remove(path)
-        if self.client is not None:
-            await asyncio.to_thread(self.client.stop)
+        if client is not None:
+            await asyncio.to_thread(client.stop)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
         self.files.unlock()
-
-    def _accepted(self) -> bool:
-        return self.ingress is not None and self.ingress.opened
 
     def _announce(self, start: Start) -> None:
         if start.kind == "fresh":
@@ -170,10 +171,11 @@ class FlinkRunner:
         """A resumed run's previous process may have left its JVM exiting, or (on a session
         cluster) its job running: wait for the one, cancel the other."""
         record = RunRecord.load(self.files.record)
-        if record.jvm is not None and still_running(record.jvm):
-            say(f"Waiting for the JVM of the previous run (pid {record.jvm[0]}) to exit")
-            if not await _until(lambda: not still_running(record.jvm), PREVIOUS_S):
-                pid = record.jvm[0]
+        jvm = record.jvm
+        if jvm is not None and still_running(jvm):
+            pid = jvm[0]
+            say(f"Waiting for the JVM of the previous run (pid {pid}) to exit")
+            if not await _until(lambda: not still_running(jvm), PREVIOUS_S):
                 warn(error_line(f"the JVM of the previous run (pid {pid}) still runs after "
                                 f"{PREVIOUS_S:.0f} s; stop it, then start this again"))  # fmt: skip
                 return False
@@ -257,6 +259,7 @@ class FlinkRunner:
         self.status, self.failure = "CREATED", ""
         self.job_ended.clear()
         try:
+            await asyncio.to_thread(self.client.start)  # so that the record names its JVM
             if self.table is None:
                 self.table = await asyncio.to_thread(self.client.key_table, parallelism)
             await self._save_record(parallelism, None, restore)
@@ -319,6 +322,7 @@ class FlinkRunner:
 
     async def _rescale(self, wanted: int) -> None:
         old, current = self.job, self.parallelism
+        assert old is not None  # between rescales the run always has a job
         if wanted == current:
             say(f"Flink job: already at parallelism {wanted}")
             return
@@ -407,8 +411,9 @@ class FlinkRunner:
             cancel = threading.Thread(target=job.cancel, daemon=True)  # it would outlive us
             cancel.start()
             cancel.join(FORCE_CANCEL_S)
-        if self.client is not None:
-            self.client.kill()
+        client: FlinkClient | None = vars(self).get("client")
+        if client is not None:
+            client.kill()
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
         self.files.unlock()
@@ -449,6 +454,7 @@ class FlinkRunner:
         if self.job_ended.is_set():
             return await self._clean_shutdown()
         job, table = self.job, self.table
+        assert job is not None and table is not None  # a job ran: it had a key table
         try:
             savepoint = await asyncio.to_thread(job.stop_with_savepoint, directory)
         except Exception as err:

@@ -141,7 +141,7 @@ class Process:
     def build(self, workers: list[str]) -> bool:
         """The local topology for a member list in join order, its event log and sinks."""
         try:
-            self.plane.build(workers)
+            self.plane.build(self.plan.placement(workers))
         except ApplicationError as err:  # a state builder raised
             warn(error_line(err))
             self.finish(1)

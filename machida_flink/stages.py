@@ -31,7 +31,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from machida.app.callbacks import Callbacks, build_failed
+from machida.app.callbacks import Callbacks, build_state
 from machida.app.loader import ints_round_trip, load_plan, serializers
 from machida.app.plan import Placement
 from machida.app.topology import LocalTopology
@@ -251,8 +251,5 @@ class StateStage(_Stage, KeyedProcessFunction):
 
     def _build(self, key_index: int) -> Any:
         """A key's first state, as LocalTopology builds one: a failure fails the task."""
-        try:
-            return self._builder.build()
-        except Exception as err:
-            what = f"key index {key_index} of state '{self.state_name}'"
-            raise build_failed(self._builder, err, what) from err
+        what = f"key index {key_index} of state '{self.state_name}'"
+        return build_state(self._builder, what, self.topology.callbacks)

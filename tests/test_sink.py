@@ -10,7 +10,7 @@ from machida.aio import wait_event
 from machida.app.plan import AppPlan, Pipeline, Source
 from machida.app.plan import Sink as PlanSink
 from machida.runtime.flow import FlowControl, sink_reason
-from machida.runtime.sink import HIGH_WATER, Sink, Sinks
+from machida.runtime.sink import HIGH_WATER, SinkConnection, Sinks
 from wallaroo_tools.loopback import unused_port
 
 CHUNK = 64 * 1024
@@ -31,7 +31,7 @@ def test_output_queued_while_the_sink_is_down_unblocks_once_it_is_delivered():
             if line.startswith("Waiting for sink"):
                 waiting.set()
 
-        sink = Sink("127.0.0.1", port, on_blocked, log)
+        sink = SinkConnection("127.0.0.1", port, on_blocked, log)
         sink.start()
         assert await wait_event(waiting, 10)  # the first attempt was refused
         # Just over the high-water mark: on reconnect the kernel takes enough of it
@@ -74,7 +74,7 @@ def test_what_the_transport_held_when_the_connection_dropped_is_sent_again():
 
     async def main():
         lines: list[str] = []
-        sink = Sink("127.0.0.1", 0, lambda blocked: None, lines.append)
+        sink = SinkConnection("127.0.0.1", 0, lambda blocked: None, lines.append)
         accepted: asyncio.Queue = asyncio.Queue()
 
         async def accept(reader, writer):

@@ -7,7 +7,13 @@ first failure of each callback prints in full with its traceback, later ones
 are counted and summarised, and the message is dropped. The in-process driver
 can instead ask for failures to be raised as :class:`UserCallbackError`.
 A ``SystemExit`` from user code is never swallowed: a line names the callback
-and the exit goes on.
+and the exit goes on; a ``KeyboardInterrupt`` goes on untouched.
+
+Every call into user code has the same two lines around it, ``except
+BaseException as err: callbacks.failed(name, err, ...)``, and
+:meth:`Callbacks.failed` is the whole policy. (A wrapper function around each
+call would say it once more briefly, but it costs a Python call per message
+and callback on the hot path.)
 """
 
 from __future__ import annotations
@@ -67,11 +73,17 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= REPR_LIMIT else text[: REPR_LIMIT - 3] + "..."
 
 
-def build_failed(builder: Any, err: Exception, what: str) -> ApplicationError:
-    """A state builder's ``build()`` raised while building ``what``: nothing can run."""
-    return ApplicationError(
-        f"{label(builder, 'build')}() raised {type(err).__name__}: {err} while building {what}"
-    )
+def build_state(builder: Any, what: str, callbacks: Callbacks) -> Any:
+    """A new state from ``builder.build()``; if it raises, the :class:`ApplicationError`
+    naming the builder and ``what`` it was building (nothing can run without the state)."""
+    try:
+        return builder.build()
+    except BaseException as err:
+        name = label(builder, "build")
+        callbacks.fatal(name, err)
+        raise ApplicationError(
+            f"{name}() raised {type(err).__name__}: {err} while building {what}"
+        ) from err
 
 
 def serialized(data: Any) -> bytes | None:
@@ -111,6 +123,23 @@ class Callbacks:
     def _where(self, pipeline: str, context: str) -> str:
         extra = f", {context}" if context else ""
         return f"[pipeline '{pipeline}', worker '{self.worker}'{extra}]"
+
+    def failed(self, name: str, err: BaseException, pipeline: str, context: str = "") -> None:
+        """The user callback ``name`` raised ``err`` while handling a message of ``pipeline``:
+        an Exception drops that message (:meth:`raised`); anything else goes on
+        (:meth:`fatal`)."""
+        self.fatal(name, err)
+        self.raised(name, err, pipeline, context)
+
+    def fatal(self, name: str, err: BaseException) -> None:
+        """Raise ``err`` again unless it is an Exception: a SystemExit from ``name`` is named
+        on stderr first and then ends the process, as in machida; a KeyboardInterrupt (or any
+        other BaseException) goes on untouched."""
+        if isinstance(err, Exception):
+            return
+        if isinstance(err, SystemExit):
+            self.exiting(name, err)
+        raise err
 
     def raised(self, name: str, exc: BaseException, pipeline: str, context: str = "") -> None:
         """``name`` raised ``exc``; the message it was handling is dropped."""

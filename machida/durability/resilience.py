@@ -117,10 +117,10 @@ def banners(config: Any) -> list[str]:
 class Resilience:
     """The event log of one worker and what it takes to write and replay it."""
 
-    def __init__(self, settings: Settings, files: RecoveryFiles, inputs: Pausable) -> None:
+    def __init__(self, settings: Settings, files: RecoveryFiles, flow: Pausable) -> None:
         self.settings = settings
         self.files = files
-        self.inputs = inputs
+        self.flow = flow
         self.host: ResilienceHost = _NOT_OPEN
         self.dirty: set[tuple[str, int]] = set()
         # what the log holds already, so that a commit adds only what changed
@@ -182,12 +182,13 @@ class Resilience:
     def _restore(self, replay: Replay) -> None:
         deserialize = self.host.serializers[1]
         for (state_name, key_index), data in replay.snapshots.items():
-            states = self.host.states.get(state_name, {})
-            if key_index not in states:
-                continue
+            states = self.host.states.get(state_name)
+            if states is None:
+                continue  # a state of another application version: the fingerprint differs
             try:
                 states[key_index] = deserialize(data)
-            except Exception as err:
+            except BaseException as err:
+                self.host.callbacks.fatal(fn_label(deserialize), err)
                 raise EventLogError(
                     f"event log snapshot of state '{state_name}' key index {key_index} "
                     f"cannot be deserialised: {type(err).__name__}: {err}"
@@ -230,6 +231,17 @@ class Resilience:
         if s.rotation and s.max_size and self.log.size > s.max_size:
             self.start_rotation()
 
+    def release(self, keys: list[tuple[str, int]]) -> None:
+        """Keys handed over to another worker, acknowledged there: logged (and synced) as no
+        longer held here, before anyone is told the handover is complete. OSError if the disk
+        refuses."""
+        if self.log is None:
+            return
+        for key in keys:
+            self.dirty.discard(key)
+        self.log.append(encode_commit(released=keys))
+        self.log.sync()
+
     def _snapshots(self, keys: Any) -> list[tuple[str, int, bytes]]:
         """Serialised states of ``keys``; a key whose serialize raised goes back to dirty."""
         serialize = self.host.serializers[0]
@@ -240,9 +252,9 @@ class Resilience:
             # a snapshot that failed is not logged; the state lives on and is logged next time
             try:
                 result = serialize(state)
-            except Exception as err:
+            except BaseException as err:
                 self.dirty.add((state_name, key_index))
-                self.host.callbacks.raised(fn_label(serialize), err, state_name, "snapshot")
+                self.host.callbacks.failed(fn_label(serialize), err, state_name, "snapshot")
                 continue
             data = serialized(result)
             if data is None:
@@ -271,7 +283,7 @@ class Resilience:
     async def _rotate(self) -> None:
         say("Starting event log rotation.")
         say("~~~Stopping message processing for log rotation.~~~")
-        self.inputs.pause(ROTATION_PAUSE)
+        self.flow.pause(ROTATION_PAUSE)
         try:
             await asyncio.sleep(self.settings.stop_pause_s)
             self.host.flush()  # its commit logs what is pending to the old file
@@ -286,7 +298,7 @@ class Resilience:
         finally:
             say("~~~Resuming message processing.~~~")
             self.rotating = False
-            self.inputs.resume(ROTATION_PAUSE)
+            self.flow.resume(ROTATION_PAUSE)
 
     def _current(self) -> EventLog:
         """The open event log (a rotation starts only once there is one)."""

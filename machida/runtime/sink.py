@@ -1,4 +1,4 @@
-"""A worker's TCP sink connection: encoder bytes out, verbatim, to the ``--out`` address.
+"""A worker's sink connections (:class:`SinkConnection`): encoder bytes out, verbatim, to ``--out``.
 
 Every worker opens its own connection to each sink address, even one that
 owns no key. Bytes produced in a batch are written with one ``write``. The
@@ -31,7 +31,7 @@ WAITING_LINE_EVERY_S = 10.0
 
 
 class _SinkProtocol(asyncio.Protocol):
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: SinkConnection) -> None:
         self.sink = sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -51,7 +51,7 @@ class _SinkProtocol(asyncio.Protocol):
         self.sink._lost(self)
 
 
-class Sink:
+class SinkConnection:
     """One sink connection of one worker, reconnecting as needed."""
 
     def __init__(
@@ -184,14 +184,14 @@ class Sinks:
     def __init__(self, plan: AppPlan, on_blocked: Callable[[str, bool], None]) -> None:
         self.plan = plan
         self._on_blocked = on_blocked
-        self.sinks: list[Sink | None] = []
+        self.sinks: list[SinkConnection | None] = []
 
     def start(self) -> None:
         for pipeline in self.plan.pipelines:
             sink = None
             if pipeline.sink is not None:
                 blocked = functools.partial(self._on_blocked, pipeline.name)
-                sink = Sink(pipeline.sink.host, int(pipeline.sink.port), blocked, say)
+                sink = SinkConnection(pipeline.sink.host, int(pipeline.sink.port), blocked, say)
                 sink.start()
             self.sinks.append(sink)
 
@@ -200,7 +200,7 @@ class Sinks:
         assert sink is not None, "only a pipeline with a sink emits output"
         sink.write(data)
 
-    def _open(self) -> list[Sink]:
+    def _open(self) -> list[SinkConnection]:
         return [sink for sink in self.sinks if sink is not None]
 
     def busy(self) -> bool:

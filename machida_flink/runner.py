@@ -31,6 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from machida.aio import wait_event
 from machida.app.plan import AppPlan
 from machida.console import error_line, say, warn
 from machida.errors import BindError
@@ -92,7 +93,7 @@ class FlinkRunner:
         self.scratch: Path | None = None
         self.table: KeyTable | None = None
         self.parallelism = config.parallelism
-        self.restored: Path | None = None  # what the current job was started from
+        self.loop: asyncio.AbstractEventLoop  # run()'s, which the job threads report to
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -271,7 +272,7 @@ class FlinkRunner:
             warn(error_line(f"the Flink job could not be started on {self.client.where}: "
                             f"{first_line(err)}"))  # fmt: skip
             return False
-        self.job, self.parallelism, self.restored = job, parallelism, restore
+        self.job, self.parallelism = job, parallelism
         job.watch()
         origin = f", from {restore}" if restore is not None else ""
         say(f"Flink job {job.job_id} submitted to {self.client.where}, parallelism "
@@ -329,8 +330,13 @@ class FlinkRunner:
         if not await self._slots_for(wanted, current):
             return
         say(f"Flink job: rescaling to {wanted}")
-        if not await self._first(self.ingress.checkpointed.wait()):
+        if not await self._first(wait_event(self.ingress.checkpointed, SETTLE_S)):
             return  # the run stops, or the job ended: nothing to rescale
+        if not self.ingress.checkpointed.is_set():
+            warn(f"ERROR: rescaling to {wanted}: the Flink job ({self.status}) has completed no "
+                 f"checkpoint in {SETTLE_S:.0f} s, so not all of its tasks run; it goes on at "
+                 f"parallelism {current}")  # fmt: skip
+            return
         started = time.monotonic()
         self.job = None  # what becomes of it is no longer the run's
         try:

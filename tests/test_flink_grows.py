@@ -53,7 +53,7 @@ def first_windows_only(got: list[bytes]) -> None:
     assert restarts == [b"[0,0,0,1]", b"[0,0,0,2]"], restarts
 
 
-def rescale(external: str, parallelism: int) -> None:
+def rescale(external: str, parallelism: int | str) -> None:
     result = run_tool("external_sender", "-e", external, "-t", "rescale", "-m", str(parallelism))
     assert result.returncode == 0, result.stderr
 
@@ -67,6 +67,10 @@ def test_a_paced_stream_rescaled_from_2_to_3_to_1_loses_and_restarts_nothing(tmp
     with recv, FlinkProcess(*args, "--parallelism", "2", cwd=ROOT) as flink:
         flink.wait_ready()
         sender = paced_sender(in_port, total, 50)  # 1,000 values a second
+        for wrong in ("three", "129"):
+            rescale(external, wrong)
+        rescale(external, 2)
+        flink.wait_stdout(lambda out: b"Flink job: already at parallelism 2" in out)
         wait_lines(recv, 3_000)
         rescale(external, 3)
         flink.wait_stdout(lambda out: out.count(b"Flink job: RUNNING") >= 2, FLOW_S)
@@ -85,7 +89,11 @@ def test_a_paced_stream_rescaled_from_2_to_3_to_1_loses_and_restarts_nothing(tmp
     for step in steps:
         at = out.find(step, at)
         assert at >= 0, f"{step!r} missing or out of order\n{flink.report()}"
-    assert "Traceback" not in flink.stderr.decode(), flink.report()
+    err = flink.stderr.decode()
+    for wrong in ("three", "129"):
+        assert (f"ERROR: rescale: expected a parallelism from 1 to 128 (the max parallelism), "
+                f"got {wrong!r}; nothing changes\n") in err, err  # fmt: skip
+    assert "Traceback" not in err, flink.report()
     validate(tmp_path, recv, total, "-a")
     first_windows_only(lines(recv))
     assert not list(tmp_path.glob("sequence_window-*")), "the run's files were left behind"

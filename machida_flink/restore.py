@@ -116,7 +116,8 @@ class RunRecord:
     """``restore``: the savepoint or checkpoint the current job was started from, or None;
     ``origin``: the ``--from-savepoint`` the run began with, or None; ``jvm``: (pid, start
     time) of the JVM that runs an embedded job; ``job_id`` is None between a rescale's
-    savepoint and the submission of the job that restores it."""
+    savepoint and the submission of the job that restores it; ``stopping``: the job was
+    told to drain and finish, so once no checkpoint of it is left it has finished."""
 
     identity: Identity
     table: KeyTable
@@ -125,6 +126,7 @@ class RunRecord:
     restore: str | None = None
     origin: str | None = None
     jvm: tuple[int, int] | None = None
+    stopping: bool = False  # its job was told to drain and finish (a shutdown, a savepoint)
 
     def save(self, path: Path) -> None:
         doc = {
@@ -136,6 +138,7 @@ class RunRecord:
             "restore": self.restore,
             "origin": self.origin,
             "jvm": list(self.jvm) if self.jvm else None,
+            "stopping": self.stopping,
         }
         write_durably(path, (json.dumps(doc, indent=1) + "\n").encode())
 
@@ -152,6 +155,7 @@ class RunRecord:
                 doc["restore"],
                 doc["origin"],
                 (int(jvm[0]), int(jvm[1])) if jvm else None,
+                bool(doc["stopping"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise RestoreError(f"{path} is not the record of a run: {err!r}") from None
@@ -239,9 +243,19 @@ def newest_checkpoint(job_dir: Path) -> Path | None:
 
 def restore_point(checkpoints: Path, record: RunRecord) -> Path | None:
     """What a resumed run restores: the newest of the checkpoints its jobs retained and the
-    savepoints its rescales took (the jobs of a run follow one another, so the newest is
-    the last), or else what its job was started from, or nothing (no job completed a
-    checkpoint: the input is read again from the streams' bases)."""
+    savepoints its rescales took, or else what its job was started from, or nothing (no
+    job completed a checkpoint: the input is read again from the streams' bases)."""
+    found = newest_retained(checkpoints)
+    if found is not None:
+        return found
+    if record.restore is not None and (Path(record.restore) / METADATA).is_file():
+        return Path(record.restore)
+    return None
+
+
+def newest_retained(checkpoints: Path) -> Path | None:
+    """The newest of the checkpoints a run's jobs retained and the savepoints its rescales
+    took (the jobs of a run follow one another, so the newest is the last one's)."""
     found = []
     if checkpoints.is_dir():
         for top in checkpoints.iterdir():
@@ -249,11 +263,9 @@ def restore_point(checkpoints: Path, record: RunRecord) -> Path | None:
                 found += [path for path in top.iterdir() if (path / METADATA).is_file()]
             elif (newest := newest_checkpoint(top)) is not None:
                 found.append(newest)
-    if found:
-        return max(found, key=lambda path: (path / METADATA).stat().st_mtime_ns)
-    if record.restore is not None and (Path(record.restore) / METADATA).is_file():
-        return Path(record.restore)
-    return None
+    if not found:
+        return None
+    return max(found, key=lambda path: (path / METADATA).stat().st_mtime_ns)
 
 
 def prune(checkpoints: Path, keep: Path | None) -> None:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -94,6 +95,7 @@ class FlinkRunner:
         self.table: KeyTable | None = None
         self.parallelism = config.parallelism
         self.loop: asyncio.AbstractEventLoop  # run()'s, which the job threads report to
+        self.record: RunRecord | None = None  # as last written
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -282,13 +284,20 @@ class FlinkRunner:
         return True
 
     async def _save_record(self, parallelism: int, job_id: str | None, restore: Path | None):
-        assert self.table is not None and self.start is not None
-        record = RunRecord(
+        assert self.table is not None
+        self.record = RunRecord(
             self.identity, self.table, parallelism, job_id,
             str(restore) if restore is not None else None, self.start.origin,
             self.client.jvm(),
         )  # fmt: skip
-        await asyncio.to_thread(record.save, self.files.record)
+        await asyncio.to_thread(self.record.save, self.files.record)
+
+    async def _mark_stopping(self) -> None:
+        """Before the job is told to drain and finish: a run that stops before its files are
+        removed then tells a finished job (whose checkpoints Flink removed) from a lost one."""
+        if self.record is not None:
+            self.record = replace(self.record, stopping=True)
+            await asyncio.to_thread(self.record.save, self.files.record)
 
     def _report(self, job: JobHandle, status: str, failure: str) -> None:
         """From a job's threads: hand what became of it to the loop."""
@@ -431,6 +440,7 @@ class FlinkRunner:
 
     async def _clean_shutdown(self, ok: int = 0) -> int:
         self.ingress.stop_sources()
+        await self._mark_stopping()
         self.ingress.end_streams()
         deadline = self._drain_deadline()
         if not await _until(self.job_ended.is_set, deadline):
@@ -461,6 +471,7 @@ class FlinkRunner:
             return await self._clean_shutdown()
         job, table = self.job, self.table
         assert job is not None and table is not None  # a job ran: it had a key table
+        await self._mark_stopping()
         try:
             savepoint = await asyncio.to_thread(job.stop_with_savepoint, directory)
         except Exception as err:
@@ -480,7 +491,8 @@ class FlinkRunner:
         say("Removing recovery files")
         self.ingress.close()
         paths = self.ingress.paths
-        for path in [*paths, *map(base_path, paths), self.files.checkpoints, self.files.record]:
+        # the record first: without it, what is left is never taken for a run to resume
+        for path in [self.files.record, *paths, *map(base_path, paths), self.files.checkpoints]:
             if path.exists():
                 say(f"...Removing {path}...")
                 remove(path)

@@ -32,10 +32,11 @@ from machida_flink.restore import (
     RunRecord,
     SavepointInfo,
     local_path,
+    newest_retained,
     prune,
     restore_point,
 )
-from machida_flink.stream import Stream, base_path
+from machida_flink.stream import Stream, base_path, read_base
 
 
 @dataclass
@@ -62,7 +63,9 @@ class Start:
 
 def plan_start(config: FlinkConfig, files: RunFiles, identity: Identity, pipelines: int) -> Start:
     if files.record.exists():
-        return _resume(config, files, identity, pipelines)
+        resumed = _resume(config, files, identity, pipelines)
+        if resumed is not None:
+            return resumed
     for path in files.stale():
         warn(f"WARNING: discarding {path}, left by a run that stopped before it accepted input")
         remove(path)
@@ -82,7 +85,9 @@ def plan_start(config: FlinkConfig, files: RunFiles, identity: Identity, pipelin
                  str(savepoint), connections=max(b.connections for b in info.streams))  # fmt: skip
 
 
-def _resume(config: FlinkConfig, files: RunFiles, identity: Identity, pipelines: int) -> Start:
+def _resume(config: FlinkConfig, files: RunFiles, identity: Identity,
+            pipelines: int) -> Start | None:  # fmt: skip
+    """The start of a resumed run, or None when the previous one had in fact finished."""
     record = RunRecord.load(files.record)
     differs = identity.difference(record.identity)
     if differs is not None:
@@ -91,6 +96,21 @@ def _resume(config: FlinkConfig, files: RunFiles, identity: Identity, pipelines:
             f"cleanly, of another application or topology ({differs}). Remove its files or "
             f"use another --resilience-dir or --name.\nTo remove them: {clear_command(files)}"
         )
+    paths = files.streams(pipelines)
+    missing = [path for path in paths if not base_path(path).exists()]
+    if missing:
+        raise RestoreError(f"{missing[0]} of the run of '{files.prefix}' is missing; "
+                           f"it cannot be resumed.\nTo remove its files: "
+                           f"{clear_command(files)}")  # fmt: skip
+    retained = newest_retained(files.checkpoints)
+    if retained is None and record.stopping and all(map(_all_committed, paths)):
+        # Told to drain, its final checkpoint committed every stream, and Flink removed its
+        # checkpoints when it finished: the process stopped before removing its files.
+        warn(f"WARNING: the previous run of '{files.prefix}' had drained its job when it "
+             f"stopped: nothing is left to resume, and its files are discarded")  # fmt: skip
+        for path in [*files.stale(), files.record]:
+            remove(path)
+        return None
     if config.from_savepoint is not None:
         asked = str(local_path(config.from_savepoint).resolve())
         if asked != record.origin:
@@ -101,13 +121,12 @@ def _resume(config: FlinkConfig, files: RunFiles, identity: Identity, pipelines:
                 f"or remove its files first.\nTo remove them: {clear_command(files)}"
             )
     restore = restore_point(files.checkpoints, record)
-    prune(files.checkpoints, restore)  # no job of the run is left (the caller saw to it)
-    paths = files.streams(pipelines)
-    missing = [path for path in paths if not base_path(path).exists()]
-    if missing:
-        raise RestoreError(f"{missing[0]} of the run of '{files.prefix}' is missing; "
-                           f"it cannot be resumed.\nTo remove its files: "
+    if restore is None and any(read_base(path).offset > 0 for path in paths):
+        raise RestoreError(f"the run of '{files.prefix}' in {files.directory} cannot be "
+                           f"resumed: no checkpoint of its jobs is left, and the input before "
+                           f"them was given back.\nTo remove its files: "
                            f"{clear_command(files)}")  # fmt: skip
+    prune(files.checkpoints, restore)  # no job of the run is left (the caller saw to it)
     resumed = []
     try:
         for path in paths:
@@ -129,6 +148,11 @@ def _resume(config: FlinkConfig, files: RunFiles, identity: Identity, pipelines:
         connections=max(max(s.base.connections, scan.last_connection) for s, scan in resumed),
         dangling=[scan.open for _, scan in resumed],
     )
+
+
+def _all_committed(path: Path) -> bool:
+    """Whether a stream's base is its end: a completed checkpoint holds all of it."""
+    return read_base(path).offset == path.stat().st_size
 
 
 def _opened(openers: list) -> list[Stream]:

@@ -69,7 +69,7 @@ def test_an_identity_says_the_first_thing_it_disagrees_on(change, said):
 
 
 def test_a_run_record_reads_back_as_written(tmp_path):
-    record = RunRecord(identity(), TABLE, 3, "ab" * 16, "/x/chk-4", "/y/savepoint-1", (42, 7))
+    record = RunRecord(identity(), TABLE, 3, "ab" * 16, "/x/chk-4", "/y/savepoint-1", (42, 7), True)
     record.save(tmp_path / "r.run")
     assert RunRecord.load(tmp_path / "r.run") == record
     (tmp_path / "bad.run").write_text(json.dumps({"format": 99}))
@@ -182,3 +182,74 @@ def test_a_crashed_run_of_another_application_is_refused_with_the_way_out(tmp_pa
     assert second == f"To remove them: rm -rf {files.record}"
     result = machida_flink(tmp_path, "--from-savepoint", str(tmp_path / "sp"))
     assert result.returncode == 1 and "did not stop cleanly" in result.stderr
+
+
+# -- how a run begins, from the files it finds (machida_flink.start) ---------------------------
+
+
+def config(tmp_path: Path, *extra: str):
+    from machida_flink.options import parse
+
+    return parse(["machida-flink", "--application-module", "sequence_window", "--in",
+                  "127.0.0.1:7010", "--out", "127.0.0.1:7002", "--resilience-dir",
+                  str(tmp_path), *extra])  # fmt: skip
+
+
+def left_behind(tmp_path: Path, record: RunRecord, accepted: bytes, base: Base) -> RunFiles:
+    """The files of a run that stopped without removing them: one stream holding
+    ``accepted`` whose base is ``base``, and ``record``."""
+    from machida_flink.stream import write_base
+
+    files = RunFiles(tmp_path, "sequence_window", "initializer")
+    stream = files.stream(0)
+    stream.write_bytes(accepted)
+    write_base(stream, base)
+    record.save(files.record)
+    return files
+
+
+def start_of(tmp_path: Path, files: RunFiles, *extra: str):
+    from machida_flink.start import plan_start
+
+    started = plan_start(config(tmp_path, *extra), files, identity(), 1)
+    started.close()
+    return started
+
+
+def frames_of(values: range) -> bytes:
+    from machida_flink import ingress_log as log
+
+    return log.entry(log.OPENED, 1, b"x:1") + log.frames_entry(
+        1, [v.to_bytes(8, "big") for v in values]
+    )
+
+
+def test_a_crashed_run_resumes_from_its_newest_checkpoint_with_every_record(tmp_path):
+    record = RunRecord(identity(), TABLE, 3, "j1")
+    files = left_behind(tmp_path, record, frames_of(range(500)), Base())
+    newest = completed(files.checkpoints / "j1" / "chk-4", 10)
+    started = start_of(tmp_path, files, "--parallelism", "1")
+    assert (started.kind, started.restore, started.claim) == ("resume", newest, True)
+    assert started.parallelism == 3 and started.table == TABLE
+    assert [s.records for s in started.streams] == [500] and started.dangling == [{1}]
+
+
+def test_a_run_that_had_drained_when_it_stopped_is_not_resumed(tmp_path, capsys):
+    accepted = frames_of(range(500))
+    record = RunRecord(identity(), TABLE, 2, "j1", stopping=True)
+    files = left_behind(tmp_path, record, accepted, Base(len(accepted), 500, 1))
+    started = start_of(tmp_path, files)
+    assert started.kind == "fresh" and started.streams[0].size == 0
+    assert not files.record.exists()
+    assert capsys.readouterr().err == (
+        "WARNING: the previous run of 'sequence_window-initializer-flink' had drained its job "
+        "when it stopped: nothing is left to resume, and its files are discarded\n"
+    )
+
+
+def test_a_run_whose_checkpoints_are_gone_is_refused_not_replayed_from_nothing(tmp_path):
+    accepted = frames_of(range(500))
+    files = left_behind(tmp_path, RunRecord(identity(), TABLE, 2, "j1"), accepted,
+                        Base(len(accepted) // 2, 250, 1))  # fmt: skip
+    with pytest.raises(RestoreError, match="cannot be resumed: no checkpoint of its jobs is left"):
+        start_of(tmp_path, files)

@@ -36,7 +36,7 @@ from machida.aio import wait_event
 from machida.app.plan import AppPlan
 from machida.console import error_line, say, warn
 from machida.errors import BindError
-from machida.external import serve_external
+from machida.external import Reply, serve_external
 from machida_flink import rest
 from machida_flink.files import RunFiles, RunLocked, remove
 from machida_flink.ingress import Ingress
@@ -315,7 +315,7 @@ class FlinkRunner:
 
     # -- rescaling ----------------------------------------------------------------------------
 
-    def rescale(self, text: str) -> None:
+    def rescale(self, text: str, reply: Reply) -> None:
         """``external_sender -t rescale -m N``: checked here, done in turn by the run."""
         limit = self.table.max_parallelism if self.table else MAX_PARALLELISM
         try:
@@ -394,7 +394,7 @@ class FlinkRunner:
 
     # -- stopping ----------------------------------------------------------------------------
 
-    def savepoint(self, text: str) -> None:
+    def savepoint(self, text: str, reply: Reply) -> None:
         """``external_sender -t savepoint [-m DIR]``: drain, stop with a savepoint, exit 0."""
         if self.shutdown.is_set():
             warn("WARNING: savepoint ignored: the run is already stopping")
@@ -406,7 +406,7 @@ class FlinkRunner:
     def clean_shutdown(self, reason: str) -> None:
         self.shutdown.set()
 
-    def rotate_log(self, worker: str) -> None:
+    def rotate_log(self, worker: str, reply: Reply) -> None:
         warn("WARNING: RotateLog ignored: on Flink, state lives in checkpoints, not logs")
 
     def _on_signal(self, sig: signal.Signals) -> None:

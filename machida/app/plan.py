@@ -100,12 +100,7 @@ class AppPlan:
 
         ``workers`` is ``["initializer"] + worker names in join order``.
         """
-        workers = tuple(workers)
-        owners = {
-            name: tuple(workers[i % len(workers)] for i in range(len(keys)))
-            for name, keys in self.state_keys().items()
-        }
-        return Placement(workers, tuple(owners.items()))
+        return round_robin(workers, self.state_keys())
 
     def fingerprint(self, resilience: bool = False) -> str:
         """A digest of what workers must agree on (machida.md §3)."""
@@ -190,6 +185,14 @@ class Placement:
     def from_json(cls, data: dict[str, Any]) -> Placement:
         owners = tuple((name, tuple(o)) for name, o in data["owners"].items())
         return cls(tuple(data["workers"]), owners, int(data["version"]))
+
+
+def round_robin(workers: list[str] | tuple[str, ...], state_keys: dict[str, tuple]) -> Placement:
+    """The 2017 placement: key *i* of each state on ``workers[i mod N]`` (version 1)."""
+    workers = tuple(workers)
+    owners = tuple((name, tuple(workers[i % len(workers)] for i in range(len(keys))))
+                   for name, keys in state_keys.items())  # fmt: skip
+    return Placement(workers, owners)
 
 
 def _rebalance(owners: tuple, workers: tuple) -> tuple:

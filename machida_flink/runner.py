@@ -34,7 +34,7 @@ from typing import Callable
 
 from machida.aio import wait_event
 from machida.app.plan import AppPlan
-from machida.console import error_line, say, warn
+from machida.console import error_line, os_reason, say, warn
 from machida.errors import BindError
 from machida.external import Reply, serve_external
 from machida_flink import rest
@@ -44,6 +44,7 @@ from machida_flink.jobs import TERMINAL, FlinkClient, JobHandle, first_line, sti
 from machida_flink.options import MAX_PARALLELISM, FlinkConfig
 from machida_flink.restore import (
     RESCALES,
+    SAVEPOINT_INFO,
     Identity,
     KeyTable,
     RestoreError,
@@ -111,8 +112,13 @@ class FlinkRunner:
         try:
             if self.files.record.exists() and not await self._previous_gone():
                 return 1
-            self.start = plan_start(self.config, self.files, self.identity,
-                                    len(self.plan.pipelines))  # fmt: skip
+            try:
+                self.start = plan_start(self.config, self.files, self.identity,
+                                        len(self.plan.pipelines))  # fmt: skip
+            except OSError as err:
+                warn(error_line(f"cannot use the run's files in {self.directory}: "
+                                f"{err.filename}: {os_reason(err)}"))  # fmt: skip
+                return 1
             self.ingress = Ingress(self.plan, self.start.streams, self.start.connections)
             for stream, left_open in zip(self.start.streams, self.start.dangling):
                 self.ingress.close_connections(stream, left_open)
@@ -297,7 +303,11 @@ class FlinkRunner:
         removed then tells a finished job (whose checkpoints Flink removed) from a lost one."""
         if self.record is not None:
             self.record = replace(self.record, stopping=True)
-            await asyncio.to_thread(self.record.save, self.files.record)
+            try:
+                await asyncio.to_thread(self.record.save, self.files.record)
+            except OSError as err:
+                warn(f"WARNING: cannot write {self.files.record}: {os_reason(err)}; the "
+                     f"drain goes on")  # fmt: skip
 
     def _report(self, job: JobHandle, status: str, failure: str) -> None:
         """From a job's threads: hand what became of it to the loop."""
@@ -480,7 +490,13 @@ class FlinkRunner:
             return await self._clean_shutdown(ok=1)
         streams = tuple(Base(s.size, s.records, ingress.connections) for s in ingress.streams)
         info = SavepointInfo(self.identity, table, self.parallelism, streams)
-        await asyncio.to_thread(info.save, savepoint)
+        try:
+            await asyncio.to_thread(info.save, savepoint)
+        except OSError as err:
+            warn(f"ERROR: cannot write {savepoint / SAVEPOINT_INFO}: {os_reason(err)}; "
+                 f"--from-savepoint cannot start from {savepoint} without it (the run's files "
+                 f"stay in {self.directory})")  # fmt: skip
+            return 1
         await _until(self.job_ended.is_set, DRAIN_S)
         say(f"Savepoint completed. Path: {savepoint}")
         self._remove_files()

@@ -152,6 +152,7 @@ class Stream:
         self._mark_records = array("Q")
         self._mark0 = 0
         self._syncing = False
+        self._base_failed = False
         self._last_sync = -SYNC_GAP_S
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"sync {path.name}")
 
@@ -295,9 +296,12 @@ class Stream:
         try:
             write_base(self.path, base)
         except OSError as err:
-            warn(f"WARNING: cannot write {base_path(self.path)}: {err.strerror}; the disk "
-                 f"under {self.path} is kept")  # fmt: skip
+            if not self._base_failed:  # once: it is tried again at every checkpoint
+                warn(f"WARNING: cannot write {base_path(self.path)}: {err.strerror}; the "
+                     f"disk under {self.path} is kept until it can be")  # fmt: skip
+            self._base_failed = True
             return
+        self._base_failed = False
         if end > start and self.fd >= 0:
             punch_hole(self.fd, start, end)
 

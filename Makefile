@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format run bench bench-latency bench-driver metrics-ui browser
+.PHONY: install test lint format run bench bench-latency bench-autoscale bench-driver metrics-ui browser
 
 # The Metrics UI's chart library (Chart.js, pinned in metrics_ui/vendor.py), fetched with npm.
 CHART := metrics_ui/static/vendor/chart.umd.js
@@ -55,15 +55,20 @@ run: install
 	$(PY) scripts/demo.py $(RUN_ARGS)
 
 # make bench N=10000000 is the soak run (watch the RSS samples stay flat). It measures
-# throughput flat out, then latency at fixed rates (make bench-latency).
+# throughput flat out, then latency at fixed rates (make bench-latency), then the pause of a
+# grow and a shrink (make bench-autoscale).
 N ?= 1000000
 bench: install flink-install
 	$(PY) scripts/bench.py --n $(N)
 	$(PY) scripts/bench_latency.py $(LATENCY_ARGS)
+	$(PY) scripts/bench_autoscale.py
 
 # make bench-latency LATENCY_ARGS='--rates 50000,100000 --seconds 20 --modes plain'
 bench-latency: install
 	$(PY) scripts/bench_latency.py $(LATENCY_ARGS)
+
+bench-autoscale: install
+	$(PY) scripts/bench_autoscale.py
 
 bench-driver: install
 	$(PY) scripts/bench_driver.py

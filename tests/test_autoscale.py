@@ -12,13 +12,21 @@ window that restarts from zeroes.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from clusterhelp import Cluster
 from test_resilience import RESILIENCE, odd_restarts, stream
 from toolhelp import Tool, closed_port, run_tool, wait_until
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 JOINED = b"***Successfully joined cluster!***"
 RESUMED = b"~~~Resuming message processing.~~~"
 FAST = ("--stop-pause", "0")
@@ -269,3 +277,112 @@ def test_a_restart_with_another_worker_count_rescales_and_carries_the_state(tmp_
         cluster.send(2_000, *PACED, start_from=3_000)
         check_windows(cluster, 5_000)
         assert cluster.shutdown()["initializer"] == 0, cluster.report()
+
+
+def wait_lines(cluster: Growing, count: int) -> None:
+    cluster.receiver.wait_stdout(lambda out: out.count(b"\n") - 1 >= count, 60)
+
+
+def test_word_count_grows_by_four_at_once_and_shrinks_by_two_under_a_stream(tmp_path):
+    """27 keys (a first letter each): four joiners of one round take their share, two workers
+    leave later; the example's own validator checks every word's counts, in order."""
+    work = tmp_path / "word_count"
+    shutil.copytree(EXAMPLES / "word_count", work)
+    passes = 30
+    expected = {w: n * passes for w, n in json.loads((work / "_expected.json").read_text()).items()}
+    (work / "expected.json").write_text(json.dumps(expected))
+    with Growing(work, app="word_count", extra=FAST).start() as cluster:
+        lines = 35 * passes
+        sender = Tool("sender", "-h", f"127.0.0.1:{cluster.in_port}", "--file", "count_this.txt",
+                      "--repeat", "-m", str(lines), "-s", "2", "-i", "10_000_000", "-w",
+                      cwd=work)  # fmt: skip
+        with sender:
+            wait_lines(cluster, 2_000)
+            joiners = [cluster.join(f"worker-{i}", 4) for i in range(2, 6)]
+            for joiner in joiners:
+                joiner.wait_stdout(lambda out: JOINED in out and RESUMED in out)
+            cluster.wait_for("initializer", b"--All new workers have acked migration batch")
+            counts = cluster.query("partition-count-query")["state_partitions"]
+            tallies = counts["tallies by first letter"]
+            assert tallies["initializer"] == 6 and sorted(tallies.values()) == [5, 5, 5, 6, 6]
+            joined = cluster.query("cluster-status-query")["worker_names"]  # in join order
+            assert sorted(joined) == ["initializer", *(f"worker-{i}" for i in range(2, 6))]
+            wait_lines(cluster, len(cluster.lines()) + 2_000)
+            assert len(cluster.lines()) < sum(expected.values())  # under the stream
+            answer = cluster.shrinker("--count", "2", via=3)
+            assert answer == "Cluster shrink response: Shrinking by 2 workers!"
+            for name in joined[1:3]:  # the first two that may leave, as Wallaroo chose
+                assert cluster.procs[name].wait(60) == 0, cluster.report()
+            assert sender.wait(120) == 0
+        total = sum(expected.values())
+        wait_lines(cluster, total)
+        framed = b"".join(struct.pack(">I", len(line)) + line for line in cluster.lines())
+        (work / "received.bin").write_bytes(framed)
+        check = subprocess.run([sys.executable, "_test/validate.py", "--expected",
+                                "expected.json", "--output", "received.bin"], cwd=work,
+                               capture_output=True, text=True)  # fmt: skip
+        assert check.returncode == 0, check.stdout + cluster.report()
+        assert sorted(cluster.query("partition-count-query")["state_partitions"][
+            "tallies by first letter"].values()) == [9, 9, 9]  # fmt: skip
+        assert cluster.shutdown(via=0)["initializer"] == 0
+
+
+def test_the_readme_grow_and_shrink_block_runs_as_written(tmp_path):
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- autoscale:begin -->\n```bash\n(.*?)```", text, re.S)
+    assert block, "README lost its autoscale block"
+    ports = {port: str(closed_port()) for port in ("7002", "7010", "5001", "6000", "6001",
+                                                   "5050", "5051")}  # fmt: skip
+    script = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{ports.get(m[1], m[1])}",
+                    block.group(1))  # fmt: skip
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=180)  # fmt: skip
+    logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in tmp_path.glob("*.log"))
+    assert result.returncode == 0, result.stdout + result.stderr + logs
+    assert result.stdout.strip().endswith("Validation successful!"), result.stdout
+    assert '"initializer": 1, "worker-2": 1' in result.stdout
+    assert "Cluster shrink response: Shrinking by 1 workers!" in result.stdout
+    assert (
+        "Migrating all partitions to 1 remaining workers" in (tmp_path / "worker.log").read_text()
+    )
+
+
+def test_joins_and_shrinks_in_any_order_under_a_stream(tmp_path):
+    """worker-2 and worker-3 join one after the other (the second takes no key: two keys),
+    worker-2 leaves (its key moves to worker-3, between two joined workers), then worker-3
+    leaves; strict verdict."""
+    with Growing(tmp_path).start() as cluster, stream(cluster) as sender:
+        cluster.wait_windows(2_000)
+        for name in ("worker-2", "worker-3"):
+            cluster.join(name).wait_stdout(lambda out: RESUMED in out)
+        assert cluster.counts() == {"initializer": 1, "worker-2": 1, "worker-3": 0}
+        for name, left in (("worker-2", {"initializer": 1, "worker-3": 1}),
+                           ("worker-3", {"initializer": 2})):  # fmt: skip
+            cluster.wait_windows(len(cluster.windows()) + 2_000)
+            cluster.shrinker("--workers", name)
+            assert cluster.procs[name].wait(60) == 0, cluster.report()
+            wait_until(lambda left=left: cluster.counts() == left, 30, f"{name} gone")
+        finish(cluster, sender, strict=True)
+        assert cluster.shutdown()["initializer"] == 0, cluster.report()
+
+
+def test_the_worker_a_joiner_contacted_killed_after_it_answered(tmp_path):
+    """worker-3 joins through worker-2, which is killed once it has sent worker-3 on to the
+    initializer; worker-2 restarts with its command, and the join completes."""
+    contact = f"127.0.0.1:{closed_port()}"
+    with Growing(tmp_path, workers=2) as cluster:
+        cluster.start_receiver()
+        cluster.start_initializer()
+        cluster.start_worker(1, "--my-control", contact)  # an address a joiner can be given
+        cluster.wait_ready()
+        with stream(cluster) as sender:
+            cluster.wait_windows(3_000)
+            joiner = cluster.join("worker-3", via=contact)
+            cluster.wait_for("worker-2", b"***Worker worker-3 attempting to join the cluster.")
+            assert cluster.kill("worker-2") == -9
+            cluster.start_worker(1, "--my-control", contact)
+            joiner.wait_stdout(lambda out: JOINED in out and RESUMED in out)
+            assert cluster.counts() == {"initializer": 1, "worker-2": 1, "worker-3": 0}
+            finish(cluster, sender, strict=False)
+        assert set(cluster.shutdown().values()) == {0}, cluster.report()

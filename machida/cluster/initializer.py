@@ -65,7 +65,7 @@ class Initializer(Role):
     async def start(self) -> None:
         expected = self.expected
         say("Single worker topology" if expected == 1 else f"{expected} worker topology")
-        control_addr, data_addr = await self.node.listen(self)
+        control_addr, data_addr = await self.node.listen(self.accepting(), self)
         me = self.membership.members[INITIALIZER]
         me.control, me.data = control_addr, data_addr
         self.started = True
@@ -103,8 +103,9 @@ class Initializer(Role):
 
     def _on_hello(self, conn: ControlLink, msg: control.Hello) -> None:
         name = msg.name
-        if name in self.departed and name not in self.membership.members:
-            conn.write(control.encode(control.Leave(self._version())))  # it left; it may go
+        if msg.rejoin and name in self.departed and name not in self.membership.members:
+            # it left, but stopped before it heard so and restarted from its files: it may go
+            conn.write(control.encode(control.Leave(self._version())))
             return
         admission = self.membership.admit(msg, conn.peer.rpartition(":")[0], conn)
         if admission.refused:
@@ -201,7 +202,6 @@ class Initializer(Role):
         say(f"All {self.expected} workers reporting Topology ready!")
         say("Application has successfully initialized.")
         self.node.recovery_complete()
-        self.membership.running = True
         self.processing = self.change is None
         if self.processing:
             self.node.start_sources()

@@ -25,6 +25,7 @@ from collections.abc import Awaitable
 from typing import Any, Callable
 
 from machida.app.plan import Placement
+from machida.cluster.membership import INITIALIZER
 from machida.cluster.node import Address, ControlLink, Node, Record
 from machida.cluster.role import DRAIN_DEADLINE_S, Reply, Role
 from machida.console import error_line, say, warn
@@ -66,8 +67,15 @@ class Member(Role):
         return self._contact
 
     async def start(self) -> None:
-        self.my_control, self.my_data = await self.node.listen(self)
-        self.rejoin = self.node.recovered is not None
+        self.my_control, self.my_data = await self.node.listen(self.accepting(), self)
+        recovered = self.node.recovered
+        self.rejoin = recovered is not None
+        if recovered is not None and self.join:
+            # a joined worker restarting: straight to the initializer it joined (the worker it
+            # first contacted may have left the cluster since)
+            for peer in recovered.peers:
+                if peer.name == INITIALIZER:
+                    self.initializer = peer.control
         self.spawn(self._dial())
 
     async def _dial(self) -> None:

@@ -127,8 +127,8 @@ def shape_run(keys: int, size: int, rounds: int, work: Path) -> dict:
         out = Lines(init)
         out.wait("Application has successfully initialized.", 1)
         subprocess.run(tool_cmd("sender", "-h", f"127.0.0.1:{port}", "-m", str(2 * keys), "-y",
-                                "-g", "12", "-u", "-w", "-i", "0"),
-                       cwd=work, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+                                "-g", "12", "-u", "-w", "-i", "0"), cwd=work, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         grows, shrinks = [], []
         for n in range(1, rounds + 1):
             joiner = subprocess.Popen(

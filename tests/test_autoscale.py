@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from clusterhelp import Cluster
-from test_resilience import RESILIENCE, odd_restarts, stream
+from test_resilience import RESILIENCE, finish_and_check, odd_restarts, stream
 from toolhelp import Tool, closed_port, run_tool, wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -76,17 +76,8 @@ class Growing(Cluster):
         return self.query("partition-count-query")["state_partitions"]["Sequence Window"]
 
 
-def finish(cluster: Growing, sender: Tool, strict: bool, count: int = 20_000) -> None:
-    assert sender.wait(120) == 0, sender.report()
-    try:
-        wait_until(lambda: {count - 1, count} <= {w[-1] for w in cluster.windows()}, 60,
-                   "both final windows")  # fmt: skip
-    except AssertionError as err:
-        raise AssertionError(f"{err}\n{cluster.report()}") from None
-    windows = cluster.windows()
-    verdict = cluster.validate(count, *(() if strict else ("-a",)))
-    assert verdict.returncode == 0, verdict.stderr.decode() + cluster.report()
-    assert odd_restarts(windows) == [], cluster.report()
+def finish(cluster: Growing, sender: Tool, strict: bool) -> None:
+    finish_and_check(cluster, sender, strict=strict)
 
 
 def test_a_cluster_grows_and_shrinks_under_a_stream_and_loses_and_repeats_nothing(tmp_path):

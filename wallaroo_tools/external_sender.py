@@ -21,7 +21,7 @@ import sys
 
 from machida.options import Option, OptionParser, UsageError, run_cli
 from machida.wire import external
-from wallaroo_tools.external_client import NoAnswer, answer_lines, ask, send_once, split_address
+from wallaroo_tools.external_client import NoAnswer, answer_lines, ask, external_address, send_once
 
 USAGE = "Usage: external_sender --external HOST:PORT [--type TYPE] [--message TEXT] [--json]"
 TYPES = ", ".join(external.TYPE_IDS)
@@ -57,11 +57,7 @@ def run(argv: list[str]) -> int:
     if parsed.rest:
         raise UsageError(f"unexpected argument {parsed.rest[0]!r}")
     target = parsed.values["external"]
-    if target is None:
-        raise UsageError("Must supply required '--external' argument")
-    address = split_address(target)
-    if address is None:
-        raise UsageError("'--external' argument should be in format: '127.0.0.1:5050")
+    address = external_address(target)
     msg_id, frame = _build_frame(parsed.values)
     if msg_id not in external.ANSWERS:
         if not send_once(*address, frame):

@@ -84,7 +84,7 @@ TASKMANAGERS ?= 2
 FLINK_SLOTS ?= 2
 FLINK_REST_PORT ?= 8081
 
-.PHONY: flink-install jdk flink-run flink-cluster flink-cluster-stop
+.PHONY: flink-install jdk flink-run flink-cluster flink-cluster-add flink-cluster-stop bench-flink-rescale
 
 flink-install: $(FLINK_STAMP) $(FLINK_JAR)
 
@@ -113,6 +113,17 @@ flink-run: install flink-install
 # 127.0.0.1:$(FLINK_REST_PORT)) and $(TASKMANAGERS) TaskManagers, each its own JVM.
 flink-cluster: install flink-install
 	$(PY) -m machida_flink.cluster start --taskmanagers $(TASKMANAGERS) --slots $(FLINK_SLOTS) --rest-port $(FLINK_REST_PORT)
+
+# What a rescale of a running machida-flink job costs: the output's pause over 10 rescales
+# (p50 and max), into bench/flink_rescale.json. make bench-flink-rescale RESCALE_ARGS='--rate 5000'
+bench-flink-rescale: install flink-install
+	$(PY) scripts/bench_flink_rescale.py $(RESCALE_ARGS)
+
+# $(ADD) more TaskManagers (default 1) in the running cluster, for a job to be rescaled onto
+# (external_sender -t rescale -m N needs N free task slots once the job's own are back).
+ADD ?= 1
+flink-cluster-add: flink-install
+	$(PY) -m machida_flink.cluster add --taskmanagers $(ADD)
 
 flink-cluster-stop: flink-install
 	$(PY) -m machida_flink.cluster stop

@@ -141,6 +141,8 @@ def test_cluster_shutdown_unreachable():
         (["-m", "hello"], bytes.fromhex("00000007000B") + b"hello"),
         (["--type=clean-shutdown"], bytes.fromhex("00000002000D")),
         (["-tPRINT"], bytes.fromhex("00000002000B")),
+        (["-t", "rescale", "-m", "3"], bytes.fromhex("000000030028") + b"3"),
+        (["-t", "savepoint"], bytes.fromhex("000000020029")),
     ],
 )
 def test_external_sender_frames(args, expected):
@@ -160,7 +162,8 @@ def test_external_sender_unknown_type_sends_nothing():
     first = result.stderr.splitlines()[0]
     assert first == (
         b"Error: unknown --type 'query' (use print, rotate-log, clean-shutdown, "
-        b"shrink, partition-query, partition-count-query, cluster-status-query)"
+        b"shrink, partition-query, partition-count-query, cluster-status-query, rescale, "
+        b"savepoint)"
     )
 
 

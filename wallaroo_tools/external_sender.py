@@ -7,7 +7,9 @@ rotate-log 12, clean-shutdown 13) and closing. Later Wallaroo versions added a
 shrink (0.4.0, id 14: ``--message`` is ``?``, a count, or ``w2,w3``) and
 placement queries (0.5.0): ``partition-query``, ``partition-count-query`` and
 ``cluster-status-query``; for those it waits for the worker's answer and prints
-it (``--json``: the JSON alone). The frame comes from
+it (``--json``: the JSON alone). ``machida-flink`` also takes rescale (40, the
+payload is the new parallelism) and savepoint (41, the payload is an optional
+directory). The frame comes from
 :mod:`machida.wire.external`. Like the Pony tool it reports ``Connected...`` and
 ``Sent message!`` on stdout; unlike it, an unknown ``--type`` is an error rather
 than a silent ``print``.
@@ -28,7 +30,8 @@ OPTIONS = [
     Option("external", "e", metavar="HOST:PORT", help="a worker's --external address (required)"),
     Option("type", "t", default="print", metavar="TYPE", help=TYPES),
     Option("message", "m", default="", metavar="TEXT",
-           help="payload; for rotate-log a worker; for shrink ?, a count or w2,w3"),
+           help="payload; for rotate-log a worker; for shrink ?, a count or w2,w3; for "
+                "rescale the parallelism; for savepoint a directory (optional)"),
     Option("json", "j", kind="flag", help="print a query's answer as its JSON alone"),
     Option("help", "h", kind="flag", help="show this help"),
 ]  # fmt: skip

@@ -18,7 +18,7 @@ import threading
 from clusterhelp import Cluster
 from test_exactly_once_plane import Receiver, Worker, windows
 from test_resilience import Initializer, Worker2, odd_restarts
-from toolhelp import Tool, wait_until
+from toolhelp import Tool
 
 from machida.wire.boundary import ack
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 
 import test_autoscale as autoscale
 from clusterhelp import ExactlyOnceCluster
 from test_resilience import STREAM, finish_and_check, stream
-from toolhelp import Tool, wait_until
+from toolhelp import Tool, run_tool, wait_until
 
 N = 100_000
 PACE = ("-s", "100", "-i", "5_000_000")  # 20 000 values a second
@@ -98,4 +99,42 @@ def test_a_keys_numbering_moves_with_it_through_grows_shrinks_and_kill_9s(tmp_pa
         wait_until(lambda: cluster.counts() == {"initializer": 1, "worker-3": 1}, 30, "moved")
         finish_and_check(cluster, sender, strict=True)
         assert cluster.held() == STREAM
+        assert set(cluster.shutdown().values()) == {0}, cluster.report()
+
+
+# -- the modes do not mix ----------------------------------------------------------------------
+
+
+def test_exactly_once_without_resilience_is_one_line(tmp_path):
+    result = run_tool("machida", "--application-module", "sequence_window", "--metrics",
+                      "127.0.0.1:1", "--cluster-initializer", "--data", "127.0.0.1:2",
+                      "--exactly-once", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [
+        "Error: --exactly-once needs --run-with-resilience: output is kept in the event log "
+        "until its receiver holds it."
+    ]
+
+
+def test_a_worker_of_the_other_mode_is_refused_and_so_are_files_of_the_other_mode(tmp_path):
+    with ExactlyOnceCluster(tmp_path) as cluster:
+        cluster.start_receiver()
+        cluster.start_initializer()
+        plain = [a for a in cluster.worker_args(1) if a != "--exactly-once"]
+        refused = Tool("machida", *plain, cwd=tmp_path)
+        assert refused.wait() == 1, refused.report()
+        assert b"Error: the initializer refused this worker" in refused.stderr
+        assert b"resilience=True, exactly-once" in refused.stderr, refused.report()
+        cluster.start_worker(1)
+        cluster.wait_ready()
+        cluster.send(100, "-s", "100", "-i", "0")
+        cluster.wait_windows(100)
+        assert cluster.kill("worker-2", signal.SIGTERM) == 0  # stopped alone, its files kept
+        again = Tool("machida", *plain, cwd=tmp_path)
+        assert again.wait() == 1, again.report()
+        err = again.stderr.decode()
+        assert "(resilience mode: recorded 'on, exactly-once', now 'on')" in err, err
+        assert "Traceback" not in err
+        cluster.start_worker(1).wait_stdout(lambda out: RECOVERED in out)
+        assert cluster.validate(100).returncode == 0
         assert set(cluster.shutdown().values()) == {0}, cluster.report()

@@ -9,8 +9,18 @@ import struct
 from machida.aio import wait_event
 from machida.app.plan import AppPlan, Pipeline, Source
 from machida.app.plan import Sink as PlanSink
+from machida.runtime import sink as sink_module
 from machida.runtime.flow import FlowControl, sink_reason
-from machida.runtime.sink import HIGH_WATER, SinkConnection, Sinks
+from machida.runtime.sink import HIGH_WATER, ExactlyOnceSink, SinkConnection, Sinks
+from machida.wire import exactly_once as protocol
+from machida.wire.exactly_once import (
+    OutgoingSink,
+    OutputRun,
+    SinkDecoder,
+    SinkHello,
+    SinkOutputs,
+    Stream,
+)
 from wallaroo_tools.loopback import unused_port
 
 CHUNK = 64 * 1024
@@ -151,3 +161,72 @@ def test_two_full_sinks_hold_the_inputs_until_both_have_drained():
 
     reasons, reading = asyncio.run(main())
     assert reasons == {sink_reason("B")} and not reading
+
+
+# -- the exactly-once sink connection ---------------------------------------------------------
+
+
+class Plane:
+    """The data plane as an exactly-once sink connection sees it: one stream's backlog."""
+
+    def __init__(self, runs: list[OutputRun]) -> None:
+        self.sink = OutgoingSink()
+        self.sink.backlog.add(runs)
+
+    def sink_opened(self, p: int) -> bytes:
+        return self.sink.opened("worker-2")
+
+    def sink_read(self, p: int, data: bytes):
+        resend, _ = self.sink.read(data)
+        return resend, self.sink.decoder.error
+
+    def sink_ready(self, p: int) -> bool:
+        return self.sink.ready
+
+
+STREAM = Stream(0, 1, 7)
+
+
+def test_an_exactly_once_sink_says_hello_then_sends_what_the_receiver_lacks_on_each_connection(
+    monkeypatch,
+):
+    """A receiver that never answers is reported; one that answers gets only what it does
+    not hold, on every connection; anything else it says closes the connection."""
+    monkeypatch.setattr(sink_module, "HELLO_WAIT_S", 0.05)
+    plane = Plane([OutputRun(STREAM, 1, [b"a", b"b", b"c"])])
+
+    async def main():
+        lines: list[str] = []
+        sink = ExactlyOnceSink("127.0.0.1", 0, 0, plane, lines.append)
+        accepted: asyncio.Queue = asyncio.Queue()
+
+        async def accept(reader, writer):
+            await accepted.put((reader, writer))
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        sink.port = server.sockets[0].getsockname()[1]
+        sink.start()
+        reader, first = await asyncio.wait_for(accepted.get(), 10)
+        hello = SinkDecoder().feed(await reader.read(1 << 16))
+        while not any("has not answered" in line for line in lines):
+            await asyncio.sleep(0.01)
+        assert not sink.connected.is_set()
+        first.write(protocol.marks({STREAM: 1}))
+        got = SinkDecoder().feed(await reader.read(1 << 16))
+        assert await wait_event(sink.connected, 10)
+        first.write(b"\x00\x00\x00\x01Z")  # not the protocol: the worker closes and comes back
+        reader, second = await asyncio.wait_for(accepted.get(), 10)
+        again = SinkDecoder().feed(await reader.read(1 << 16))
+        second.write(protocol.marks({STREAM: 3}))
+        while plane.sink.backlog.records:
+            await asyncio.sleep(0.01)
+        sink.close()
+        server.close()
+        return hello, got, again, lines
+
+    hello, got, again, lines = asyncio.run(main())
+    assert hello == [SinkHello("worker-2", [STREAM])]
+    assert got == [SinkOutputs([OutputRun(STREAM, 2, [b"b", b"c"])])]
+    assert again == [SinkHello("worker-2", [STREAM])]
+    assert any(line.startswith("ERROR: sink connection to 127.0.0.1:") for line in lines), lines
+    assert "is its receiver started with --exactly-once?" in lines[0]

@@ -9,6 +9,10 @@ receiver, one after the other:
   and nothing else);
 * ``resilient``: the same cluster with ``--run-with-resilience`` (event log,
   fsync per batch, acknowledgements after the fsync);
+* ``exactly-once``: the same cluster with ``--run-with-resilience --exactly-once``
+  into the receiving end of ``data_receiver --exactly-once`` (run here: its
+  intake and ledger, FILE and marks fsync'd before each acknowledgement); a
+  window counts as received once it is durable in FILE;
 * ``flink``: ``machida-flink`` (the Flink back end, embedded MiniCluster,
   parallelism 1, checkpoints every second) running the same application; its
   RSS includes its JVM's, and its CPU seconds include the JVM's (a child it reaps).
@@ -18,10 +22,12 @@ The sender is ``sender --interval 0`` (as fast as the socket takes it) writing
 receiver (this process) timestamps every read and takes the newest value of
 each window in it, so latency is exact per value: receive time of the window
 whose newest value is v, minus the send time of v. Peak RSS and CPU seconds per
-process come from ``wait4``; during the run RSS is sampled four times a second
+process come from ``wait4`` (the receiver's CPU seconds are this process's own); during
+the run RSS is sampled four times a second
 (the soak view). Prints a table and writes ``bench/results.json``.
 
 Usage: python scripts/bench.py [--n N] [--out bench/results.json] [--only SYSTEM]
+       [--systems A,B,...]
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from wallaroo_tools.exactly_once import Intake
+from wallaroo_tools.layouts import GILES_HEADER
+from wallaroo_tools.ledger import Ledger
 from wallaroo_tools.loopback import tool_cmd, unused_port, wait_for_text
 
 HERE = Path(__file__).resolve().parent
@@ -47,8 +56,9 @@ NEWEST = re.compile(rb",(\d+)\]")
 SENT = re.compile(rb"(\d+), \x00\x00\x00\x08(.{8})\n", re.S)
 TIMEOUT_S = 600.0
 # What is measured, in this order: the bare path, the runner, the runner with resilience on.
-SYSTEMS = ("reference", "cluster", "resilient", "flink")
+SYSTEMS = ("reference", "cluster", "resilient", "exactly-once", "flink")
 RATIOS = {"ratio": ("cluster", "reference"), "resilience_ratio": ("resilient", "cluster"),
+          "exactly_once_ratio": ("exactly-once", "resilient"),
           "flink_ratio": ("flink", "cluster")}  # fmt: skip
 # RSS is sampled this often (the last five samples are printed: the soak view).
 SAMPLE_EVERY_S = 0.25
@@ -73,12 +83,39 @@ class Receiver(asyncio.Protocol):
         buf = self.carry + data if self.carry else data
         cut = buf.rfind(b"]") + 1
         self.carry = buf[cut:]
-        values = NEWEST.findall(buf, 0, cut)
-        if values:
-            self.bench.reads.append((now, values))
-            self.bench.count += len(values)
-            if self.bench.count >= self.bench.expected:
-                self.bench.done.set()
+        windows_received(self.bench, now, buf[:cut])
+
+
+def windows_received(bench: Run, now: int, data: bytes) -> None:
+    """The windows in ``data`` arrived at ``now``: note the newest value of each."""
+    values = NEWEST.findall(data)
+    if values:
+        bench.reads.append((now, values))
+        bench.count += len(values)
+        if bench.count >= bench.expected:
+            bench.done.set()
+
+
+async def serve_receiver(run: Run, clock=time.time_ns) -> tuple[asyncio.AbstractServer, str]:
+    """The receiving end of ``run``: a counting :class:`Receiver`, or for ``exactly-once``
+    the intake and ledger of ``data_receiver --exactly-once`` (a window counts once it is
+    durable in FILE). Returns the server and its address."""
+    loop = asyncio.get_running_loop()
+    if run.name == "exactly-once":
+        ledger = Ledger(str(run.dir / "received.txt"))
+
+        def giles(frames: list[bytes]) -> bytes:
+            ts, pack = time.time_ns(), GILES_HEADER.pack
+            return b"".join([pack(len(f), ts) + f for f in frames])
+
+        def durable(frames: list[bytes]) -> None:
+            windows_received(run, clock(), b"".join(frames))
+
+        intake = Intake(ledger, giles, durable, lambda line: print(line, file=sys.stderr))
+        server = await loop.create_server(intake.protocol, "127.0.0.1", 0)
+    else:
+        server = await loop.create_server(lambda: Receiver(run, clock), "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 class Run:
@@ -160,8 +197,10 @@ async def start_cluster(run: Run, in_port: int, out: str) -> None:
               "--out", out, "--metrics", f"127.0.0.1:{unused_port()}",
               "--control", f"127.0.0.1:{control}", "--resilience-dir", str(run.dir),
               "--ponythreads=1"]  # fmt: skip
-    if run.name == "resilient":
+    if run.name in ("resilient", "exactly-once"):
         common.append("--run-with-resilience")
+    if run.name == "exactly-once":
+        common.append("--exactly-once")
     run.external = f"127.0.0.1:{unused_port()}"
     run.spawn("initializer", tool_cmd("machida", *common, "--data", f"127.0.0.1:{data}",
               "--external", run.external, "--worker-count", "2",
@@ -180,7 +219,8 @@ async def start_flink(run: Run, in_port: int, out: str) -> None:
 
 
 STARTERS = {"reference": "start_reference", "cluster": "start_cluster",
-            "resilient": "start_cluster", "flink": "start_flink"}  # fmt: skip
+            "resilient": "start_cluster", "exactly-once": "start_cluster",
+            "flink": "start_flink"}  # fmt: skip
 
 
 async def start_reference(run: Run, in_port: int, out: str) -> None:
@@ -195,18 +235,19 @@ async def start_reference(run: Run, in_port: int, out: str) -> None:
 async def measure(name: str, n: int, workdir: Path) -> dict:
     run = Run(name, n, workdir)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Receiver(run), "127.0.0.1", 0)
-    out = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server, out = await serve_receiver(run)
     in_port = unused_port()
     sampler = None
     try:
         await globals()[STARTERS[name]](run, in_port, out)
         sampler = loop.create_task(run.sample_rss())
+        receiving = time.process_time()  # this process is the receiver
         sender = run.spawn("sender", tool_cmd("sender", "-h", f"127.0.0.1:{in_port}", "-m",
                            str(n), "-y", "-g", "12", "-u", "-s", "1000", "-i", "0"))  # fmt: skip
         await asyncio.wait_for(run.done.wait(), TIMEOUT_S)
         sampler.cancel()
         run.sample()
+        receiver = {"exit": 0, "cpu_s": round(time.process_time() - receiving, 2)}
         usage = {"sender": await loop.run_in_executor(None, _wait4, sender)}
         if name != "reference":
             subprocess.run(tool_cmd("cluster_shutdown", run.external), check=True, timeout=30)
@@ -224,6 +265,7 @@ async def measure(name: str, n: int, workdir: Path) -> dict:
         server.close()
     for pname, peak in run.peaks.items():
         usage[pname]["peak_rss_mb"] = round(peak / 2**20, 1)
+    usage["receiver"] = {**receiver, "peak_rss_mb": None}  # this process: not its own
     return summarise(run, usage)
 
 
@@ -253,6 +295,10 @@ def summarise(run: Run, usage: dict) -> dict:
     }  # fmt: skip
 
 
+def _mb(peak: float | None) -> str:
+    return "-" if peak is None else f"{peak:.0f}"
+
+
 def _pct(ordered: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -265,7 +311,7 @@ def table(results: list[dict]) -> str:
     lines = [f"{'system':<10} {'msgs':>10} {'seconds':>8} {'msgs/s':>10} {'p50 ms':>8} "
              f"{'p99 ms':>8} {'p99.9 ms':>9}  processes (peak RSS MB / CPU s)"]  # fmt: skip
     for r in results:
-        procs = ", ".join(f"{k} {v['peak_rss_mb']:.0f}/{v['cpu_s']:.1f}"
+        procs = ", ".join(f"{k} {_mb(v['peak_rss_mb'])}/{v['cpu_s']:.1f}"
                           for k, v in r["processes"].items())  # fmt: skip
         lat = r["latency_ms"]
         lines.append(f"{r['system']:<10} {r['messages']:>10,} {r['seconds']:>8.2f} "
@@ -279,11 +325,12 @@ async def main() -> int:
     parser.add_argument("--n", type=lambda s: int(s.replace("_", "")), default=1_000_000)
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--only", choices=SYSTEMS)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="which, in this order")
     opts = parser.parse_args()
     results = []
-    for name in SYSTEMS:
-        if opts.only not in (None, name):
-            continue
+    for name in [opts.only] if opts.only else opts.systems.split(","):
+        if name not in SYSTEMS:
+            parser.error(f"no system {name!r}: choose among {', '.join(SYSTEMS)}")
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
         try:
             results.append(await measure(name, opts.n, workdir))

@@ -2,7 +2,9 @@
 
 For each input rate (10k, 50k, 100k and 200k msgs/s by default) and each mode
 (the faithful bare-path reference of ``make bench``, which shows what this
-machine allows; the cluster; the cluster with resilience on) this starts the
+machine allows; the cluster; the cluster with resilience on; the cluster with
+``--exactly-once`` into the receiving end of ``data_receiver --exactly-once``,
+where a window arrives once it is durable in FILE) this starts the
 2-worker cluster of ``make bench`` (or the reference), feeds it with
 ``scripts/bench_pace.py`` (a batch every millisecond, each batch's send time
 kept, sleeping between batches) and
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import gc
 import json
 import signal
@@ -34,13 +35,14 @@ from pathlib import Path
 
 from wallaroo_tools.loopback import tool_cmd, unused_port
 
-from bench import Receiver, Run, start_cluster, start_reference
+from bench import Run, serve_receiver, start_cluster, start_reference
 
 HERE = Path(__file__).resolve().parent
 RATES = (10_000, 50_000, 100_000, 200_000)
 # mode -> the system of make bench it runs: the faithful bare path (the machine's floor, measured
 # the same way), the cluster, the cluster with resilience on.
-MODES = {"reference": "reference", "plain": "cluster", "resilient": "resilient"}
+MODES = {"reference": "reference", "plain": "cluster", "resilient": "resilient",
+         "exactly-once": "exactly-once"}  # fmt: skip
 TIMEOUT_S = 120.0
 WARMUP_NS = 500_000_000
 
@@ -48,13 +50,12 @@ WARMUP_NS = 500_000_000
 async def measure(mode: str, rate: int, seconds: float, workdir: Path) -> dict:
     per_tick = max(1, rate // 1000)
     n = int(seconds * 1000) * per_tick
-    run = Run(MODES[mode], n, workdir)
+    run = Run(MODES[mode], n, workdir / f"{mode}-{rate}")
+    run.dir.mkdir()
     loop = asyncio.get_running_loop()
-    arrivals = functools.partial(Receiver, run, clock=time.monotonic_ns)  # the pacer's clock
-    server = await loop.create_server(arrivals, "127.0.0.1", 0)
-    out = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server, out = await serve_receiver(run, clock=time.monotonic_ns)  # the pacer's clock
     in_port = unused_port()
-    stamps_file = workdir / f"stamps-{mode}-{rate}.bin"
+    stamps_file = run.dir / "stamps.bin"
     try:
         start = start_reference if mode == "reference" else start_cluster
         await start(run, in_port, out)

@@ -27,15 +27,16 @@ def test_bench_smoke_run_delivers_every_window(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     systems = {r["system"]: r for r in report["results"]}
-    assert set(systems) == {"reference", "cluster", "resilient", "flink"}
+    assert set(systems) == {"reference", "cluster", "resilient", "exactly-once", "flink"}
     for r in systems.values():
         assert r["missing"] == 0 and r["windows"] == 20_000
         assert r["rate"] > 0 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99.9"]
-    for name in ("cluster", "resilient"):
+    for name in ("cluster", "resilient", "exactly-once"):
         processes = systems[name]["processes"]
         assert processes["initializer"]["exit"] == 0 and processes["worker-2"]["exit"] == 0
         assert processes["initializer"]["peak_rss_mb"] > 0
     assert "cluster / reference" in result.stdout and "resilient / cluster" in result.stdout
+    assert "exactly-once / resilient" in result.stdout
     assert systems["flink"]["processes"]["machida-flink"]["exit"] == 0
     assert "flink / cluster" in result.stdout
 
@@ -69,7 +70,7 @@ def test_latency_bench_smoke_run_times_every_window(tmp_path):
     out = tmp_path / "results.json"
     result = subprocess.run(
         [sys.executable, str(LATENCY), "--rates", "5000", "--seconds", "1.5",
-         "--modes", "reference,plain", "--out", str(out)],
+         "--modes", "reference,plain,exactly-once", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -77,6 +78,7 @@ def test_latency_bench_smoke_run_times_every_window(tmp_path):
     assert [(r["mode"], r["rate"]) for r in report["results"]] == [
         ("reference", 5000),
         ("plain", 5000),
+        ("exactly-once", 5000),
     ]
     for r in report["results"]:
         lat = r["latency_ms"]

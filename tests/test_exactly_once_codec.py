@@ -79,7 +79,8 @@ def frame(body: bytes) -> bytes:
     (frame(b'H{"worker": 1}'), "'streams'"),
     (frame(b'H{"worker": "w", "streams": [[1]]}'), "not a stream"),
     (frame(b'H{"worker": "w", "streams": [[1, 2, -3]]}'), "out of range"),
-    (frame(protocol.outputs([OutputRun(A, 1, [b"abc"])])[0][4:-1]), "overruns its frame"),
+    (frame(protocol.outputs([OutputRun(A, 1, [b"abc"])])[0][4:-1]), "overrun their frame"),
+    (frame(protocol.outputs([OutputRun(A, 1, [b"abc"])])[0][4:31]), "overruns its frame"),
 ])  # fmt: skip
 def test_a_frame_that_cannot_be_trusted_is_refused_with_one_error(frame, why):
     decoder = SinkDecoder()

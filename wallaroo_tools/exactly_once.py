@@ -79,7 +79,7 @@ class Intake:
             if not values:
                 continue
             decoder = FrameDecoder()
-            frames = decoder.feed(b"".join(values))
+            frames = decoder.feed(protocol.joined(values))
             if decoder.pending or decoder.error is not None:
                 raise FrameError("an output that is not whole u32be-length frames")
             self.ledger.write(self._on_frames(frames), len(frames))

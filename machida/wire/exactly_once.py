@@ -21,9 +21,11 @@ The hello names the streams of which the worker holds output that was not
 acknowledged; ``K`` answers with the last record of each of those streams the
 receiver holds durably (a stream it has never seen is left out), each mark
 ``u16be p, u32be key, u64be epoch, u64be seq``. An ``O`` run is
-``u16be p, u32be key, u64be epoch, u64be first, u32be count`` followed by
-``count`` times ``u32be length | the encoder's bytes``. ``A`` says that every
-record of those streams up to the mark is durable at the receiver.
+``u16be p, u32be key, u64be epoch, u64be first, u32be count``, then a table of
+``count`` u32be lengths, then the records (the encoder's bytes) one after the
+other: both ends handle a run with a few calls, not a few per record
+(:class:`Records`). ``A`` says that every record of those streams up to the
+mark is durable at the receiver.
 
 A worker sends ``H`` on each (re)connection and nothing else until ``K``
 arrives; it then forgets what ``K`` says is held and sends the rest again, in
@@ -38,7 +40,10 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
+from array import array
 from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Union
 
 from machida.errors import FrameError
@@ -58,8 +63,9 @@ _HEAD = struct.Struct(">IB")
 _COUNT = struct.Struct(">I")
 _MARK = struct.Struct(">HIQQ")
 _RUN = struct.Struct(">HIQQI")
-_LEN = struct.Struct(">I")
 _U64_MAX = (1 << 64) - 1
+_SWAP = sys.byteorder == "little"
+_U32 = "I" if array("I").itemsize == 4 else "L"  # an array of u32 lengths
 
 
 class Stream(NamedTuple):
@@ -74,12 +80,65 @@ class Stream(NamedTuple):
         return f"{self.pipeline}/{key}/{self.epoch:016x}"
 
 
+class Records(Sequence):
+    """The records of a decoded run: their lengths and their bytes one after the other, kept
+    as they arrived; a slice is another :class:`Records`, made without touching each record
+    (what a receiver skips of a run, what a worker forgets of its backlog)."""
+
+    __slots__ = ("data", "lengths")
+
+    def __init__(self, lengths: array, data: bytes) -> None:
+        self.lengths, self.data = lengths, data
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            return list(self)[index]
+        start, stop, _ = index.indices(len(self.lengths))
+        stop = max(start, stop)
+        head = sum(self.lengths[:start])
+        end = head + sum(self.lengths[start:stop])
+        return Records(self.lengths[start:stop], self.data[head:end])
+
+    def __iter__(self) -> Iterator[bytes]:
+        pos = 0
+        for length in self.lengths:
+            yield self.data[pos : pos + length]
+            pos += length
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, Records)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Records({list(self)!r})"
+
+
+Values = Union[list, Records]
+
+
+def joined(values: Values) -> bytes:
+    """The records' bytes one after the other."""
+    return values.data if isinstance(values, Records) else b"".join(values)
+
+
+def size(values: Values) -> int:
+    """How many bytes the records hold."""
+    return len(values.data) if isinstance(values, Records) else sum(map(len, values))
+
+
 class OutputRun(NamedTuple):
-    """Records ``first`` .. ``first + len(values) - 1`` of ``stream``: the encoder's bytes."""
+    """Records ``first`` .. ``first + len(values) - 1`` of ``stream``: the encoder's bytes (a
+    list, or the :class:`Records` of a decoded run)."""
 
     stream: Stream
     first: int
-    values: list
+    values: Values
 
 
 class SinkHello(NamedTuple):
@@ -127,41 +186,45 @@ def outputs(runs: list[OutputRun]) -> list[bytes]:
     """``O`` frames for ``runs``, each within :data:`MAX_SINK_FRAME` (one unless very large)."""
     frames: list[bytes] = []
     parts: list[bytes] = []
-    size = 1
+    used = 1
     for stream, first, values in runs:
         start = 0
         while start < len(values):
-            n, grown = _fitting(values, start, MAX_SINK_FRAME - size - _RUN.size)
+            n = _fitting(values, start, MAX_SINK_FRAME - used - _RUN.size)
             if n == 0 and parts:  # this frame is full: start the next one
-                frames.append(_frame(parts, size))
-                parts, size = [], 1
+                frames.append(_frame(parts, used))
+                parts, used = [], 1
                 continue
             n = max(n, 1)  # one output larger than a frame goes alone (the receiver refuses it)
-            if grown == 0:
-                grown = _LEN.size + len(values[start])
-            parts.append(_RUN.pack(*stream, first + start, n))
-            parts.extend(_LEN.pack(len(v)) + v for v in values[start : start + n])
-            size += _RUN.size + grown
+            piece = values[start : start + n] if start or n < len(values) else values
+            table = array(_U32, piece.lengths if isinstance(piece, Records) else map(len, piece))
+            if _SWAP:
+                table.byteswap()
+            data = joined(piece)
+            parts += [_RUN.pack(*stream, first + start, n), table.tobytes(), data]
+            used += _RUN.size + 4 * n + len(data)
             start += n
     if parts:
-        frames.append(_frame(parts, size))
+        frames.append(_frame(parts, used))
     return frames
 
 
-def _frame(parts: list[bytes], size: int) -> bytes:
-    return _HEAD.pack(size, OUTPUTS) + b"".join(parts)
+def _frame(parts: list[bytes], used: int) -> bytes:
+    return _HEAD.pack(used, OUTPUTS) + b"".join(parts)
 
 
-def _fitting(values: list, start: int, room: int) -> tuple[int, int]:
-    """How many values from ``start`` fit in ``room`` bytes, and the bytes they take."""
-    n = used = 0
-    for v in values[start:]:
-        need = _LEN.size + len(v)
-        if used + need > room:
+def _fitting(values: Values, start: int, room: int) -> int:
+    """How many records from ``start`` fit in ``room`` bytes (all of them, usually)."""
+    rest = values[start:] if start else values
+    if 4 * len(rest) + size(rest) <= room:
+        return len(rest)
+    n = 0
+    for v in rest:
+        room -= 4 + len(v)
+        if room < 0:
             break
-        used += need
         n += 1
-    return n, used
+    return n
 
 
 class SinkDecoder:
@@ -244,15 +307,18 @@ def _runs(frame: bytes) -> list[OutputRun]:
         pos += _RUN.size
         if first == 0:
             raise FrameError("output records are numbered from 1")
-        values = []
-        for _ in range(count):
-            (length,) = _LEN.unpack_from(frame, pos)
-            pos += _LEN.size
-            if pos + length > end:
-                raise FrameError(f"an output of {length} bytes overruns its frame")
-            values.append(frame[pos : pos + length])
-            pos += length
-        out.append(OutputRun(Stream(p, key, epoch), first, values))
+        table = pos + 4 * count
+        if table > end:
+            raise FrameError(f"a run of {count} outputs overruns its frame")
+        lengths = array(_U32)
+        lengths.frombytes(frame[pos:table])
+        if _SWAP:
+            lengths.byteswap()
+        stop = table + sum(lengths)
+        if stop > end:
+            raise FrameError(f"outputs of {stop - table} bytes overrun their frame")
+        out.append(OutputRun(Stream(p, key, epoch), first, Records(lengths, frame[table:stop])))
+        pos = stop
     return out
 
 
@@ -263,7 +329,7 @@ class SinkBacklog:
     __slots__ = ("_held", "acked", "bytes", "records")
 
     def __init__(self) -> None:
-        self._held: dict[Stream, deque[tuple[int, list]]] = {}
+        self._held: dict[Stream, deque[tuple[int, Values]]] = {}
         self.acked: dict[Stream, int] = {}  # the highest mark heard of each stream
         self.records = 0
         self.bytes = 0
@@ -273,7 +339,7 @@ class SinkBacklog:
         for stream, first, values in runs:
             self._held.setdefault(stream, deque()).append((first, values))
             self.records += len(values)
-            self.bytes += sum(map(len, values))
+            self.bytes += size(values)
 
     def ack(self, held: dict[Stream, int]) -> bool:
         """Forget every record up to each stream's mark; whether any was forgotten."""
@@ -289,7 +355,7 @@ class SinkBacklog:
                     break
                 freed = True
                 self.records -= drop
-                self.bytes -= sum(map(len, values[:drop]))
+                self.bytes -= size(values[:drop])
                 if drop == len(values):
                     runs.popleft()
                 else:

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format run bench bench-latency bench-autoscale bench-driver metrics-ui browser
+.PHONY: install test lint format run bench bench-latency bench-autoscale bench-recovery bench-driver metrics-ui browser
 
 # The Metrics UI's chart library (Chart.js, pinned in metrics_ui/vendor.py), fetched with npm.
 CHART := metrics_ui/static/vendor/chart.umd.js
@@ -69,6 +69,10 @@ bench-latency: install
 
 bench-autoscale: install
 	$(PY) scripts/bench_autoscale.py
+
+# A worker's memory while it recovers from a 1 GiB event log, against a normal run.
+bench-recovery: install
+	$(PY) scripts/bench_recovery.py
 
 bench-driver: install
 	$(PY) scripts/bench_driver.py

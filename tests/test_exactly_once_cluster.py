@@ -4,14 +4,17 @@ window once (the strict validator, without -a)."""
 from __future__ import annotations
 
 import os
+import pathlib
 import random
 import re
 import signal
+import subprocess
+import sys
 
 import test_autoscale as autoscale
 from clusterhelp import ExactlyOnceCluster
 from test_resilience import STREAM, finish_and_check, stream
-from toolhelp import Tool, run_tool, wait_until
+from toolhelp import Tool, closed_port, run_tool, wait_until
 
 N = 100_000
 PACE = ("-s", "100", "-i", "5_000_000")  # 20 000 values a second
@@ -138,3 +141,21 @@ def test_a_worker_of_the_other_mode_is_refused_and_so_are_files_of_the_other_mod
         cluster.start_worker(1).wait_stdout(lambda out: RECOVERED in out)
         assert cluster.validate(100).returncode == 0
         assert set(cluster.shutdown().values()) == {0}, cluster.report()
+
+
+def test_the_readme_exactly_once_block_runs_as_written(tmp_path):
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- exactly-once:begin -->\n```bash\n(.*?)```", text, re.S)
+    assert block, "README lost its exactly-once block"
+    ports = {port: str(closed_port()) for port in ("7002", "7010", "5001", "6000", "6001",
+                                                   "5050", "5051")}  # fmt: skip
+    script = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{ports.get(m[1], m[1])}",
+                    block.group(1))  # fmt: skip
+    env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in tmp_path.glob("*.log"))
+    assert result.returncode == 0, result.stdout + result.stderr + logs
+    assert result.stdout.strip().endswith("Validation successful!"), result.stdout + logs
+    assert "Recovering from recovery files!" in (tmp_path / "worker.log").read_text()
+    assert "Traceback" not in result.stderr + logs

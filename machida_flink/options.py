@@ -98,6 +98,8 @@ MACHIDA_ONLY = {
     "log-rotation": (None, "flag", "state lives in Flink checkpoints, not event logs"),
     "event-log-file-size": ("l", "int", "state lives in Flink checkpoints, not event logs"),
     "stop-pause": ("u", "int", "state lives in Flink checkpoints, not event logs"),
+    "event-log-limit": (None, "int", "state lives in Flink checkpoints, not event logs"),
+    "exactly-once": (None, "flag", "machida-flink's output may repeat after a restart"),
     "file": ("f", "str", "not used"),
     "phone-home": ("p", "str", "Dagon orchestration is not supported"),
     "spike-seed": (None, "str", "this runner has no fault injection"),

@@ -291,7 +291,7 @@ def test_flags_and_the_applications_own_arguments(tmp_path):
         "--parallelism", "2", "--out", "127.0.0.1:7002", "--ponythreads=1",
         "--checkpoint-interval", "500", "--state-backend", "rocksdb", "--worker-count", "2",
         "--cluster-initializer", "--jobmanager", "127.0.0.1:8081", "--resilience-dir",
-        str(tmp_path), "--my-app-flag", "--log-rotation",
+        str(tmp_path), "--my-app-flag", "--log-rotation", "--exactly-once",
     ])  # fmt: skip
     assert config.app_args == ("machida-flink", "--in", "127.0.0.1:7010", "--out",
                                "127.0.0.1:7002", "--my-app-flag")  # fmt: skip
@@ -300,6 +300,8 @@ def test_flags_and_the_applications_own_arguments(tmp_path):
     assert config.notices == (
         "WARNING: --log-rotation ignored on Flink: "
         "state lives in Flink checkpoints, not event logs.",
+        "WARNING: --exactly-once ignored on Flink: "
+        "machida-flink's output may repeat after a restart.",
     )
 
 

@@ -107,7 +107,7 @@ def test_a_compacted_exactly_once_log_keeps_the_output_not_acknowledged(tmp_path
     receiver.acknowledge(receiver.connect(again), again)
     receiver.commit()
     assert receiver.windows() == windows(*values)
-    assert again.plane.counters[(0, 1)][1] == len(values)
+    assert again.plane.stream_counters()[(0, 1)][1] == len(values)
     again.stop()
 
 

@@ -296,7 +296,7 @@ def test_a_restarted_worker_numbers_on_in_the_same_stream(tmp_path):
     (stream,) = receiver.intake.holdings.durable
     worker.stop()
     again = Worker(tmp_path).join()
-    assert again.plane.counters == {(0, OWNED): [stream.epoch, 1]}
+    assert again.plane.stream_counters() == {(0, OWNED): (stream.epoch, 1)}
     receiver.acknowledge(receiver.connect(again), again)
     again.deliver(3)
     (event,) = SinkDecoder().feed(b"".join(again.written()))

@@ -34,6 +34,7 @@ NO_IO = (
     "machida.app",
     "machida.metrics.stats",
     "machida.runtime.dataplane",
+    "machida.runtime.exactly_once",
     "machida.runtime.flow",
     "machida.cluster.membership",
     "machida.cluster.quiescence",

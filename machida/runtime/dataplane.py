@@ -13,10 +13,11 @@ Everything a worker does with a message between two socket calls is here:
 * with resilience on, the flush's ``commit`` hook makes all of it durable
   before any batch leaves or anything is acknowledged (write-ahead); a hook
   that fails *halts* the plane: nothing more is sent, applied or acknowledged;
-* with exactly-once output, each output is numbered in its key's stream
-  (:mod:`machida.wire.exactly_once`) and kept in its sink's backlog until the
-  receiver acknowledges it; the commit logs it too, and only then is it
-  written, so nothing a receiver ever sees is lost by a crash of this worker;
+* with exactly-once output, each output is numbered in its key's stream and
+  kept in its sink's backlog until the receiver acknowledges it
+  (:mod:`machida.runtime.exactly_once`); the commit logs it too, and only then
+  is it written, so nothing a receiver ever sees is lost by a crash of this
+  worker;
 * a **boundary read** (from an upstream worker) is decoded, de-duplicated per
   upstream incarnation, applied, flushed, and then owes an acknowledgement,
   which the shell sends once the output has left
@@ -44,6 +45,7 @@ from machida.app.plan import AppPlan, Placement
 from machida.app.topology import LocalTopology, PersistFn, SinkFor, SourceConnection
 from machida.errors import FrameError
 from machida.metrics.stats import Stats
+from machida.runtime.exactly_once import Counters, ExactlyOnceOutput, Numbered
 from machida.runtime.flow import FlowControl
 from machida.wire.boundary import (
     COUNTERS,
@@ -62,7 +64,7 @@ from machida.wire.boundary import (
     encode_counters,
     u64_column,
 )
-from machida.wire.exactly_once import OutgoingSink, OutputRun, Stream, outputs
+from machida.wire.exactly_once import OutputRun, Stream
 
 # Frames of one source read carried through between two flushes (a read holds up to 256 KiB):
 # the other workers start on their share early and acknowledgements come back sooner.
@@ -74,10 +76,7 @@ WriteBoundary = Callable[[str, bytes], None]
 # each downstream worker, and with exactly-once output the output frames leaving for each
 # pipeline's sink); False if that failed, and then nothing leaves.
 Leaving = list[tuple[str, list[Batch]]]
-Outputs = list[tuple[int, list[bytes]]]
-CommitFn = Callable[[Leaving, Outputs], bool]
-# A key's output streams: (pipeline, key index) -> [epoch, last number given].
-Counters = dict[tuple[int, int], list[int]]
+CommitFn = Callable[[Leaving, Numbered], bool]
 # handed_over(keys): every state handed over by a change of placement is acknowledged by its
 # new owner (so durable there, with resilience); the keys (state name, key index).
 HandedOver = Callable[[list[tuple[str, int]]], None]
@@ -139,10 +138,7 @@ class DataPlane:
         self.accepted = [0] * len(plan.pipelines)  # source records taken in, per pipeline
         self.halted = False
         self.exactly_once = exactly_once
-        self.sinks: list[OutgoingSink | None] = [
-            OutgoingSink() if exactly_once and p.sink is not None else None for p in plan.pipelines
-        ]
-        self.counters: Counters = {}
+        self.output = ExactlyOnceOutput(plan, flow) if exactly_once else None
 
     # -- building -------------------------------------------------------------------------
 
@@ -228,12 +224,13 @@ class DataPlane:
         (with exactly-once output: the commit, then the sinks and the batches)."""
         if self.halted:
             return
-        numbered = self._number_outputs() if self.exactly_once else []
         for p, pending in enumerate(self._sink_pending):
             if pending:
                 self.pstats[p].messages_out += len(pending)
-                self._write_sink(p, b"".join(pending))
-                pending.clear()
+                if self.output is None:
+                    self._write_sink(p, b"".join(pending))
+                    pending.clear()
+        numbered = self.output.number(self._sink_pending) if self.output is not None else []
         leaving = []
         for owner, routes in self._outbox.items():
             backlog = self._outgoing[owner].backlog
@@ -248,45 +245,13 @@ class DataPlane:
             self.halted = True  # what could not be made durable never leaves
             return
         for p, frames in numbered:
-            sink = self.sinks[p]
-            assert sink is not None  # only a pipeline with a sink emits output
-            if sink.ready:
+            if self._eo().written(p):
                 for frame in frames:
                     self._write_sink(p, frame)
-            self.flow.sink_backlog(self.plan.pipelines[p].name, sink.backlog.bytes)
         for owner, taken in leaving:
             for batch in taken:
                 self._write_boundary(owner, batch.frame)
             self.flow.link_backlog(owner, self.unacked(owner))
-
-    def _number_outputs(self) -> Outputs:
-        """Each pipeline's pending output, numbered in its keys' streams and kept in its sink's
-        backlog: the frames to log, then send."""
-        numbered = []
-        for p, pending in enumerate(self._sink_pending):
-            if not pending:
-                continue
-            by_key: dict[int, list[bytes]] = {}
-            for key, data in pending:
-                by_key.setdefault(key, []).append(data)
-            self.pstats[p].messages_out += len(pending)
-            pending.clear()
-            runs = [self._numbered(p, key, values) for key, values in by_key.items()]
-            sink = self.sinks[p]
-            assert sink is not None  # only a pipeline with a sink emits output
-            sink.backlog.add(runs)
-            numbered.append((p, outputs(runs)))
-        return numbered
-
-    def _numbered(self, p: int, key: int, values: list[bytes]) -> OutputRun:
-        """``values`` as the next records of the stream of ``key`` in pipeline ``p`` (a stream
-        starts, with a new epoch, the first time its key emits here without a numbering)."""
-        counter = self.counters.get((p, key))
-        if counter is None:
-            counter = self.counters[(p, key)] = [random.getrandbits(64), 0]
-        first = counter[1] + 1
-        counter[1] += len(values)
-        return OutputRun(Stream(p, key, counter[0]), first, values)
 
     def _queue_run(self, backlog: Backlog, route: tuple, messages: list) -> None:
         """Messages for one key of another worker: as u64s when they are plain ints."""
@@ -359,7 +324,7 @@ class DataPlane:
             return
         if kind == COUNTERS:
             for data in values:
-                self.adopt_counters(key_index, decode_counters(data))
+                self._eo().adopt(key_index, decode_counters(data))
             return
         self.pstats[p].messages_arrived += len(values)
         apply = topology.arrival(p, pos)
@@ -384,16 +349,11 @@ class DataPlane:
                 if self._persist is not None:
                     self._persist(state_name, key_index, True)
 
-    def adopt_counters(self, key_index: int, counters: dict[int, tuple[int, int]]) -> None:
-        """The numbering of a key's output streams, handed over with its state."""
-        for p, (epoch, seq) in counters.items():
-            self.counters[(p, key_index)] = [epoch, seq]
-
     def _counters_of(self, state_name: str, key_index: int) -> dict[int, tuple[int, int]]:
-        """The output streams a key of ``state_name`` numbers here, by pipeline."""
-        topology = self._built()
-        return {p: (c[0], c[1]) for (p, key), c in self.counters.items()
-                if key == key_index and topology.output_state(p) == state_name}  # fmt: skip
+        """The numbering of the output streams a key of ``state_name`` numbers here."""
+        if self.output is None:
+            return {}
+        return self.output.counters_of(state_name, key_index, self._built().output_state)
 
     # -- changing placement: grow and shrink ----------------------------------------------
 
@@ -435,9 +395,9 @@ class DataPlane:
             del marks[peer]
         if self._handing and not marks:
             released, self._handing = self._handing, []
-            for state_name, i in released:  # numbered by the new owner from now on
-                for p in self._counters_of(state_name, i):
-                    del self.counters[(p, i)]
+            if self.output is not None:  # numbered by the new owners from now on
+                for state_name, i in released:
+                    self.output.release(state_name, i, self._built().output_state)
             if self._handed_over is not None:
                 self._handed_over(released)
 
@@ -476,58 +436,53 @@ class DataPlane:
         out = self._outgoing.get(peer)
         return out.backlog.unacked if out is not None else 0
 
-    # -- the exactly-once sinks ----------------------------------------------------------
+    # -- the exactly-once sinks (machida.runtime.sink.ExactlyOnceHost) --------------------
+
+    def _eo(self) -> ExactlyOnceOutput:
+        assert self.output is not None, "exactly-once output of a plane without it"
+        return self.output
 
     def sink_opened(self, p: int) -> bytes:
         """A (re)connection of pipeline ``p``'s sink: the hello to send first."""
-        return self._sink(p).opened(self.name)
+        return self._eo().opened(p, self.name)
 
     def sink_read(self, p: int, data: bytes) -> tuple[list[bytes], FrameError | None]:
         """What the receiver of pipeline ``p``'s sink said: the frames to send now (once it
         has answered the hello: what it does not hold), and the error if the bytes broke."""
-        sink = self._sink(p)
-        resend, freed = sink.read(data)
-        if freed:
-            self.flow.sink_backlog(self.plan.pipelines[p].name, sink.backlog.bytes)
-        return resend, sink.decoder.error
+        return self._eo().read(p, data)
 
     def sink_ready(self, p: int) -> bool:
         """Whether the receiver of pipeline ``p``'s sink has answered this connection's hello."""
-        return self._sink(p).ready
+        return self._eo().ready(p)
 
-    def _sink(self, p: int) -> OutgoingSink:
-        sink = self.sinks[p]
-        assert sink is not None, "only a pipeline with a sink has an exactly-once sink"
-        return sink
+    # (and what resilience keeps of it: machida.durability.resilience.ResilienceHost)
 
     def sink_acked(self) -> dict[int, dict[Stream, int]]:
         """How far each sink's receiver has acknowledged each stream."""
-        return {p: dict(sink.backlog.acked) for p, sink in enumerate(self.sinks) if sink}
+        return self.output.acked() if self.output is not None else {}
 
     def sink_backlogs(self) -> dict[int, list[bytes]]:
         """Each sink's unacknowledged output, as frames."""
-        return {p: sink.backlog.replay() for p, sink in enumerate(self.sinks) if sink}
+        return self.output.backlogs() if self.output is not None else {}
 
     def restore_sink(self, p: int, runs: list[OutputRun]) -> None:
         """A recovered worker's unacknowledged output for pipeline ``p``'s sink: sent again,
         after what the receiver says it holds, once the connection is up."""
-        sink = self._sink(p)
-        sink.backlog.clear()
-        sink.backlog.add(runs)
-        self.flow.sink_backlog(self.plan.pipelines[p].name, sink.backlog.bytes)
+        self._eo().restore_sink(p, runs)
 
-    def stream_counters(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """The numbering of each output stream this worker holds: ``(p, key) -> (epoch, seq)``."""
-        return {route: (c[0], c[1]) for route, c in self.counters.items()}
+    def stream_counters(self) -> Counters:
+        """The numbering of each output stream held here: ``(p, key) -> (epoch, seq)``."""
+        return self.output.stream_counters() if self.output is not None else {}
 
-    def restore_counters(self, counters: dict[tuple[int, int], tuple[int, int]]) -> None:
+    def restore_counters(self, counters: Counters) -> None:
         """What a recovered worker's event log says of the output streams of the keys it
         holds (and of the pipelines without a key)."""
-        held = self.states
-        for (p, key), (epoch, seq) in counters.items():
-            state_name = self._built().output_state(p)
-            if state_name is None or key in held.get(state_name, {}):
-                self.counters[(p, key)] = [epoch, seq]
+        if self.output is not None:
+            self.output.restore_counters(counters, self._holds)
+
+    def _holds(self, p: int, key: int) -> bool:
+        state_name = self._built().output_state(p)
+        return state_name is None or key in self.states.get(state_name, {})
 
     # -- counts ---------------------------------------------------------------------------
 
@@ -535,7 +490,7 @@ class DataPlane:
         """What the initializer compares to know that nothing is in flight (with exactly-once
         output, output not yet acknowledged by its receiver counts as in flight)."""
         backlogs = [out.backlog for out in self._outgoing.values()]
-        sinks = sum(sink.backlog.records for sink in self.sinks if sink is not None)
+        sinks = self.output.unacked() if self.output is not None else 0
         return {
             "sent": sum(backlog.sent_total for backlog in backlogs),
             "applied": self.applied_total,
@@ -545,10 +500,7 @@ class DataPlane:
     def leftovers(self) -> list[str]:
         links = [f"{out.backlog.unacked} unacknowledged message(s) for {out.peer}"
                  for out in self._outgoing.values() if out.backlog.unacked]  # fmt: skip
-        sinks = [f"{sink.backlog.records} output(s) not acknowledged by the receiver of "
-                 f"{self.plan.pipelines[p].name!r}" for p, sink in enumerate(self.sinks)
-                 if sink is not None and sink.backlog.records]  # fmt: skip
-        return links + sinks
+        return links + (self.output.leftovers() if self.output is not None else [])
 
     # -- what resilience keeps, and puts back after a crash -------------------------------
     # (machida.durability.resilience.ResilienceHost)

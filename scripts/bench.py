@@ -1,7 +1,7 @@
 """``make bench``: end-to-end throughput and latency of the 2-worker cluster, against the bare path.
 
-One run measures two systems with the same sender and the same counting
-receiver, one after the other:
+One run measures these systems with the same sender and a receiver in this
+process, one after the other:
 
 * ``cluster``: ``machida`` initializer + ``worker-2`` running sequence_window;
 * ``reference``: ``scripts/bench_reference.py``, the faithful bare path (two

@@ -14,6 +14,7 @@ handshake, and FILE holds each window once.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 import pytest
@@ -28,7 +29,7 @@ from machida.runtime.dataplane import DataPlane
 from machida.runtime.flow import FlowControl
 from machida.testing import DEFAULT_ARGS
 from machida.wire import exactly_once as protocol
-from machida.wire.exactly_once import SinkDecoder, SinkHello, SinkOutputs
+from machida.wire.exactly_once import NO_KEY, SinkDecoder, SinkHello, SinkOutputs
 from wallaroo_tools.exactly_once import Intake
 from wallaroo_tools.layouts import records
 from wallaroo_tools.ledger import Holdings, Ledger
@@ -302,3 +303,56 @@ def test_a_restarted_worker_numbers_on_in_the_same_stream(tmp_path):
     (event,) = SinkDecoder().feed(b"".join(again.written()))
     assert [(run.stream, run.first) for run in event.runs] == [(stream, 2)]
     again.stop()
+
+
+STATELESS = """
+import struct, wallaroo
+
+class Decoder(object):
+    def header_length(self):
+        return 4
+    def payload_length(self, bs):
+        return struct.unpack(">I", bs)[0]
+    def decode(self, bs):
+        return struct.unpack(">Q", bs)[0]
+
+class Double(object):
+    def compute(self, v):
+        return v * 2
+
+class Encoder(object):
+    def encode(self, v):
+        text = str(v).encode()
+        return struct.pack(">I", len(text)) + text
+
+def application_setup(args):
+    ab = wallaroo.ApplicationBuilder("Doubles")
+    ab.new_pipeline("Values", wallaroo.TCPSourceConfig("h", "1", Decoder()))
+    ab.to(Double)
+    ab.to_sink(wallaroo.TCPSinkConfig("h", "2", Encoder()))
+    return ab.build()
+"""
+
+
+def test_a_pipeline_without_a_state_step_numbers_its_output_in_one_stream(make_app):
+    module, plan = load_plan(make_app(STATELESS), list(DEFAULT_ARGS))
+    written: list[bytes] = []
+    plane = DataPlane(plan, "initializer", serializers(module), FlowControl(),
+                      lambda p, frame: written.append(frame), lambda peer, frame: None,
+                      exactly_once=True)  # fmt: skip
+    plane.build(plan.placement(["initializer"]))
+    receiver = Holdings()
+    (hello,) = SinkDecoder().feed(plane.sink_opened(0))
+    plane.sink_read(0, protocol.marks(receiver.answer(hello.streams)))
+    source = plane.open_source(0, "test")
+    for values in ([1, 2, 3], [4]):
+        plane.source_read(source, b"".join(struct.pack(">IQ", 8, v) for v in values))
+    runs = [run for event in SinkDecoder().feed(b"".join(written)) for run in event.runs]
+    assert [(run.stream.key, run.first, list(run.values)) for run in runs] == [
+        (NO_KEY, 1, [b"\x00\x00\x00\x012", b"\x00\x00\x00\x014", b"\x00\x00\x00\x016"]),
+        (NO_KEY, 4, [b"\x00\x00\x00\x018"]),
+    ]
+    assert len({run.stream for run in runs}) == 1
+    assert plane.counts()["backlog"] == 4  # until the receiver acknowledges them
+    plane.sink_read(0, protocol.acks({runs[0].stream: 4}))
+    assert plane.counts()["backlog"] == 0

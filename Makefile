@@ -5,12 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format run bench bench-latency bench-driver metrics-ui browser
+.PHONY: install test lint format run bench bench-latency bench-driver metrics-ui metrics-ui-install browser
 
-# The Metrics UI's chart library (Chart.js, pinned in metrics_ui/vendor.py), fetched with npm.
+# The Metrics UI's chart library (Chart.js, pinned in metrics_ui/vendor.py), fetched with npm:
+# only by the targets that serve the page or test it (make metrics-ui, make test), so that
+# make install and make run need no npm.
 CHART := metrics_ui/static/vendor/chart.umd.js
 
-install: $(STAMP) $(CHART)
+install: $(STAMP)
+
+metrics-ui-install: $(CHART)
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +38,7 @@ browser:
 	fi
 
 # make metrics-ui UI_ARGS='--listen 127.0.0.1:5001 --http 127.0.0.1:4000' (those are the defaults)
-metrics-ui: install
+metrics-ui: install $(CHART)
 	$(PY) -m metrics_ui $(UI_ARGS)
 
 # ruff, then mypy over the layers pyproject.toml names (the protocols between them included).
@@ -47,7 +51,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint browser flink-install
+test: lint browser flink-install $(CHART)
 	$(PY) -m pytest
 
 # make run RUN_ARGS='--base-port 17000' moves every port of the scenario.

@@ -13,12 +13,12 @@ Checks run in this order and the first failure wins:
    a bad integer, a negative ``--stop-pause``, ``--event-log-file-size`` < 1);
 3. ``--application-module`` present;
 4. ``--metrics`` present, then a well-formed address;
-5. ``--join`` refused;
-6. ``--worker-count`` at least 1;
-7. the role: the initializer needs ``--data``, and ``--control`` when more
-   than one worker; a worker must not have ``--worker-count`` or ``--data``
-   and needs a ``--name`` other than ``initializer`` and ``--control``;
-8. the other addresses well formed: control, data, my-control, my-data, external;
+5. ``--worker-count`` at least 1;
+6. the role: the initializer needs ``--data``, and ``--control`` when more
+   than one worker, and cannot ``--join``; a worker must not have ``--data``,
+   nor ``--worker-count`` unless it joins, and needs a ``--name`` other than
+   ``initializer`` and ``--control`` or ``--join``;
+7. the other addresses well formed: control, data, my-control, my-data, external, join;
 9. ``--resilience-dir``: no trailing ``/``, then it must be an existing
    directory. It is checked always, with or without resilience, as machida
    did: recovery files are written there in both modes.
@@ -70,8 +70,6 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
     values = parsed.values
     module = _required_module(values)
     metrics = _required_metrics(values)
-    if "join" in parsed.given:
-        raise ConfigError("--join (autoscale) is not supported by this runner.")
     initializer = bool(values["cluster_initializer"])
     worker_count = _worker_count(values, initializer)
     name = _check_role(values, parsed.given, initializer, worker_count)
@@ -95,6 +93,7 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
         app_args=(argv[0], *parsed.rest),
         notices=_notices(values, parsed.given, initializer),
         cluster_secret_file=values["cluster_secret_file"],
+        join=_optional_address("--join", values["join"]),
     )
 
 
@@ -115,11 +114,12 @@ def _optional_address(flag: str, text: str | None) -> tuple[str, int] | None:
 
 
 def _worker_count(values: dict[str, Any], initializer: bool) -> int:
-    """The cluster size: 1 unless given on the initializer; 0 (unknown yet) on a worker."""
+    """The cluster size: 1 unless given on the initializer; on a joiner, how many join
+    together (1 unless given); 0 (unknown yet) on any other worker."""
     count = values["worker_count"]
     if count is not None and count < 1:
         raise ConfigError("--worker-count must be at least 1.")
-    if not initializer:
+    if not initializer and not values["join"]:
         return 0
     return 1 if count is None else count
 
@@ -129,6 +129,8 @@ def _check_role(
 ) -> str:
     """Apply the initializer's or the worker's rules; returns this process's name."""
     if initializer:
+        if values["join"]:
+            raise ConfigError("The cluster initializer cannot --join a cluster: it forms one.")
         if not values["data"]:
             raise ConfigError(
                 "Cluster initializer needs its data channel address to be specified via --data."
@@ -143,7 +145,7 @@ def _check_role(
 
 
 def _worker_name(values: dict[str, Any], given: set[str]) -> str:
-    if "worker_count" in given:
+    if "worker_count" in given and not values["join"]:
         raise ConfigError("Only supply --worker-count to cluster initializer.")
     if values["data"] is not None:
         raise ConfigError("Only supply --data to cluster initializer.")
@@ -155,9 +157,10 @@ def _worker_name(values: dict[str, Any], given: set[str]) -> str:
             "The name 'initializer' is reserved for the cluster initializer;"
             " give this worker another --name, or add --cluster-initializer."
         )
-    if not values["control"]:
+    if not values["control"] and not values["join"]:
         raise ConfigError(
-            "A worker needs the initializer's control channel address via --control/-c."
+            "A worker needs the initializer's control channel address via --control/-c "
+            "(or a running worker's, to join the cluster, via --join/-j)."
         )
     return name
 

@@ -39,13 +39,15 @@ RUNNER_OPTIONS = [
         "my-control",
         "x",
         metavar="HOST:PORT",
-        help="a worker's control listener (default: the address that reaches --control, port 0)",
+        help="a worker's control listener (default: the address that reaches --control or "
+        "--join, port 0)",
     ),
     Option(
         "my-data",
         "y",
         metavar="HOST:PORT",
-        help="a worker's data listener (default: the address that reaches --control, port 0)",
+        help="a worker's data listener (default: the address that reaches --control or "
+        "--join, port 0)",
     ),
     Option("external", "e", metavar="HOST:PORT", help="external channel listener"),
     Option(
@@ -53,7 +55,8 @@ RUNNER_OPTIONS = [
         "w",
         kind="int",
         metavar="N",
-        help="cluster size, initializer included (default 1)",
+        help="cluster size, initializer included (default 1); with --join, how many workers "
+        "join together",
     ),
     Option(
         "cluster-initializer",
@@ -105,7 +108,12 @@ RUNNER_OPTIONS = [
         help="the secret every worker proves to the others (default: "
         "~/.config/machida/cluster-secret, created on first use)",
     ),
-    Option("join", "j", metavar="HOST:PORT", help="autoscale join (not supported)"),
+    Option(
+        "join",
+        "j",
+        metavar="HOST:PORT",
+        help="join a running cluster through any worker's control address (autoscale)",
+    ),
     Option("file", "f", metavar="FILE", help="accepted and ignored"),
     Option("phone-home", "p", metavar="HOST:PORT", help="accepted and ignored"),
     Option("spike-seed", metavar="N", help="accepted and ignored (fault injection)"),
@@ -159,3 +167,4 @@ class RunnerConfig:
     app_args: tuple[str, ...]
     notices: tuple[str, ...]
     cluster_secret_file: str | None = None
+    join: tuple[str, int] | None = None  # --join: a running worker's control address

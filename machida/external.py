@@ -6,8 +6,9 @@ connection and send ``u32be L | u16be id | payload`` frames
 what a message means: a Print is echoed, a CleanShutdown is acknowledged
 (``cluster_shutdown`` waits for the echo) and handed to the engine, and every
 other request goes to the method of the engine's :class:`ExternalCommands` that
-:data:`REQUESTS` names, whose answer, if any, is written back. An engine that
-lacks the method says the message is not handled, as Wallaroo did.
+:data:`REQUESTS` names, given the payload and a ``reply`` to answer with on the
+same connection, now or later (a shrink is decided by the initializer). An
+engine that lacks the method says the message is not handled, as Wallaroo did.
 :class:`ExternalChannel` only moves bytes between a connection and
 :func:`dispatch`; :func:`serve_external` binds it.
 """
@@ -19,22 +20,32 @@ from typing import Callable, Protocol, cast
 
 from machida.aio import Address, listen
 from machida.console import say, warn
-from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ROTATE_LOG, ExternalFrameDecoder, encode
+from machida.wire import external
+from machida.wire.external import CLEAN_SHUTDOWN, PRINT, ExternalFrameDecoder, encode
 
 NOT_HANDLED = "Incoming External Message type not handled by external channel."
 
-# Message id -> the ExternalCommands method that handles it (given the payload as text; it
-# returns the frame to answer with, or None). An engine implements those it supports.
-REQUESTS = {ROTATE_LOG: "rotate_log"}
+# Message id -> the ExternalCommands method that handles it: ``method(text, reply)``, where
+# text is the payload and ``reply(frame)`` answers on the same connection. An engine
+# implements those it supports.
+REQUESTS = {
+    external.ROTATE_LOG: "rotate_log",
+    external.SHRINK: "shrink",
+    external.PARTITION_QUERY: "partition_query",
+    external.PARTITION_COUNT_QUERY: "partition_count_query",
+    external.CLUSTER_STATUS_QUERY: "cluster_status_query",
+}
+Reply = Callable[[bytes], None]
 
 
 class ExternalCommands(Protocol):
-    """What an engine does with the external channel's requests."""
+    """What an engine does with the external channel's requests (it may have more of
+    :data:`REQUESTS`' methods)."""
 
     def clean_shutdown(self, reason: str) -> None:
         """Drain and stop (the request is already acknowledged)."""
 
-    def rotate_log(self, worker: str) -> bytes | None:
+    def rotate_log(self, worker: str, reply: Reply) -> None:
         """Rotate the event log of ``worker``."""
 
 
@@ -53,9 +64,7 @@ def dispatch(commands: ExternalCommands, msg_id: int, text: str,
         if handler is None:
             say(NOT_HANDLED)
             return
-        answer = handler(text)
-        if answer:
-            reply(answer)
+        handler(text, reply)
 
 
 class ExternalChannel(asyncio.Protocol):

@@ -23,14 +23,15 @@ import gc
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from machida.aio import Address, background, close_loop
 from machida.app.callbacks import Callbacks
 from machida.app.loader import load_plan, report_load_failure, serializers
-from machida.app.plan import AppPlan
+from machida.app.plan import AppPlan, Placement
 from machida.cluster.initializer import Initializer
 from machida.cluster.member import Member
+from machida.cluster.node import Record
 from machida.cluster.secret import SecretError, cluster_secret
 from machida.config import RunnerConfig
 from machida.console import error_line, os_reason, say, warn
@@ -51,7 +52,7 @@ from machida.external import serve_external
 from machida.metrics.client import MetricsClient
 from machida.metrics.stats import Stats
 from machida.runtime.boundary import Boundaries, BoundaryIn
-from machida.runtime.channels import ControlChannel, Ignored, Inputs, SourceChannel
+from machida.runtime.channels import ControlChannel, Inputs, SourceChannel
 from machida.runtime.dataplane import DataPlane
 from machida.runtime.flow import FlowControl
 from machida.runtime.guard import dial_control, guarded
@@ -85,17 +86,22 @@ class Process:
             plan, self.name, serializers(module), self.flow, self.sinks.write,
             self._write_boundary, Callbacks(self.name), self.stats,
             persist=resilience.persist if resilience else None,
-            commit=self._commit if resilience else None,
+            commit=self._commit if resilience else None, handed_over=self._handed_over,
         )  # fmt: skip
+        self._handover_done: Callable[[], None] | None = None
         self.boundaries = Boundaries(self.plane, secret)
         self.listeners = Listeners()
         self.recovered: RecoveryRecord | None = None
         self.role: Initializer | Member
+        keys = plan.state_keys()
         if config.initializer:
-            self.role = Initializer(self, config.worker_count)
+            pause = config.stop_pause_ns / 1e9
+            self.role = Initializer(self, config.worker_count, keys, pause)
         else:
-            assert config.control is not None  # a worker is given the initializer's address
-            self.role = Member(self, config.control, functools.partial(dial_control, secret))
+            contact = config.join or config.control
+            assert contact is not None  # a worker is given the initializer's or a worker's
+            dial = functools.partial(dial_control, secret)
+            self.role = Member(self, contact, dial, keys, config.worker_count)
         self.finished: asyncio.Future | None = None
         self.disk_failed = False
         self._stopping = False
@@ -127,7 +133,7 @@ class Process:
                 factory = functools.partial(SourceChannel, self.plane, self.inputs, p)
                 await listeners.bind_source(pipeline.name, address, factory)
         control, data = _cluster_addresses(cfg)
-        talk = functools.partial(ControlChannel, role) if cfg.initializer else Ignored
+        talk = functools.partial(ControlChannel, role)
         secret, boundary = self.secret, functools.partial(BoundaryIn, self.plane, self.inputs,
                                                           self.sinks.busy)  # fmt: skip
         control = await listeners.bind("control", control, guarded(secret, b"control", talk),
@@ -138,10 +144,10 @@ class Process:
             listeners.keep(await serve_external(role, self.name, cfg.external))
         return control, data
 
-    def build(self, workers: list[str]) -> bool:
-        """The local topology for a member list in join order, its event log and sinks."""
+    def build(self, placement: Placement) -> bool:
+        """The local topology for a placement of the keys, its event log and sinks."""
         try:
-            self.plane.build(workers)
+            self.plane.build(placement)
         except ApplicationError as err:  # a state builder raised
             warn(error_line(err))
             self.finish(1)
@@ -159,15 +165,45 @@ class Process:
         self.sinks.start()
         return True
 
-    def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
+    def save_record(self, record: Record) -> None:
         bound = self.listeners.bound
         try:
-            self.recovery.write(_record(self.config, self.plan, workers, addresses, bound))
+            self.recovery.write(_record(self.config, self.plan, record, bound))
         except OSError as err:
             self._disk_failed(err.filename or self.recovery.directory, err)
 
     def connect(self, peer: str, data: Address) -> None:
         self.boundaries.connect(peer, *data)
+
+    # -- growing and shrinking ------------------------------------------------------------
+
+    def change_placement(self, placement: Placement,
+                         done: Callable[[], None]) -> list[tuple[str, int, str]]:  # fmt: skip
+        self._handover_done = done
+        return self.plane.change_placement(placement)
+
+    def _handed_over(self, keys: list[tuple[str, int]]) -> None:
+        """Every state handed over is acknowledged by its new owner: forget them here (in the
+        event log first), then tell the role."""
+        if self.resilience is not None:
+            try:
+                self.resilience.release(keys)
+            except (OSError, EventLogError) as err:
+                self._disk_failed(self.resilience.log.path if self.resilience.log else "", err)
+                return
+        done, self._handover_done = self._handover_done, None
+        if done is not None:
+            done()
+
+    def resume_placement(self) -> None:
+        self.plane.build_missing()
+
+    def forget(self, peer: str) -> None:
+        self.boundaries.forget(peer)
+        self.plane.forget(peer)
+
+    def hold_sources(self, held: bool) -> None:
+        self.flow.open_sources(not held)
 
     async def sinks_connected(self) -> None:
         await self.sinks.connected()
@@ -281,33 +317,32 @@ def _cluster_addresses(config: RunnerConfig) -> tuple[Address, Address]:
     if config.initializer:
         assert config.data is not None  # the command line requires it
         return config.control or ("127.0.0.1", 0), config.data
-    assert config.control is not None
-    here = local_address_towards(*config.control)
+    towards = config.join or config.control
+    assert towards is not None  # the command line requires one
+    here = local_address_towards(*towards)
     return config.my_control or (here, 0), config.my_data or (here, 0)
 
 
 def _expectation(config: RunnerConfig, plan: AppPlan) -> Expectation:
-    return Expectation(
-        fingerprint=plan.fingerprint(config.resilience),
-        resilience=config.resilience,
-        worker_count=config.worker_count if config.initializer else None,
-    )
+    # not the worker count: a cluster restarted with another one grows or shrinks to it
+    return Expectation(fingerprint=plan.fingerprint(config.resilience),
+                       resilience=config.resilience)  # fmt: skip
 
 
-def _record(config: RunnerConfig, plan: AppPlan, workers: list[str],
-            addresses: dict[str, tuple[Address, Address]],
+def _record(config: RunnerConfig, plan: AppPlan, record: Record,
             bound: dict[str, Address]) -> RecoveryRecord:  # fmt: skip
-    """The recovery files' record of this worker once the member list is known."""
-    peers = tuple(Peer(name, control, data) for name, (control, data) in addresses.items()
+    """The recovery files' record of this worker, from what its role knows of the cluster."""
+    peers = tuple(Peer(name, control, data) for name, (control, data) in record.addresses.items()
                   if name != config.name)  # fmt: skip
-    owned = plan.placement(workers).owned_by(config.name)
+    owned = (record.target or record.placement).owned_by(config.name)
     return RecoveryRecord(
         module=config.application_module, worker=config.name,
         fingerprint=plan.fingerprint(config.resilience),
-        worker_count=len(workers), workers=tuple(workers),
+        worker_count=len(record.workers), workers=tuple(record.workers),
         owned_keys=tuple((state, tuple(keys)) for state, keys in owned.items()),
         resilience=config.resilience,
         control=bound["control"], data=bound.get("data"), peers=peers,
+        placement=record.placement, target=record.target, leaving=record.leaving,
     )  # fmt: skip
 
 

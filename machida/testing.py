@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from machida.app.callbacks import Callbacks
 from machida.app.loader import load_plan, serializers
+from machida.app.plan import Placement
 from machida.app.topology import SourceConnection
 from machida.errors import FrameError, UserCallbackError
 from machida.runtime.dataplane import DataPlane, WriteBoundary
@@ -73,20 +74,73 @@ class Driver:
         self.module, self.plan = load_plan(app, list(args or DEFAULT_ARGS), warn=_warn)
         self.placement = self.plan.placement(names)
         self.outputs: list[Output] = []
-        pair = serializers(self.module)
+        self._errors = errors
         # every forwarded message crosses at once, in a batch of its own, and is delivered
         # before the next step runs: the output order does not depend on the worker count
         self.network = MemoryNetwork(deliver_at_once=True)
         self._planes: dict[str, DataPlane] = {}
         for name in names:
-            write = self.network.writer(name)
-            plane = DataPlane(self.plan, name, pair, FlowControl(), _no_sink_writes, write,
-                              Callbacks(name, errors), eager=True)  # fmt: skip
-            plane.build(names, sink_for=self._sink_for(name), values=True)
-            self._planes[name] = self.network.add(plane)
+            self._start(name, self.placement)
         self.network.connect_all()
         self._initializer = self._planes[names[0]]
         self._sources: dict[int, SourceConnection] = {}
+
+    def _start(self, name: str, placement: Placement) -> None:
+        write, callbacks = self.network.writer(name), Callbacks(name, self._errors)
+        plane = DataPlane(self.plan, name, serializers(self.module), FlowControl(),
+                          _no_sink_writes, write, callbacks, eager=True)  # fmt: skip
+        plane.build(placement, sink_for=self._sink_for(name), values=True)
+        self._planes[name] = self.network.add(plane)
+
+    @property
+    def workers(self) -> list[str]:
+        """The simulated workers, in join order (the initializer first)."""
+        return list(self.placement.workers)
+
+    def grow(self, names: list[str]) -> list[tuple[str, Any, str, str]]:
+        """New simulated workers join, as ``machida --join`` makes them: the keys rebalance
+        by the runner's rule, and each moving key's state is handed over through the module's
+        ``serialize``/``deserialize``. Returns the moves: ``(state, key, from, to)``."""
+        taken = [n for n in names if n in self._planes]
+        if taken or len(set(names)) != len(names) or not names:
+            raise ValueError(f"need new, distinct worker names, got {names!r}")
+        target = self.placement.rebalanced([*self.placement.workers, *names])
+        for name in names:
+            self._start(name, target)
+        for name in names:
+            for other in self._planes:
+                if other != name:
+                    self.network.connect(name, other)
+                    self.network.connect(other, name)
+        return self._move(target)
+
+    def shrink(self, names: list[str]) -> list[tuple[str, Any, str, str]]:
+        """Simulated workers leave, as ``cluster_shrinker --workers`` makes them: their keys
+        are handed over to the others (the initializer cannot leave: it has the sources).
+        Returns the moves: ``(state, key, from, to)``."""
+        workers = self.workers
+        if not names or workers[0] in names or not set(names) <= set(workers):
+            raise ValueError(f"can only remove workers other than {workers[0]!r}, got {names!r}")
+        moves = self._move(self.placement.rebalanced([w for w in workers if w not in names]))
+        for name in names:
+            del self._planes[name]
+            self.network.remove(name)
+            for plane in self._planes.values():
+                plane.forget(name)
+        return moves
+
+    def _move(self, target: Placement) -> list[tuple[str, Any, str, str]]:
+        """Every plane routes by ``target`` and hands over what it no longer owns; the memory
+        network delivers the states (and their acknowledgements) as they are sent."""
+        moves = self.placement.moves(target)
+        keys = self.plan.state_keys()
+        for plane in list(self._planes.values()):
+            plane.change_placement(target)
+        assert not any(plane.handing_over for plane in self._planes.values())
+        self.placement = target
+        for plane in self._planes.values():
+            plane.build_missing()
+        return [(name, keys[name][i], old, new) for name, i, old, new in moves]
 
     @property
     def counters(self) -> Counter:
@@ -223,6 +277,12 @@ class MemoryNetwork:
         """Join ``plane`` (replacing one of the same name: a restarted worker)."""
         self.planes[plane.name] = plane
         return plane
+
+    def remove(self, name: str) -> None:
+        """The plane ``name`` has left: its connections and what they carried are gone."""
+        del self.planes[name]
+        self.wire = deque(w for w in self.wire if name not in w[:2])
+        self.incoming = {ends: end for ends, end in self.incoming.items() if name not in ends}
 
     def connect(self, src: str, dst: str) -> None:
         """A (re)connection from ``src`` to ``dst``: what was in flight on it is lost, the

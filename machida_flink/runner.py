@@ -315,7 +315,7 @@ class FlinkRunner:
     def clean_shutdown(self, reason: str) -> None:
         self.shutdown.set()
 
-    def rotate_log(self, worker: str) -> None:
+    def rotate_log(self, worker: str, reply) -> None:
         warn("WARNING: RotateLog ignored: on Flink, state lives in checkpoints, not logs")
 
 

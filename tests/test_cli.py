@@ -67,6 +67,14 @@ def test_worker_defaults():
     assert config.cluster_secret_file is None
 
 
+def test_a_joiner_needs_only_an_address_of_the_cluster_and_counts_one_by_default():
+    joiner = [*COMMON, "--name", "w3", "--join", "127.0.0.1:6000"]
+    config = parse_runner_args(joiner)
+    assert (config.join, config.control, config.worker_count) == (("127.0.0.1", 6000), None, 1)
+    assert not config.initializer
+    assert parse_runner_args([*joiner, "--worker-count", "4"]).worker_count == 4
+
+
 def test_config_is_frozen():
     config = parse_runner_args(WORKER)
     with pytest.raises(AttributeError):
@@ -305,7 +313,8 @@ ERRORS = [
     ),
     (
         [*COMMON, "-n", "w2"],
-        "Error: A worker needs the initializer's control channel address via --control/-c.",
+        "Error: A worker needs the initializer's control channel address via --control/-c "
+        "(or a running worker's, to join the cluster, via --join/-j).",
     ),
     (
         [*INITIALIZER, "-w", "2"],
@@ -314,7 +323,12 @@ ERRORS = [
     ),
     ([*INITIALIZER, "-r", NO_DIR], f"Error: Resilience directory: {NO_DIR} doesn't exist"),
     ([*INITIALIZER, "--resilience-dir", "/tmp/"], "Error: --resilience-dir must not end in /"),
-    ([*WORKER, "--join", "h:1"], "Error: --join (autoscale) is not supported by this runner."),
+    (
+        [*INITIALIZER, "--join", "h:1"],
+        "Error: The cluster initializer cannot --join a cluster: it forms one.",
+    ),
+    ([*WORKER, "-w", "2"], "Error: Only supply --worker-count to cluster initializer."),
+    ([*COMMON, "-n", "w3", "--join", "h"], "Error: --join expects HOST:PORT, got 'h'"),
     ([*INITIALIZER, "--name", "-x"], "Error: option --name needs a value"),
     (
         ["machida", "--application-module", "--metrics", "h:1"],
@@ -348,10 +362,7 @@ def test_errors_have_their_exact_message(argv, line):
             [*COMMON[:3], "--join", "h:1"],
             "Error: You must specify a metrics address via --metrics/-m.",
         ),
-        (
-            [*COMMON, "-w", "0", "--join", "h:1"],
-            "Error: --join (autoscale) is not supported by this runner.",
-        ),
+        ([*COMMON, "-w", "0", "--join", "h:1"], "Error: --worker-count must be at least 1."),
         ([*COMMON, "-w", "0"], "Error: --worker-count must be at least 1."),
         ([*COMMON, "-d", "h:1", "-r", NO_DIR], "Error: Only supply --data to cluster initializer."),
         ([*COMMON, "-r", "/tmp/"], "Error: You must specify a worker name via --name/-n."),

@@ -30,6 +30,7 @@ from machida.wire import control
 from machida.wire.framing import encode_frame
 
 PLAN = ["module=app", "app=App", "resilience=False", "pipeline=P"]
+KEYS = {"s": (0, 1, 2)}
 INITIALIZER_AT = ("10.0.0.1", 6000)
 _ports = itertools.count(7000)
 
@@ -64,12 +65,25 @@ class FakeNode:
     def _note(self, *what) -> None:
         self.asked.append(what)
 
-    def build(self, workers):
-        self._note("build", list(workers))
+    def build(self, placement):
+        self._note("build", list(placement.workers))
         return True
 
-    def save_topology(self, workers, addresses):
-        self._note("save_topology", list(workers))
+    def save_record(self, record):
+        self._note("save_topology", list(record.workers))
+
+    def change_placement(self, placement, done):
+        self._note("change_placement", placement.version)
+        return []  # nothing held to hand over: the role goes on at once
+
+    def resume_placement(self):
+        self._note("resume_placement")
+
+    def forget(self, peer):
+        self._note("forget", peer)
+
+    def hold_sources(self, held):
+        self._note("hold_sources", held)
 
     def connect(self, peer, data):
         self._note("connect", peer, *data)
@@ -191,12 +205,12 @@ async def form(expected: int = 2, **members):
     """An initializer and ``expected - 1`` members, started and ready."""
     LISTENING.clear()
     init = FakeNode("initializer")
-    role = Initializer(init, expected)
+    role = Initializer(init, expected, KEYS)
     await role.start()
     workers = []
     for i in range(2, expected + 1):
         node = FakeNode(f"worker-{i}", **members)
-        member = Member(node, INITIALIZER_AT, dialler_for(node))
+        member = Member(node, INITIALIZER_AT, dialler_for(node), KEYS)
         await member.start()
         workers.append((node, member))
     await until(lambda: "start_sources" in init.verbs())
@@ -231,10 +245,10 @@ def test_a_worker_started_first_waits_for_the_initializer(capsys):
     async def scenario():
         LISTENING.clear()
         node = FakeNode("worker-2")
-        await Member(node, INITIALIZER_AT, dialler_for(node)).start()
+        await Member(node, INITIALIZER_AT, dialler_for(node), KEYS).start()
         await asyncio.sleep(0.01)
         init = FakeNode("initializer")
-        await Initializer(init, 2).start()
+        await Initializer(init, 2, KEYS).start()
         await until(lambda: "start_sources" in init.verbs())
 
     asyncio.run(scenario())
@@ -263,7 +277,7 @@ def test_the_initializer_refuses_a_worker_it_cannot_take(second, reason, capsys)
     async def scenario():
         await form()
         node = FakeNode(second["name"], plan=second.get("plan", PLAN))
-        await Member(node, INITIALIZER_AT, dialler_for(node)).start()
+        await Member(node, INITIALIZER_AT, dialler_for(node), KEYS).start()
         await node.ended.wait()
         assert node.code == 1 and "build" not in node.verbs()
 
@@ -300,11 +314,11 @@ def test_a_recovered_initializer_builds_the_recorded_cluster_before_anyone_says_
     async def scenario():
         LISTENING.clear()
         init = FakeNode("initializer", recovered=recorded)
-        await Initializer(init, 2).start()
+        await Initializer(init, 2, KEYS).start()
         assert init.asked[1:3] == [("build", ["initializer", "worker-2"]),
                                    ("connect", "worker-2", "10.0.0.9", 7101)]  # fmt: skip
         node = FakeNode("worker-2")
-        await Member(node, INITIALIZER_AT, dialler_for(node)).start()
+        await Member(node, INITIALIZER_AT, dialler_for(node), KEYS).start()
         await until(lambda: "start_sources" in init.verbs())
         assert ("connect", "worker-2", "10.0.0.9", node.data[1]) in init.asked
 
@@ -326,7 +340,7 @@ def test_clean_shutdown_stops_the_sources_waits_for_quiescence_then_ends_everyon
         assert (init.code, node.code) == (0, 0)
         assert init.verbs().index("stop_sources") < init.verbs().index("quiet_links")
         assert ("close", True) in init.asked and ("close", True) in node.asked
-        assert role.coordinator.poll_round >= 4
+        assert role.drain.poll_round >= 4
 
     asyncio.run(scenario())
     out = capsys.readouterr().out
@@ -373,12 +387,12 @@ def test_membership_keeps_join_order_and_takes_a_lost_member_back():
         return control.Hello(name, ("ignored", 1), ("ignored", 2), tuple(PLAN))
 
     a, b = object(), object()
-    assert members.admit(hello("w3"), "10.0.0.3", a) == ("", False)
-    assert members.admit(hello("w2"), "10.0.0.2", b) == ("", False)
+    assert members.admit(hello("w3"), "10.0.0.3", a) == ("", False, False)
+    assert members.admit(hello("w2"), "10.0.0.2", b) == ("", False, False)
     assert members.names == ["initializer", "w3", "w2"] and members.complete
     assert members.members["w3"].control == ("10.0.0.3", 1)  # host from the connection
     assert members.lost(a) == "w3" and [m.name for m in members.others()] == ["w2"]
-    assert members.admit(hello("w3"), "10.0.0.4", object()) == ("", True)
+    assert members.admit(hello("w3"), "10.0.0.4", object()) == ("", True, False)
     assert members.names == ["initializer", "w3", "w2"]
     assert members.admit(hello("initializer"), "h", object()).refused
 
@@ -434,7 +448,7 @@ def test_a_control_message_the_initializer_cannot_take_closes_its_connection(mes
     async def scenario():
         LISTENING.clear()
         init = FakeNode("initializer")
-        role = Initializer(init, 2)
+        role = Initializer(init, 2, KEYS)
         await role.start()
         end = pipe(ControlChannel(Silent()), ControlChannel(role), ("10.0.0.7", 4000),
                    INITIALIZER_AT)  # fmt: skip
@@ -461,7 +475,7 @@ def test_a_bug_in_a_handler_is_not_taken_for_a_malformed_message(monkeypatch):
         asyncio.get_running_loop().set_exception_handler(
             lambda loop, context: failures.append(context["exception"])
         )
-        role = Initializer(FakeNode("initializer"), 2)
+        role = Initializer(FakeNode("initializer"), 2, KEYS)
         await role.start()
         end = pipe(ControlChannel(Silent()), ControlChannel(role), ("10.0.0.7", 4000),
                    INITIALIZER_AT)  # fmt: skip

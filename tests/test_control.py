@@ -18,15 +18,25 @@ MESSAGES = [
     (control.Hello("worker-2", ("127.0.0.1", 6001), ("127.0.0.1", 6002),
                    ("app: sequence_window",)),
      {"type": "hello", "name": "worker-2", "control": ["127.0.0.1", 6001],
-      "data": ["127.0.0.1", 6002], "plan": ["app: sequence_window"], "rejoin": False}),
+      "data": ["127.0.0.1", 6002], "plan": ["app: sequence_window"], "rejoin": False,
+      "join": 0}),
+    (control.JoinVia(("10.0.0.1", 6000)), {"type": "join_via", "initializer": ["10.0.0.1", 6000]}),
+    (control.Migrated("w3", 2), {"type": "migrated", "name": "w3", "version": 2}),
+    (control.Resume(2), {"type": "resume", "version": 2}),
+    (control.Leave(3), {"type": "leave", "version": 3}),
+    (control.ShrinkRequest(7, "w2,w3"), {"type": "shrink_request", "request": 7, "text": "w2,w3"}),
+    (control.ShrinkReply(7, 16, "Shrinking by 2 workers!"),
+     {"type": "shrink_reply", "request": 7, "msg_id": 16, "text": "Shrinking by 2 workers!"}),
     (control.Refused("the cluster already has its 2 workers"),
      {"type": "refused", "reason": "the cluster already has its 2 workers"}),
-    (control.Members((control.Worker("initializer", ("h", 1), ("h", 2)),)),
+    (control.Members((control.Worker("initializer", ("h", 1), ("h", 2)),), 2,
+                     {"s": ("initializer",)}),
      {"type": "topology", "workers": [{"name": "initializer", "control": ["h", 1],
-                                       "data": ["h", 2]}]}),
+                                       "data": ["h", 2]}], "version": 2,
+      "owners": {"s": ["initializer"]}, "changing": False, "leaving": []}),
     (control.Ready("worker-2"), {"type": "ready", "name": "worker-2"}),
     (control.ShutdownRequest("bye"), {"type": "shutdown_request", "reason": "bye"}),
-    (control.Poll(3), {"type": "poll", "round": 3}),
+    (control.Poll(3), {"type": "poll", "round": 3, "shutdown": True}),
     (control.Counts(3, 10, 9, 1),
      {"type": "counts", "round": 3, "sent": 10, "applied": 9, "backlog": 1}),
     (control.Finish(), {"type": "finish"}),
@@ -66,6 +76,11 @@ def test_trailing_bytes_wait_for_the_rest_of_their_frame():
 
 def test_optional_fields_take_their_defaults_and_unknown_ones_are_ignored():
     assert decode(b'{"type": "abort"}') == control.Abort("")
+    # the messages of a worker from before autoscale: no placement, no join count
+    member = {"name": "i", "control": ["h", 1], "data": ["h", 2]}
+    old = decode(json.dumps({"type": "topology", "workers": [member]}).encode())
+    assert old == control.Members((control.Worker("i", ("h", 1), ("h", 2)),))
+    assert decode(b'{"type": "poll", "round": 1}') == control.Poll(1, shutdown=True)
     hello = {"type": "hello", "name": "w", "control": ["h", 1], "data": ["h", 2], "plan": [],
              "later": {"from": "a newer worker"}}  # fmt: skip
     assert decode(json.dumps(hello).encode()) == control.Hello("w", ("h", 1), ("h", 2), ())
@@ -92,6 +107,10 @@ def _frame(obj) -> bytes:
                  "plan": ["a", 1]}), "malformed 'hello' message: 'plan' is ['a', 1]"),
         (_frame({"type": "topology", "workers": [{"name": "w", "control": ["h", 1]}]}),
          "malformed 'topology' message: 'workers' is"),
+        (_frame({"type": "topology", "workers": [], "owners": {"s": ["w", 2]}}),
+         "malformed 'topology' message: 'owners' is"),
+        (_frame({"type": "topology", "workers": [], "owners": ["w"]}),
+         "malformed 'topology' message: 'owners' is"),
         ((MAX_CONTROL_FRAME + 1).to_bytes(4, "big"), "frame length"),
         (b"\0\0\0\1{", "frame length 1 is outside"),
         (encode_frame(b"[" * 100_000 + b"]" * 100_000), "control message is not JSON"),
@@ -125,7 +144,9 @@ JSON = st.recursive(
 
 @given(st.sampled_from(sorted(control.MESSAGES)), st.dictionaries(
     st.sampled_from(["name", "control", "data", "plan", "rejoin", "reason", "workers", "round",
-                     "sent", "applied", "backlog", "code", "worker"]), JSON))  # fmt: skip
+                     "sent", "applied", "backlog", "code", "worker", "join", "initializer",
+                     "version", "owners", "changing", "leaving", "request", "text", "msg_id",
+                     "shutdown"]), JSON))  # fmt: skip
 def test_any_fields_give_a_checked_message_or_a_frame_error(kind, fields):
     decoder = ControlDecoder()
     messages = decoder.feed(_frame({**fields, "type": kind}))

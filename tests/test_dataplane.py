@@ -56,7 +56,7 @@ class Pair:
 
         plane = DataPlane(self.plan, name, serializers(self.module), FlowControl(), write_sink,
                           self.network.writer(name), incarnation=incarnation)  # fmt: skip
-        plane.build(WORKERS)
+        plane.build(self.plan.placement(WORKERS))
         return self.network.add(plane)
 
     def connect(self, src: str, dst: str) -> None:

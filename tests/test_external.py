@@ -21,9 +21,9 @@ class Engine:
     def clean_shutdown(self, reason: str) -> None:
         self.calls.append(("clean_shutdown", reason))
 
-    def rotate_log(self, worker: str) -> bytes | None:
+    def rotate_log(self, worker: str, reply) -> None:
         self.calls.append(("rotate_log", worker))
-        return None
+        reply(b"rotating " + worker.encode())
 
 
 class NoRotation:
@@ -65,7 +65,7 @@ def test_clean_shutdown_is_acknowledged_then_handed_to_the_engine(capsys, text, 
 
 def test_a_request_goes_to_the_engine_method_that_handles_it(capsys):
     engine = Engine()
-    assert run(engine, ROTATE_LOG, "worker-2") == []
+    assert run(engine, ROTATE_LOG, "worker-2") == [b"rotating worker-2"]  # its answer, if any
     assert engine.calls == [("rotate_log", "worker-2")]
     assert capsys.readouterr().out == ""
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from machida.app.plan import Placement
 from machida.console import error_line
 from machida.durability import recovery
 from machida.durability.recovery import (
@@ -375,13 +376,19 @@ def test_an_initializer_does_not_require_data_or_peer_files(tmp_path):
         ("workers", "{not json", "Expecting property name"),
         ("workers", "[1, 2]", "expected a JSON object with an integer 'format'"),
         ("workers", '{"format": "1"}', "expected a JSON object with an integer 'format'"),
-        ("workers", '{"format": 1}', "missing field 'workers'"),
-        ("workers", '{"format": 1, "workers": [1]}', "field 'workers' holds [1]"),
+        ("workers", '{"format": 2}', "missing field 'workers'"),
+        ("workers", '{"format": 2, "workers": [1]}', "field 'workers' holds [1]"),
         ("local-topology", b"\xff\xfe", "codec can't decode"),
-        ("tcp-control", '{"format": 1, "control": ["h", "7000"]}', "field 'control'"),
-        ("tcp-data", '{"format": 1, "data": ["h"]}', "field 'data' holds ['h']"),
+        ("tcp-control", '{"format": 2, "control": ["h", "7000"]}', "field 'control'"),
+        ("tcp-data", '{"format": 2, "data": ["h"]}', "field 'data' holds ['h']"),
         ("local-topology", None, "field 'resilience' holds 'false'"),
-        ("connection-addresses", '{"format": 1, "peers": {"w": {}}}', "field 'peers'"),
+        ("connection-addresses", '{"format": 2, "peers": {"w": {}}}', "field 'peers'"),
+        (
+            "workers",
+            '{"format": 2, "workers": [], "placement": {"version": 1}, "target": null, '
+            '"leaving": []}',
+            "field 'placement'",
+        ),
     ],
 )
 def test_unreadable_file_is_named_with_its_cause(tmp_path, ext, content, cause):
@@ -504,3 +511,15 @@ def test_an_event_logs_offset_comes_from_its_name(tmp_path):
     assert files.event_log_offset(files.event_log_path()) == 0
     with pytest.raises(ValueError, match="not an event log"):
         files.event_log_offset(str(tmp_path / "app-worker-3-0000000000000010.evlog"))
+
+
+def test_the_placement_and_a_change_in_progress_are_recorded(tmp_path):
+    files = initializer_files(tmp_path)
+    current = Placement(("initializer", "worker-2"), (("window", ("initializer", "worker-2")),))
+    target = current.rebalanced(["initializer"])
+    written = topology(placement=current, target=target, leaving=("worker-2",))
+    files.write(written)
+    decision = files.inspect(EXPECT)
+    assert decision == Recover(written)
+    assert decision.record.target.owners == (("window", ("initializer", "initializer")),)
+    assert decision.record.target.version == 2 and decision.record.leaving == ("worker-2",)

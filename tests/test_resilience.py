@@ -348,7 +348,7 @@ class Worker2:
 
     def join(self) -> Worker2:
         """What the worker does once it has the member list: topology, event log, files."""
-        self.plane.build(WORKERS)
+        self.plane.build(self.plan.placement(WORKERS))
         self.resilience.open(self.plane, self.recovering)
         here = ("127.0.0.1", closed_port())
         self.files.write(RecoveryRecord(

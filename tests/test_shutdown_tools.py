@@ -158,7 +158,8 @@ def test_external_sender_unknown_type_sends_nothing():
         assert not listener.has_pending()
     assert result.returncode == 1, explain(result)
     first = result.stderr.splitlines()[0]
-    assert first == b"Error: unknown --type 'query' (use print, rotate-log or clean-shutdown)"
+    assert first == (b"Error: unknown --type 'query' (use print, rotate-log, clean-shutdown, "
+                     b"shrink, partition-query, partition-count-query, cluster-status-query)")
 
 
 def test_external_sender_unreachable():

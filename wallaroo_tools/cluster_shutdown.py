@@ -7,8 +7,7 @@ frame. Wallaroo's tool read no reply; ours waits for one (at most
 :data:`ANSWER_TIMEOUT` seconds), so that a wrong address, where something
 else listens, is an error instead of silence. Like Wallaroo's tool it takes
 one positional address and no flags; Pony runtime options are ignored. The
-frame comes from :mod:`machida.wire.external`; :func:`send_once` is shared
-with ``external_sender``.
+frame comes from :mod:`machida.wire.external`.
 """
 
 from __future__ import annotations
@@ -16,32 +15,11 @@ from __future__ import annotations
 import socket
 import sys
 
-from machida.options import parse_host_port, strip_pony_options
+from machida.options import strip_pony_options
 from machida.wire import external
+from wallaroo_tools.external_client import ANSWER_TIMEOUT, CONNECT_TIMEOUT, split_address
 
 USAGE = "Usage: cluster_shutdown HOST:PORT"
-# Long enough for a loaded machine to accept, short enough that a harness
-# whose worker is wedged gets an answer instead of a hang.
-CONNECT_TIMEOUT = 10.0
-# A worker answers as soon as it reads the request; the same bound as connecting.
-ANSWER_TIMEOUT = 10.0
-
-
-def split_address(text: str) -> tuple[str, int] | None:
-    """``"host:port"`` → ``(host, port)``, or None when it is not that shape."""
-    address = parse_host_port(text) if text.count(":") == 1 else None
-    return address if address and address[0] else None
-
-
-def send_once(host: str, port: int, frame: bytes) -> bool:
-    """Connect, write ``frame``, close normally (FIN). False if it could not connect or write."""
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as sock:
-            sock.sendall(frame)
-            sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        return False
-    return True
 
 
 def request_shutdown(host: str, port: int) -> str:

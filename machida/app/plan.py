@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -99,12 +100,7 @@ class AppPlan:
 
         ``workers`` is ``["initializer"] + worker names in join order``.
         """
-        workers = tuple(workers)
-        owners = {
-            name: tuple(workers[i % len(workers)] for i in range(len(keys)))
-            for name, keys in self.state_keys().items()
-        }
-        return Placement(workers, tuple(owners.items()))
+        return round_robin(workers, self.state_keys())
 
     def fingerprint(self, resilience: bool = False) -> str:
         """A digest of what workers must agree on (machida.md §3)."""
@@ -130,19 +126,94 @@ class AppPlan:
 
 @dataclass(frozen=True, **_SLOTS)
 class Placement:
-    """Which worker owns each key of each state, by key index."""
+    """Which worker owns each key of each state, by key index.
+
+    ``workers`` is the member list in join order (the initializer first) and
+    ``version`` counts the placements a cluster has had: 1 is the 2017
+    round-robin rule of :meth:`AppPlan.placement`, each grow or shrink makes
+    the next one with :meth:`rebalanced`.
+    """
 
     workers: tuple
     owners: tuple  # ((state_name, (worker per key index, ...)), ...)
+    version: int = 1
 
     def owner(self, state_name: str, key_index: int) -> str:
         return dict(self.owners)[state_name][key_index]
+
+    def owners_of(self, state_name: str) -> tuple:
+        """The owner of each key index of ``state_name``."""
+        return dict(self.owners)[state_name]
 
     def owned_by(self, worker: str) -> dict[str, list[int]]:
         """Key indexes each state has on ``worker``."""
         return {
             name: [i for i, w in enumerate(workers) if w == worker] for name, workers in self.owners
         }
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """How many keys of each state each worker owns (every member listed)."""
+        return {name: {w: owners.count(w) for w in self.workers} for name, owners in self.owners}
+
+    def moves(self, other: Placement) -> list[tuple[str, int, str, str]]:
+        """Each key whose owner differs in ``other``: ``(state, key index, from, to)``."""
+        mine = dict(self.owners)
+        return [(name, i, mine[name][i], owner) for name, owners in other.owners
+                for i, owner in enumerate(owners) if mine[name][i] != owner]  # fmt: skip
+
+    def rebalanced(self, workers: list[str] | tuple[str, ...]) -> Placement:
+        """The next placement, for the member list ``workers`` (join order): the counts even
+        out and as few keys as possible move, each at most once.
+
+        For each state of K keys over N workers, every worker's share is K // N keys, and
+        one more for the K % N workers that own the most now (ties: join order). A worker
+        keeps its lowest key indexes up to its share; the rest of its keys, and every key of
+        a worker that leaves, go to the workers under their share, lowest key index first,
+        the workers in join order. Deterministic: every worker computes the same placement.
+        """
+        workers = tuple(workers)
+        if not workers:
+            raise ValueError("a placement needs at least one worker")
+        owners = tuple((name, _rebalance(old, workers)) for name, old in self.owners)
+        return Placement(workers, owners, self.version + 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "workers": list(self.workers),
+                "owners": {name: list(owners) for name, owners in self.owners}}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Placement:
+        owners = tuple((name, tuple(o)) for name, o in data["owners"].items())
+        return cls(tuple(data["workers"]), owners, int(data["version"]))
+
+
+def round_robin(workers: list[str] | tuple[str, ...], state_keys: dict[str, tuple]) -> Placement:
+    """The 2017 placement: key *i* of each state on ``workers[i mod N]`` (version 1)."""
+    workers = tuple(workers)
+    owners = tuple((name, tuple(workers[i % len(workers)] for i in range(len(keys))))
+                   for name, keys in state_keys.items())  # fmt: skip
+    return Placement(workers, owners)
+
+
+def _rebalance(owners: tuple, workers: tuple) -> tuple:
+    """One state's owners per key index after :meth:`Placement.rebalanced`."""
+    count = Counter(owner for owner in owners if owner in workers)
+    ranked = sorted(workers, key=lambda w: (-count[w], workers.index(w)))
+    base, extra = divmod(len(owners), len(workers))
+    share = {w: base + (1 if rank < extra else 0) for rank, w in enumerate(ranked)}
+    new, free = list(owners), []
+    kept: Counter[str] = Counter()
+    for index, owner in enumerate(owners):
+        if kept[owner] < share.get(owner, 0):
+            kept[owner] += 1
+        else:
+            free.append(index)
+    free.reverse()  # popped from the end: lowest key index first
+    for worker in workers:
+        while kept[worker] < share[worker]:
+            new[free.pop()] = worker
+            kept[worker] += 1
+    return tuple(new)
 
 
 def qualified(cls: type) -> str:

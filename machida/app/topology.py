@@ -65,27 +65,73 @@ class LocalTopology:
 
             serializers = (wallaroo.serialize, wallaroo.deserialize)
         self._serialize, self._deserialize = serializers
+        # the states this worker holds, by state name and key index; normally those it owns,
+        # and during a change of placement also those it is handing over
         self.states: dict[str, dict[int, Any]] = {}
-        self._build_states()
+        self._builders: dict[str, Any] = {}
+        self.state_routes: dict[str, tuple[int, int]] = {}  # state -> its first (p, pos)
+        for p, pipeline in enumerate(plan.pipelines):
+            for pos, step in enumerate(pipeline.steps):
+                if isinstance(step, StatePartition):
+                    self._builders.setdefault(step.state_name, step.builder)
+                    self.state_routes.setdefault(step.state_name, (p, pos))
+                    self.states.setdefault(step.state_name, {})
+        self.build_missing()
         self._arrivals: dict[tuple[int, int], Callable[[int, Any], None]] = {}
-        self._owned: dict[tuple[int, int], dict[int, Any]] = {}  # (p, pos) -> its owned states
+        self._owned: dict[tuple[int, int], dict[int, Any]] = {}  # (p, pos) -> its held states
+        # (p, pos) -> the route table the compiled state step reads, changed in place by
+        # apply_placement: state name, whether each key is local, where each key's messages go
+        # otherwise, and the owner each key was routed to
+        self._routes: dict[tuple[int, int], tuple[str, list[bool], list[Any], list[Any]]] = {}
         self._worker_chains = [self._compile_worker_part(i) for i in range(len(plan.pipelines))]
 
     # -- states ---------------------------------------------------------------------------
 
-    def _build_states(self) -> None:
-        """Call ``build()`` eagerly for every owned key, in key-list order."""
-        owned = self.placement.owned_by(self.worker)
-        builders: dict[str, Any] = {}
-        for pipeline in self.plan.pipelines:
-            for step in pipeline.steps:
-                if isinstance(step, StatePartition):
-                    builders.setdefault(step.state_name, step.builder)
-        for state_name, builder in builders.items():
-            states = self.states.setdefault(state_name, {})
-            for index in owned.get(state_name, []):
-                what = f"state '{state_name}' on worker '{self.worker}'"
-                states[index] = build_state(builder, what, self.callbacks)
+    def build_missing(self) -> list[tuple[str, int]]:
+        """``build()`` a state for every key this worker owns and does not hold, in key-list
+        order (all of them at start); the keys it built."""
+        built = []
+        for state_name, indexes in self.placement.owned_by(self.worker).items():
+            states = self.states[state_name]
+            for index in indexes:
+                if index not in states:
+                    what = f"state '{state_name}' on worker '{self.worker}'"
+                    states[index] = build_state(self._builders[state_name], what, self.callbacks)
+                    built.append((state_name, index))
+        return built
+
+    def take_state(self, state_name: str, key_index: int) -> Any:
+        """Stop holding a key's state (it is handed over): the state."""
+        return self.states[state_name].pop(key_index)
+
+    def adopt_state(self, state_name: str, key_index: int, state: Any) -> None:
+        """Hold a key's state handed over by another worker (replacing any held)."""
+        self.states[state_name][key_index] = state
+
+    def state_of(self, p: int, pos: int) -> str:
+        """The name of the state the step at ``pos`` of pipeline ``p`` computes on."""
+        return self._routes[(p, pos)][0]
+
+    def state_out(self, state_name: str, state: Any) -> bytes | None:
+        """A state as the module's ``serialize`` makes it, to hand it over; None if that
+        failed (reported like any failing serialize: the new owner builds a fresh state)."""
+        p = self.state_routes[state_name][0]
+        return self.hop_out(state, p, f"handing over state '{state_name}'")
+
+    def apply_placement(self, placement: Placement) -> None:
+        """Route every key as ``placement`` says from now on (the states held do not change:
+        the data plane hands over and adopts them)."""
+        self.placement = placement
+        for route in self._routes:
+            self._route_keys(route)
+
+    def _route_keys(self, route: tuple[int, int]) -> None:
+        """Fill the route table of the state step at ``route`` from the current placement."""
+        state_name, local, send, dest = self._routes[route]
+        for i, owner in enumerate(self.placement.owners_of(state_name)):
+            if owner != dest[i]:
+                dest[i], local[i] = owner, owner == self.worker
+                send[i] = None if local[i] else self._forward_to(owner, (*route, i))
 
     # -- compiling ------------------------------------------------------------------------
 
@@ -157,14 +203,14 @@ class LocalTopology:
         apply = self._state_apply(p, step, nxt)
         self._arrivals[(p, pos)] = apply
         self._owned[(p, pos)] = self.states[step.state_name]
-        owners = dict(self.placement.owners)[step.state_name]
-        me, cb = self.worker, self.callbacks
-        pname = self.plan.pipelines[p].name
-        local = [owner == me for owner in owners]
-        send: list[Any] = [None if owner == me else self._forward_to(owner, (p, pos, i))
-                           for i, owner in enumerate(owners)]  # fmt: skip
+        n = len(step.keys)
+        local: list[bool] = [False] * n
+        send: list[Any] = [None] * n
+        self._routes[(p, pos)] = (step.state_name, local, send, [None] * n)
+        self._route_keys((p, pos))
+        cb, pname = self.callbacks, self.plan.pipelines[p].name
         if step.partition_function is None:
-            return (lambda msg: apply(0, msg)) if local[0] else send[0]
+            return lambda msg: apply(0, msg) if local[0] else send[0](msg)
         index = {key: i for i, key in enumerate(step.keys)}
         partition = step.partition_function.partition
         name = label(step.partition_function, "partition")
@@ -285,23 +331,22 @@ class LocalTopology:
         worker (a run of them at a time)."""
         return self._arrivals[(p, pos)]
 
-    def hop_out(self, msg: Any, p: int) -> bytes | None:
+    def hop_out(self, msg: Any, p: int, context: str = "") -> bytes | None:
         """Serialise a message leaving this worker; ``None`` if that failed (it is dropped)."""
+        name, pname = fn_label(self._serialize), self.plan.pipelines[p].name
         try:
             data = self._serialize(msg)
         except BaseException as err:
-            self.callbacks.failed(fn_label(self._serialize), err, self.plan.pipelines[p].name)
+            self.callbacks.failed(name, err, pname, context)
             return None
         if data.__class__ is not bytes:
             result, data = data, serialized(data)
             if data is None:
-                pname = self.plan.pipelines[p].name
-                self.callbacks.invalid(fn_label(self._serialize), result, pname)
+                self.callbacks.invalid(name, result, pname, context)
                 return None
         if len(data) > MAX_MESSAGE:
-            self.callbacks.invalid(fn_label(self._serialize), data, self.plan.pipelines[p].name,
-                                   f"more than the {MAX_MESSAGE} bytes a message may have "
-                                   f"to cross workers")  # fmt: skip
+            self.callbacks.invalid(name, data, pname, context or f"more than the {MAX_MESSAGE} "
+                                   "bytes a message may have to cross workers")  # fmt: skip
             return None
         return data
 

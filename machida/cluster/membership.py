@@ -1,11 +1,17 @@
-"""The initializer's member list: who may join, in which order, and who is ready. No I/O.
+"""The initializer's member list: who may join it, in which order, and who is ready. No I/O.
 
-Workers join by saying ``hello`` with their name, listener ports and the lines
-of their topology fingerprint. :meth:`Membership.admit` refuses a worker
-whose application differs from the initializer's, a second worker of a name
-that is connected, and a worker beyond the expected count; a known name whose
+Workers join by saying ``hello`` with their name, listener addresses and the lines
+of their topology fingerprint. :meth:`Membership.admit` refuses a worker whose
+application differs from the initializer's, a second worker of a name that is
+connected, and a worker beyond the expected count; a known name whose
 connection was lost is taking its place again (a restarted worker). The join
 order, with the initializer first, is what key placement follows.
+
+Once the cluster runs, a worker that says ``hello`` with a ``join`` count asks
+to join it (``machida --join``): joiners wait in a round until as many as the
+count have come (:attr:`Membership.joining`), then the initializer grows the
+cluster by all of them at once; :meth:`Membership.add` and :meth:`Membership.remove`
+change the member list when a grow or shrink is decided.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Admission(NamedTuple):
 
     refused: str = ""
     rejoined: bool = False
+    joining: bool = False
 
 
 class Membership:
@@ -44,6 +51,9 @@ class Membership:
         self.expected = expected
         self.fingerprint = fingerprint
         self.members: dict[str, Member] = {INITIALIZER: Member(INITIALIZER)}
+        self.running = False  # formed: a complete round of joiners may now join
+        self.joining: dict[str, Member] = {}  # this round's joiners, in the order they came
+        self.round = 0  # how many workers this round joins (every joiner said the same)
 
     @property
     def complete(self) -> bool:
@@ -57,20 +67,40 @@ class Membership:
     def names(self) -> list[str]:
         return list(self.members)
 
+    @property
+    def round_complete(self) -> bool:
+        """Every joiner of this round has come."""
+        return bool(self.joining) and len(self.joining) == self.round
+
     def admit(self, hello: control.Hello, host: str, conn: Any) -> Admission:
         """A worker's ``hello`` from ``host`` on ``conn``: admit it, or say why not."""
         name = hello.name
         mismatch = self.mismatch(list(hello.plan))
         if mismatch:
             return Admission(mismatch)
-        known = self.members.get(name)
+        known = self.members.get(name) or self.joining.get(name)
         if name == INITIALIZER or (known is not None and known.conn is not None):
             return Admission(f"a worker named '{name}' has already joined")
-        if known is None and len(self.members) >= self.expected:
-            return Admission(f"the cluster already has its {self.expected} workers")
         # the addresses it listens on, as seen from here: the host it dialled from
-        self.members[name] = Member(name, (host, hello.control[1]), (host, hello.data[1]), conn)
-        return Admission(rejoined=known is not None)
+        member = Member(name, (host, hello.control[1]), (host, hello.data[1]), conn)
+        if known is not None:
+            (self.members if name in self.members else self.joining)[name] = member
+            return Admission(rejoined=name in self.members, joining=name in self.joining)
+        if hello.join or self.round:  # a joiner, or a new worker of a restart that grows
+            return self._join(member, hello.join or self.round)
+        if len(self.members) >= self.expected:
+            return Admission(f"the cluster already has its {self.expected} workers")
+        self.members[name] = member
+        return Admission()
+
+    def _join(self, member: Member, count: int) -> Admission:
+        """A joiner waits in the round (until the cluster runs, if it has not formed yet)."""
+        if self.round and count != self.round:
+            return Admission(f"Joining worker supplied invalid worker count: {count}, while "
+                             f"this round joins {self.round}")  # fmt: skip
+        self.round = count
+        self.joining[member.name] = member
+        return Admission(joining=True)
 
     def mismatch(self, theirs: list[str]) -> str:
         """Why a worker's fingerprint lines differ from ours: the first differing line."""
@@ -82,9 +112,28 @@ class Membership:
                 return f"its application differs from the initializer's: '{b}' vs '{a}'"
         return "its application differs from the initializer's"
 
+    def take_round(self) -> list[Member]:
+        """This round's joiners, who become members (the round is over)."""
+        joiners = list(self.joining.values())
+        self.joining, self.round = {}, 0
+        self.add(joiners)
+        return joiners
+
+    def add(self, members: list[Member]) -> None:
+        """New members, after the others in join order."""
+        for member in members:
+            self.members[member.name] = member
+        self.expected = len(self.members)
+
+    def remove(self, names: list[str]) -> None:
+        """Members that have left."""
+        for name in names:
+            self.members.pop(name, None)
+        self.expected = len(self.members)
+
     def lost(self, conn: Any) -> str | None:
         """The control connection ``conn`` is gone: whose it was (now neither up nor ready)."""
-        for member in self.members.values():
+        for member in (*self.members.values(), *self.joining.values()):
             if member.conn is conn:
                 member.conn = None
                 member.ready = False
@@ -93,7 +142,7 @@ class Membership:
 
     def of(self, conn: Any) -> Member | None:
         """The member whose control connection is ``conn``."""
-        for member in self.members.values():
+        for member in (*self.members.values(), *self.joining.values()):
             if member.conn is conn:
                 return member
         return None
@@ -122,3 +171,4 @@ class Membership:
         for peer in peers:
             self.members[peer.name] = Member(peer.name, peer.control, peer.data)
         self.members = {name: self.members[name] for name in workers}
+        self.expected = len(self.members)

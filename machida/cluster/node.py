@@ -8,12 +8,27 @@ tests use small fakes of both.
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
+from machida.app.plan import Placement
 from machida.durability.recovery import RecoveryRecord
 from machida.wire.control import Address, ControlHandler, ControlLink
 
-__all__ = ["Address", "ControlLink", "Node"]
+__all__ = ["Address", "ControlLink", "Node", "Record"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a worker's recovery files record of the cluster: its members in join order with
+    their ``(control, data)`` addresses, the placement of the keys, and a change of placement
+    in progress (``target``, with the ``leaving`` workers)."""
+
+    workers: list[str]
+    addresses: dict[str, tuple[Address, Address]]
+    placement: Placement
+    target: Placement | None = None
+    leaving: tuple[str, ...] = ()
 
 
 class Node(Protocol):
@@ -32,15 +47,33 @@ class Node(Protocol):
         """The lines of this worker's topology fingerprint, compared at admission."""
 
     async def listen(self, role: ControlHandler) -> tuple[Address, Address]:
-        """Bind this worker's listeners (control connections go to ``role``); the bound
-        control and data addresses."""
+        """Bind this worker's listeners (connections accepted on its control listener go to
+        ``role``); the bound control and data addresses."""
 
-    def build(self, workers: list[str]) -> bool:
-        """The member list in join order is known: topology, sinks, event log. False if that
-        failed (the error is printed and the process is ending)."""
+    def build(self, placement: Placement) -> bool:
+        """The placement of the keys is known: topology, sinks, event log (a recovering worker
+        restores what it holds). False if that failed (the error is printed and the process
+        is ending)."""
 
-    def save_topology(self, workers: list[str], addresses: dict[str, tuple]) -> None:
-        """Write the recovery files for this member list and these addresses."""
+    def save_record(self, record: Record) -> None:
+        """Write the recovery files for this record of the cluster."""
+
+    def change_placement(self, placement: Placement,
+                         done: Callable[[], None]) -> list[tuple[str, int, str]]:  # fmt: skip
+        """Route by ``placement`` from now on and hand over every key held here and owned
+        elsewhere; ``done()`` once each is acknowledged by its new owner and released here
+        (never called when there is nothing to hand over). Returns the handoffs
+        ``(state, key index, new owner)``."""
+
+    def resume_placement(self) -> None:
+        """A change of placement is complete: a fresh state for each owned key that no one
+        could hand over."""
+
+    def forget(self, peer: str) -> None:
+        """``peer`` has left the cluster: close the boundary to it and forget it."""
+
+    def hold_sources(self, held: bool) -> None:
+        """Stop (or start again) reading the sources, keeping their connections."""
 
     def connect(self, peer: str, data: Address) -> None:
         """Dial the data link to ``peer`` (or re-dial it at a new address)."""

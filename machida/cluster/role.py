@@ -1,4 +1,5 @@
-"""What the initializer and a member share: control-message dispatch and the shutdown ending."""
+"""What the initializer and a member share: control-message dispatch, the external channel's
+requests and queries, and the shutdown ending."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ from collections.abc import Coroutine
 from typing import Any, Callable, ClassVar
 
 from machida.aio import background
+from machida.app.plan import Placement
+from machida.cluster import queries
 from machida.cluster.node import ControlLink, Node
 from machida.console import say, warn
-from machida.wire.control import ControlMessage
+from machida.wire import external
+from machida.wire.control import ControlHandler, ControlMessage
+
+Reply = Callable[[bytes], None]
 
 # machida.md §8.1: a clean shutdown that has not drained by then gives up.
 DRAIN_DEADLINE_S = 30.0
@@ -24,9 +30,16 @@ class Role:
     # message class -> handler; a message a role does not handle ends the connection
     HANDLERS: ClassVar[dict[type, Handler]] = {}
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, keys: dict[str, tuple]) -> None:
         self.node = node
+        self.keys = keys  # each state's key list, for the partition queries
         self.shutting_down = False
+        self.placement: Placement | None = None  # as this worker last learned it
+        self.processing = False  # formed, and not in a change of placement
+
+    def accepting(self) -> ControlHandler:
+        """What connections accepted on this worker's control listener go to."""
+        return self
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` beside the control reads; if it fails, the process ends with status 1."""
@@ -50,9 +63,44 @@ class Role:
         """CleanShutdown from the external channel: stop the cluster, draining first."""
         raise NotImplementedError
 
-    def rotate_log(self, worker: str) -> None:
+    def rotate_log(self, worker: str, reply: Reply | None = None) -> None:
         """RotateLog from the external channel: rotate ``worker``'s event log."""
         raise NotImplementedError
+
+    def change_placement(self, placement: Placement, leaving: tuple[str, ...],
+                         done: Callable[[], None]) -> None:  # fmt: skip
+        """Route by ``placement`` and hand over what this worker no longer owns; ``done()``
+        once every handover is acknowledged. A leaving worker says so, as Wallaroo's did."""
+        me_leaving = self.node.name in leaving
+        handed_over = lambda: self._handed_over(done, me_leaving)  # noqa: E731
+        handoffs = self.node.change_placement(placement, handed_over)
+        if me_leaving:
+            say(f"Migrating all partitions to {len(placement.workers)} remaining workers")
+        if not handoffs:
+            done()
+
+    @staticmethod
+    def _handed_over(done: Callable[[], None], leaving: bool) -> None:
+        if leaving:
+            say("--Sending leaving worker done migration msg to cluster")
+        done()
+
+    def shrink(self, text: str, reply: Reply) -> None:
+        """A shrink asked on the external channel (``?``, a count or names)."""
+        raise NotImplementedError
+
+    def partition_query(self, text: str, reply: Reply) -> None:
+        answer = queries.partitions(self.placement, self.keys)
+        reply(external.encode(external.PARTITION_QUERY_RESPONSE, answer))
+
+    def partition_count_query(self, text: str, reply: Reply) -> None:
+        answer = queries.partition_counts(self.placement)
+        reply(external.encode(external.PARTITION_COUNT_QUERY_RESPONSE, answer))
+
+    def cluster_status_query(self, text: str, reply: Reply) -> None:
+        workers = list(self.placement.workers) if self.placement is not None else []
+        answer = queries.cluster_status(self.processing, workers)
+        reply(external.encode(external.CLUSTER_STATUS_QUERY_RESPONSE, answer))
 
     @staticmethod
     def _refuse(conn: ControlLink, why: str) -> None:

@@ -10,7 +10,8 @@ each source has accepted. Only after the fsync does the worker send those
 batches or acknowledge anything upstream, so whatever crashes, and in
 whatever order, nothing accepted is lost: output may repeat, never go
 missing. Recovery reads the commits in order: the newest snapshot of each key
-replaces the state ``build()`` made, the origins tell the boundary what to
+replaces the state ``build()`` made (a key released since, handed over in a grow or
+shrink, is no longer held), the origins tell the boundary what to
 skip when an upstream replays, the unacknowledged batches are sent again
 under the same incarnation and numbers, and the source counts say from where
 a sender must resume.
@@ -27,6 +28,7 @@ sequence of entries, each ``kind | u16be name length | name | fields``:
 | ``F`` | downstream worker | ``u64be first seq``, ``u32be records``, ``u32be length``, the batch |
 | ``A`` | downstream worker | ``u64be seq`` acknowledged |
 | ``C`` | source's pipeline | ``u64be`` records accepted |
+| ``R`` | state | ``u64be`` key index: the key was handed over to another worker |
 
 A torn final commit (short or failing its CRC) is ignored, and cut off before
 the worker appends to the file again. With rotation the files are
@@ -65,10 +67,12 @@ def encode_commit(
     forwarded: Iterable[tuple[str, int, int, bytes]] = (),
     acked: Mapping[str, int] | None = None,
     accepted: Mapping[str, int] | None = None,
+    released: Iterable[tuple[str, int]] = (),
 ) -> bytes:
     """One commit: snapshots ``(state, key index, bytes)``, origins ``{upstream: (inc, seq)}``,
     this worker's incarnation, batches ``(downstream, first seq, records, frame)``,
-    acknowledgements ``{downstream: seq}`` and source counts ``{pipeline: records}``."""
+    acknowledgements ``{downstream: seq}``, source counts ``{pipeline: records}`` and the keys
+    released ``(state, key index)``."""
     parts: list[bytes] = []
 
     def entry(kind: bytes, name: str, *fields: bytes) -> None:
@@ -87,6 +91,8 @@ def encode_commit(
         entry(b"A", peer, _U64.pack(seq))
     for source, count in (accepted or {}).items():
         entry(b"C", source, _U64.pack(count))
+    for state_name, key_index in released:
+        entry(b"R", state_name, _U64.pack(key_index))
     body = b"".join(parts)
     return _COMMIT.pack(len(body), zlib.crc32(body)) + body
 
@@ -116,9 +122,10 @@ class LinkLog:
 
 @dataclass
 class Replay:
-    """What a log holds: the newest snapshot per key, origins, this worker's incarnation, its
-    downstream links, source counts, how many entries, and ``end``, the file offset just after
-    the last complete commit (header included)."""
+    """What a log holds: the newest snapshot of each key still held (none of a key released
+    since), origins, this worker's incarnation, its downstream links, source counts, how many
+    entries, and ``end``, the file offset just after the last complete commit (header
+    included)."""
 
     snapshots: dict[tuple[str, int], bytes] = field(default_factory=dict)
     origins: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -161,6 +168,8 @@ class Replay:
             self.links.setdefault(name, LinkLog()).acknowledged(value)
         elif kind == b"C":
             self.accepted[name] = value
+        elif kind == b"R":
+            self.snapshots.pop((name, value), None)
         else:
             raise ValueError(f"unknown entry kind {kind!r}")
         return pos + _U64.size

@@ -22,11 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+from machida.app.plan import Placement
 from machida.errors import RecoveryError
 
 _SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 
-FORMAT = 1
+# 2: the member list is joined by the placement of the keys and a change in progress
+FORMAT = 2
 LOCAL_TOPOLOGY = "local-topology"
 TCP_CONTROL = "tcp-control"
 WORKERS = "workers"
@@ -76,6 +78,11 @@ class RecoveryRecord:
     control: Address  # as actually bound
     data: Address | None = None  # as actually bound
     peers: tuple[Peer, ...] = ()
+    # the cluster's placement of the keys, and the one it is changing to (a grow or shrink
+    # in progress: what a restarted initializer completes), with the workers leaving in it
+    placement: Placement | None = None
+    target: Placement | None = None
+    leaving: tuple[str, ...] = ()
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -90,6 +97,11 @@ class RecoveryRecord:
         fix(self, "control", tuple(self.control))
         fix(self, "data", None if self.data is None else tuple(self.data))
         fix(self, "peers", tuple(peers))
+        fix(self, "leaving", tuple(self.leaving))
+        for name in ("placement", "target"):
+            given: Any = getattr(self, name)
+            if isinstance(given, Mapping):
+                fix(self, name, Placement.from_json(dict(given)))
 
     def owned(self) -> dict[str, list[int]]:
         """The owned key indexes as a plain mapping."""
@@ -292,6 +304,9 @@ def _documents(topology: RecoveryRecord) -> dict[str, dict]:
     values = {key: getattr(topology, key) for schema in _SCHEMA.values() for key in schema}
     values["owned_keys"] = topology.owned()
     values["peers"] = {p.name: {"control": p.control, "data": p.data} for p in topology.peers}
+    for name in ("placement", "target"):
+        placement = getattr(topology, name)
+        values[name] = None if placement is None else placement.to_json()
     documents = {
         ext: {"format": topology.format, **{key: values[key] for key in schema}}
         for ext, schema in _SCHEMA.items()
@@ -379,6 +394,8 @@ def _pair(first: Valid, second: Valid) -> Valid:
 
 
 _ADDRESS = _pair(_kind(str), _kind(int))  # [host, port]
+_NAMES = _list_of(_kind(str))
+_PLACEMENT = _record(version=_kind(int), workers=_NAMES, owners=_map_of(_NAMES))
 _SCHEMA: dict[str, dict[str, Valid]] = {
     LOCAL_TOPOLOGY: {
         "module": _kind(str),
@@ -389,7 +406,12 @@ _SCHEMA: dict[str, dict[str, Valid]] = {
         "owned_keys": _map_of(_list_of(_kind(int))),
     },
     TCP_CONTROL: {"control": _ADDRESS},
-    WORKERS: {"workers": _list_of(_kind(str))},
+    WORKERS: {
+        "workers": _NAMES,
+        "placement": lambda v: v is None or _PLACEMENT(v),
+        "target": lambda v: v is None or _PLACEMENT(v),
+        "leaving": _NAMES,
+    },
     TCP_DATA: {"data": _ADDRESS},
     CONNECTION_ADDRESSES: {
         "peers": _map_of(_record(control=_ADDRESS, data=lambda v: v is None or _ADDRESS(v)))

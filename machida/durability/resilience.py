@@ -182,9 +182,9 @@ class Resilience:
     def _restore(self, replay: Replay) -> None:
         deserialize = self.host.serializers[1]
         for (state_name, key_index), data in replay.snapshots.items():
-            states = self.host.states.get(state_name, {})
-            if key_index not in states:
-                continue
+            states = self.host.states.get(state_name)
+            if states is None:
+                continue  # a state of another application version: the fingerprint differs
             try:
                 states[key_index] = deserialize(data)
             except BaseException as err:
@@ -230,6 +230,17 @@ class Resilience:
         s = self.settings
         if s.rotation and s.max_size and self.log.size > s.max_size:
             self.start_rotation()
+
+    def release(self, keys: list[tuple[str, int]]) -> None:
+        """Keys handed over to another worker, acknowledged there: logged (and synced) as no
+        longer held here, before anyone is told the handover is complete. OSError if the disk
+        refuses."""
+        if self.log is None:
+            return
+        for key in keys:
+            self.dirty.discard(key)
+        self.log.append(encode_commit(released=keys))
+        self.log.sync()
 
     def _snapshots(self, keys: Any) -> list[tuple[str, int, bytes]]:
         """Serialised states of ``keys``; a key whose serialize raised goes back to dirty."""

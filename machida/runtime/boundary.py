@@ -192,6 +192,12 @@ class Boundaries:
         if boundary is not None:
             boundary.write(frame)
 
+    def forget(self, peer: str) -> None:
+        """``peer`` has left the cluster: close the boundary to it for good."""
+        boundary = self.out.pop(peer, None)
+        if boundary is not None:
+            boundary.close()
+
     def quiet(self) -> None:
         """The cluster is stopping: connections that drop now are neither reported nor
         redialled."""

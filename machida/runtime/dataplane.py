@@ -36,12 +36,15 @@ from typing import Any, Callable
 
 from machida.app.callbacks import Callbacks
 from machida.app.loader import ints_round_trip
-from machida.app.plan import AppPlan
+from machida.app.plan import AppPlan, Placement
 from machida.app.topology import LocalTopology, PersistFn, SinkFor, SourceConnection
 from machida.errors import FrameError
 from machida.metrics.stats import Stats
 from machida.runtime.flow import FlowControl
 from machida.wire.boundary import (
+    INTS,
+    SERIALIZED,
+    STATE,
     Backlog,
     Batch,
     BatchEvent,
@@ -62,13 +65,17 @@ WriteBoundary = Callable[[str, bytes], None]
 # commit(leaving): make durable what a flush is about to send (the batches leaving for each
 # downstream worker); False if that failed, and then nothing leaves.
 CommitFn = Callable[[list[tuple[str, list[Batch]]]], bool]
+# handed_over(keys): every state handed over by a change of placement is acknowledged by its
+# new owner (so durable there, with resilience); the keys (state name, key index).
+HandedOver = Callable[[list[tuple[str, int]]], None]
 
 
 class DataPlane:
     """One worker's message flow: sources and boundaries in, sinks and boundaries out.
 
     ``persist`` is called after each state call and ``commit`` in each flush (resilience's
-    hooks, both optional). An ``eager`` plane sends every forwarded message at once, in a
+    hooks, both optional); ``handed_over`` once the states a change of placement moved away
+    are all acknowledged. An ``eager`` plane sends every forwarded message at once, in a
     batch of its own, so that an in-process run does not depend on how reads are sliced.
     """
 
@@ -86,6 +93,7 @@ class DataPlane:
         persist: PersistFn | None = None,
         commit: CommitFn | None = None,
         eager: bool = False,
+        handed_over: HandedOver | None = None,
     ) -> None:
         self.plan = plan
         self.name = name
@@ -98,9 +106,15 @@ class DataPlane:
         self.incarnation = random.getrandbits(63) if incarnation is None else incarnation
         self._write_sink, self._write_boundary = write_sink, write_boundary
         self._persist, self._commit, self._eager = persist, commit, eager
+        self._handed_over = handed_over
+        # a change of placement: per new owner, the last record of the states handed over to
+        # it, and the keys those records carry, released once every mark is acknowledged
+        self._handoff_marks: dict[str, int] = {}
+        self._handing: list[tuple[str, int]] = []
         self.topology: LocalTopology | None = None
         self._sink_pending: list[list[bytes]] = [[] for _ in plan.pipelines]
         self._outbox: dict[str, list[tuple[tuple, list]]] = {}
+        self._senders: dict[tuple[str, tuple], Callable[[Any], None]] = {}
         self._outgoing: dict[str, OutgoingBoundary] = {}
         self._dedup: dict[str, Dedup] = {}  # per upstream worker, across its connections
         self.applied_total = 0
@@ -109,15 +123,16 @@ class DataPlane:
 
     # -- building -------------------------------------------------------------------------
 
-    def build(self, workers: list[str], sink_for: SinkFor | None = None, values: bool = False):
-        """This worker's topology for a member list in join order; incoming boundaries may be
-        read.
+    def build(self, placement: Placement, sink_for: SinkFor | None = None,
+              values: bool = False) -> LocalTopology:  # fmt: skip
+        """This worker's topology for ``placement`` (a fresh state for each key it owns);
+        incoming boundaries may be read.
 
         By default what a pipeline emits is buffered until :meth:`flush`;
         ``sink_for`` (with ``values``: ``out(value, data)``) replaces that.
         """
         self.topology = LocalTopology(
-            self.plan, self.name, self.plan.placement(workers), self.callbacks,
+            self.plan, self.name, placement, self.callbacks,
             sink_for=sink_for or (lambda p: self._sink_pending[p].append),
             forward_to=self._forward_to, serializers=self.serializers, stats=self.stats,
             sink_values=values, persist=self._persist,
@@ -126,18 +141,23 @@ class DataPlane:
         return self.topology
 
     def _forward_to(self, owner: str, route: tuple) -> Callable[[Any], None]:
-        """Where the topology puts messages for ``route`` on ``owner``: a list, until flush."""
+        """Where the topology puts messages for ``route`` on ``owner``: a list, until flush
+        (one list per owner and route, however often a placement change asks again)."""
+        sender = self._senders.get((owner, route))
+        if sender is not None:
+            return sender
         pending: list = []
         self._outbox.setdefault(owner, []).append((route, pending))
         self._boundary_to(owner)
-        if not self._eager:
-            return pending.append
+        sender = pending.append
+        if self._eager:
 
-        def send_now(msg: Any) -> None:
-            pending.append(msg)
-            self.flush()
+            def sender(msg: Any) -> None:
+                pending.append(msg)
+                self.flush()
 
-        return send_now
+        self._senders[(owner, route)] = sender
+        return sender
 
     def _boundary_to(self, peer: str) -> OutgoingBoundary:
         out = self._outgoing.get(peer)
@@ -211,14 +231,14 @@ class DataPlane:
         """Messages for one key of another worker: as u64s when they are plain ints."""
         column = u64_column(messages) if self.ints_travel_raw else None
         if column is not None:
-            backlog.add(route, True, column)
+            backlog.add(route, INTS, column)
             self.pstats[route[0]].messages_forwarded += len(column)
             return
         hop_out, p = self._built().hop_out, route[0]
         data = [d for d in map(hop_out, messages, [p] * len(messages)) if d is not None]
         self.pstats[p].messages_forwarded += len(data)  # those serialize refused are dropped
         if data:
-            backlog.add(route, False, data)
+            backlog.add(route, SERIALIZED, data)
 
     # -- the receiving half of a boundary -------------------------------------------------
 
@@ -252,33 +272,105 @@ class DataPlane:
 
     def _apply_batch(self, topology: LocalTopology, upstream: str, incoming: IncomingBoundary,
                      batch: BatchEvent) -> FrameError | None:  # fmt: skip
-        dedup, pstats = self._dedup[upstream], self.pstats
+        dedup = self._dedup[upstream]
         first, runs = batch.first, batch.runs
-        refused = _refused(upstream, dedup, topology, first, runs)
-        if refused is not None:
-            return refused
+        if dedup.gap(first):
+            return FrameError(f"a batch from {upstream} starts at record {first}, but "
+                              f"{dedup.seq + 1} was next: records would be skipped")  # fmt: skip
         total = sum(len(run[4]) for run in runs)
-        skip = skipped = dedup.skip(first, total)
-        for p, pos, key_index, is_int, values in runs:
-            if skip:
-                if skip >= len(values):
-                    skip -= len(values)
-                    continue
-                values, skip = values[skip:], 0
-            pstats[p].messages_arrived += len(values)
-            apply = topology.arrival(p, pos)
-            if is_int:
-                for msg in values:
-                    apply(key_index, msg)
-                continue
-            for data in values:
-                ok, msg = topology.hop_in(data, p)
-                if ok:
-                    apply(key_index, msg)
+        skipped = dedup.skip(first, total)
+        fresh = _after(runs, skipped)  # what a replay repeats was checked and applied before
+        for p, pos, key_index, kind, _ in fresh:
+            if kind != STATE and not topology.owns(p, pos, key_index):
+                return FrameError(f"a batch has records for pipeline {p}, step {pos}, key index "
+                                  f"{key_index}, which this worker does not own")  # fmt: skip
+        for run in fresh:
+            self._apply_run(topology, *run)
         self.applied_total += total - skipped
         dedup.applied(first + total - 1)
         incoming.applied = dedup.seq
         return None
+
+    def _apply_run(self, topology: LocalTopology, p: int, pos: int, key_index: int, kind: int,
+                   values: list) -> None:  # fmt: skip
+        if kind == STATE:
+            self._adopt(topology, p, pos, key_index, values)
+            return
+        self.pstats[p].messages_arrived += len(values)
+        apply = topology.arrival(p, pos)
+        if kind == INTS:
+            for msg in values:
+                apply(key_index, msg)
+            return
+        for data in values:
+            ok, msg = topology.hop_in(data, p)
+            if ok:
+                apply(key_index, msg)
+
+    def _adopt(self, topology: LocalTopology, p: int, pos: int, key_index: int,
+               values: list) -> None:  # fmt: skip
+        """A key's state handed over by its former owner: this worker holds it now (and with
+        resilience, logs it before acknowledging)."""
+        state_name = topology.state_of(p, pos)
+        for data in values:
+            ok, state = topology.hop_in(data, p)
+            if ok:
+                topology.adopt_state(state_name, key_index, state)
+                if self._persist is not None:
+                    self._persist(state_name, key_index, True)
+
+    # -- changing placement: grow and shrink ----------------------------------------------
+
+    def change_placement(self, placement: Placement) -> list[tuple[str, int, str]]:
+        """Route every key as ``placement`` says from now on, and hand over each key this
+        worker holds and no longer owns: its state (through the module's ``serialize``) goes
+        to the new owner as a record of the boundary, after everything sent to it before, and
+        is released once acknowledged (``handed_over``). Nothing may be in flight for those
+        keys: the cluster has stopped its sources and drained first. Returns the handoffs,
+        ``(state, key index, new owner)``; none means nothing moves away from here."""
+        topology = self._built()
+        topology.apply_placement(placement)
+        handoffs = [(state_name, i, owner) for state_name, states in topology.states.items()
+                    for i, owner in zip(sorted(states), _owners(placement, state_name, states))
+                    if owner != self.name]  # fmt: skip
+        for state_name, i, owner in handoffs:
+            data = topology.state_out(state_name, topology.take_state(state_name, i))
+            p, pos = topology.state_routes[state_name]
+            self._boundary_to(owner).backlog.add((p, pos, i), STATE, [data] if data else [])
+            self._handing.append((state_name, i))
+        self.flush()  # numbers the records, makes them durable, sends them
+        for owner in {owner for _, _, owner in handoffs}:
+            self._handoff_marks[owner] = self._outgoing[owner].backlog.next_seq - 1
+        self._check_handoffs()
+        return handoffs
+
+    @property
+    def handing_over(self) -> bool:
+        """Whether states handed over by a change of placement still wait for their ack."""
+        return bool(self._handing)
+
+    def _check_handoffs(self) -> None:
+        marks = self._handoff_marks
+        for peer in [p for p, mark in marks.items() if self._outgoing[p].backlog.acked >= mark]:
+            del marks[peer]
+        if self._handing and not marks:
+            released, self._handing = self._handing, []
+            if self._handed_over is not None:
+                self._handed_over(released)
+
+    def build_missing(self) -> list[tuple[str, int]]:
+        """Build a fresh state for each key this worker owns and holds no state of: one whose
+        former owner could not hand it over (it restarted without resilience)."""
+        return self._built().build_missing()
+
+    def forget(self, peer: str) -> None:
+        """``peer`` has left the cluster: nothing is kept for it any more."""
+        out = self._outgoing.pop(peer, None)
+        if out is not None and out.backlog.unacked:
+            raise AssertionError(f"{peer} left with {out.backlog.unacked} record(s) unacknowledged")
+        self._outbox.pop(peer, None)
+        self._senders = {key: s for key, s in self._senders.items() if key[0] != peer}
+        self._handoff_marks.pop(peer, None)
 
     # -- the sending half of a boundary ---------------------------------------------------
 
@@ -292,6 +384,8 @@ class DataPlane:
         if out.read(data):
             for other in self._outgoing.values():
                 self.flow.link_backlog(other.peer, other.backlog.unacked)
+            if self._handing:
+                self._check_handoffs()
         return out.decoder.error
 
     def unacked(self, peer: str) -> int:
@@ -350,14 +444,19 @@ class DataPlane:
         self._boundary_to(peer).restore(acked, next_seq, frames)
 
 
-def _refused(upstream: str, dedup: Dedup, topology: LocalTopology, first: int,
-             runs: list[Run]) -> FrameError | None:  # fmt: skip
-    """Why a batch cannot be trusted (it skips records, or names a key not owned here)."""
-    if dedup.gap(first):
-        return FrameError(f"a batch from {upstream} starts at record {first}, but "
-                          f"{dedup.seq + 1} was next: records would be skipped")  # fmt: skip
-    for p, pos, key_index, _, _ in runs:
-        if not topology.owns(p, pos, key_index):
-            return FrameError(f"a batch has records for pipeline {p}, step {pos}, key index "
-                              f"{key_index}, which this worker does not own")  # fmt: skip
-    return None
+def _owners(placement: Placement, state_name: str, states: dict[int, Any]) -> list[str]:
+    """The owner, in ``placement``, of each key index held in ``states`` (sorted)."""
+    owners = placement.owners_of(state_name)
+    return [owners[i] for i in sorted(states)]
+
+
+def _after(runs: list[Run], skip: int) -> list[Run]:
+    """The runs of a batch without its first ``skip`` records."""
+    out = []
+    for p, pos, key_index, kind, values in runs:
+        if skip >= len(values):
+            skip -= len(values)
+            continue
+        out.append((p, pos, key_index, kind, values[skip:] if skip else values))
+        skip = 0
+    return out

@@ -17,7 +17,9 @@ kind. A run is ``u8 kind | u16be pipeline | u16be step | u32be key index |
 u32be count`` and then either ``count`` u64be integers (kind 1: messages that
 are plain ``int`` in 0..2**64-1, sent without pickling because they round-trip
 identically) or ``count`` times ``u32be length | payload`` (kind 0: the
-message as the application's ``serialize`` made it). Records are numbered
+message as the application's ``serialize`` made it; kind 2: the state of the
+key, as ``serialize`` made it, handed over to the receiver when the key moves
+to it in a grow or shrink, in the same order as the messages). Records are numbered
 first_seq, first_seq+1, … across the runs. Sequence numbers count per sending
 process *incarnation* (a random number drawn at start), so a restarted sender
 is never mistaken for a replay.
@@ -48,8 +50,10 @@ from machida.wire.framing import FrameDecoder
 HELLO = 0x48  # "H"
 BATCH = 0x4D  # "M"
 ACK = 0x41  # "A"
+# The kinds of run in a batch (the u8 that starts a run).
 SERIALIZED = 0
 INTS = 1
+STATE = 2
 
 _FRAME_HEAD = struct.Struct(">IB")
 _BATCH_HEAD = struct.Struct(">IBQ")
@@ -104,23 +108,23 @@ def batches(first_seq: int, runs: list, max_records: int | None = None) -> list[
     frames: list[Batch] = []
     chunk: list[list] = []
     records = size = 0
-    for route, is_int, values in runs:
+    for route, kind, values in runs:
         start = 0
         while start < len(values):
             room = limit - size - _RUN.size
             n = len(values) - start
             if max_records is not None:
                 n = min(n, max_records - records)
-            n = min(n, room // 8) if is_int else _fitting(values, start, n, room)
+            n = min(n, room // 8) if kind == INTS else _fitting(values, start, n, room)
             if n <= 0:  # this batch is full: number the next one on
                 frames.append(Batch(first_seq, records, encode_batch(first_seq, chunk)))
                 first_seq += records
                 chunk, records, size = [], 0, 0
                 continue
             piece = values[start : start + n]
-            chunk.append([route, is_int, piece])
+            chunk.append([route, kind, piece])
             records += n
-            size += _RUN.size + (8 * n if is_int else sum(_LEN.size + len(v) for v in piece))
+            size += _RUN.size + (8 * n if kind == INTS else sum(_LEN.size + len(v) for v in piece))
             start += n
     if chunk:
         frames.append(Batch(first_seq, records, encode_batch(first_seq, chunk)))
@@ -155,12 +159,12 @@ def u64_column(messages: list) -> array | None:
 
 
 def encode_batch(first_seq: int, runs: list) -> bytes:
-    """An ``M`` frame for ``runs`` of ``[route, is_int, values]``; route is (p, step, key)."""
+    """An ``M`` frame for ``runs`` of ``[route, kind, values]``; route is (p, step, key)."""
     parts = [b""]
     size = 9
-    for (p, step, key), is_int, values in runs:
-        parts.append(_RUN.pack(INTS if is_int else SERIALIZED, p, step, key, len(values)))
-        if is_int:
+    for (p, step, key), kind, values in runs:
+        parts.append(_RUN.pack(kind, p, step, key, len(values)))
+        if kind == INTS:
             column = array("Q", values)  # a copy: the backlog keeps the values in order
             if _SWAP:
                 column.byteswap()
@@ -197,9 +201,10 @@ class Backlog:
         """Records handed out (or queued) and not yet acknowledged."""
         return self._sent_n + self._queued_n
 
-    def add(self, route: tuple, is_int: bool, values: list | array) -> None:
-        """Queue a run of records for ``route``: ints (a list or an ``array('Q')``) or bytes."""
-        self._queued.append([route, is_int, values])
+    def add(self, route: tuple, kind: int, values: list | array) -> None:
+        """Queue a run of records of ``kind`` for ``route``: ints (a list or an
+        ``array('Q')``) or bytes."""
+        self._queued.append([route, kind, values])
         self._queued_n += len(values)
 
     def take_batch(self) -> list[Batch]:
@@ -251,9 +256,9 @@ class Backlog:
         self.sent_total = self._sent_n
 
 
-# One run of a batch: pipeline, state step position, key index, whether the values are ints,
-# and the values (ints, or what the application's serialize made).
-Run = tuple[int, int, int, bool, list]
+# One run of a batch: pipeline, state step position, key index, its kind (SERIALIZED, INTS or
+# STATE), and the values (ints, or what the application's serialize made).
+Run = tuple[int, int, int, int, list]
 
 
 class Hello(NamedTuple):
@@ -337,9 +342,9 @@ def _runs(frame: bytes, pos: int) -> list[Run]:
             column.frombytes(frame[pos:stop])
             if _SWAP:
                 column.byteswap()
-            out.append((p, step, key, True, column.tolist()))
+            out.append((p, step, key, INTS, column.tolist()))
             pos = stop
-        elif kind == SERIALIZED:
+        elif kind in (SERIALIZED, STATE):
             values = []
             for _ in range(count):
                 (length,) = _LEN.unpack_from(frame, pos)
@@ -348,7 +353,7 @@ def _runs(frame: bytes, pos: int) -> list[Run]:
                     raise FrameError(f"a message of {length} bytes overruns its batch")
                 values.append(frame[pos : pos + length])
                 pos += length
-            out.append((p, step, key, False, values))
+            out.append((p, step, key, kind, values))
         else:
             raise FrameError(f"unknown run kind {kind}")
     return out

@@ -9,17 +9,23 @@ member list in join order, type ``topology``), :class:`Ready`, and the clean-shu
 object in a ``u32be length | payload`` frame; the format is this project's own
 (machida.md leaves it open):
 
-| type | from → to | fields |
-|---|---|---|
-| ``hello`` | worker → initializer | ``name``, ``control``, ``data``, ``plan``, ``rejoin`` |
-| ``refused`` | initializer → worker | ``reason`` |
-| ``topology`` | initializer → worker | ``workers``: [{name, control, data}, …], join order |
-| ``ready`` | worker → initializer | ``name`` |
-| ``shutdown_request`` | worker → initializer | ``reason`` |
-| ``poll`` / ``counts`` | initializer ↔ worker | ``round``; ``sent``, ``applied``, ``backlog`` |
-| ``finish`` / ``finished`` | initializer ↔ worker | —; ``name``, ``code`` |
-| ``abort`` | initializer → worker | ``reason`` |
-| ``rotate_log`` | any → owner | ``worker`` |
+| type | from → to |
+|---|---|
+| ``hello`` | worker → initializer (a joiner: → any worker) |
+| ``join_via`` | worker → joiner |
+| ``refused`` | initializer → worker |
+| ``topology`` (:class:`Members`) | initializer → worker |
+| ``ready``, ``migrated`` | worker → initializer |
+| ``resume``, ``leave`` | initializer → worker |
+| ``shutdown_request``, ``shrink_request`` | worker → initializer |
+| ``shrink_reply`` | initializer → worker |
+| ``poll`` / ``counts`` | initializer ↔ worker |
+| ``finish`` / ``finished`` | initializer ↔ worker |
+| ``abort`` | initializer → worker |
+| ``rotate_log`` | any → owner |
+
+Each message's fields are those of its class below; a field with a default may
+be left out (older workers did not send it).
 
 :class:`ControlDecoder` turns bytes into these messages and checks every field
 of each against its declared type (an address is ``[host, port]``): a message
@@ -57,12 +63,25 @@ class Worker:
 
 @dataclass(frozen=True)
 class Hello:
+    """A worker says who it is; ``join`` is how many workers join a running cluster together
+    with it (``--join``, its ``--worker-count``), 0 for one that forms the cluster or rejoins."""
+
     TYPE: ClassVar[str] = "hello"
     name: str
     control: Address
     data: Address
     plan: tuple[str, ...]
     rejoin: bool = False
+    join: int = 0
+
+
+@dataclass(frozen=True)
+class JoinVia:
+    """A worker asked to join a running cluster through another worker: the initializer's
+    control address, where it joins."""
+
+    TYPE: ClassVar[str] = "join_via"
+    initializer: Address
 
 
 @dataclass(frozen=True)
@@ -73,8 +92,62 @@ class Refused:
 
 @dataclass(frozen=True)
 class Members:
+    """The member list in join order and the placement of the keys (``owners``: the owner of
+    each key index, per state), the ``version``-th. While ``changing``, every worker routes
+    by it and hands over what it holds and no longer owns, then says :class:`Migrated`; the
+    ``leaving`` workers (listed in ``workers`` until they are gone) hand over everything."""
+
     TYPE: ClassVar[str] = "topology"
     workers: tuple[Worker, ...]
+    version: int = 1
+    owners: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    changing: bool = False
+    leaving: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Migrated:
+    """A worker has handed over every key it no longer owns in placement ``version``, and
+    each is acknowledged (durable, with resilience) by its new owner."""
+
+    TYPE: ClassVar[str] = "migrated"
+    name: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Placement ``version`` is complete and recorded: process messages again."""
+
+    TYPE: ClassVar[str] = "resume"
+    version: int
+
+
+@dataclass(frozen=True)
+class Leave:
+    """To a worker that left in placement ``version``: drain, remove its files, exit 0."""
+
+    TYPE: ClassVar[str] = "leave"
+    version: int
+
+
+@dataclass(frozen=True)
+class ShrinkRequest:
+    """A shrink asked on a worker's external channel, for the initializer to decide."""
+
+    TYPE: ClassVar[str] = "shrink_request"
+    request: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ShrinkReply:
+    """The initializer's answer to a :class:`ShrinkRequest`: an external message to pass on."""
+
+    TYPE: ClassVar[str] = "shrink_reply"
+    request: int
+    msg_id: int
+    text: str
 
 
 @dataclass(frozen=True)
@@ -91,8 +164,11 @@ class ShutdownRequest:
 
 @dataclass(frozen=True)
 class Poll:
+    """The initializer asks for a worker's counters (``shutdown``: it is stopping)."""
+
     TYPE: ClassVar[str] = "poll"
     round: int
+    shutdown: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,13 +205,13 @@ class RotateLog:
 
 
 ControlMessage = Union[
-    Hello, Refused, Members, Ready, ShutdownRequest, Poll, Counts, Finish, Finished, Abort,
-    RotateLog,
+    Hello, JoinVia, Refused, Members, Ready, ShutdownRequest, Poll, Counts, Finish, Finished,
+    Abort, RotateLog, Migrated, Resume, Leave, ShrinkRequest, ShrinkReply,
 ]  # fmt: skip
 MESSAGES: dict[str, type] = {
     cls.TYPE: cls
-    for cls in (Hello, Refused, Members, Ready, ShutdownRequest, Poll, Counts, Finish, Finished,
-                Abort, RotateLog)
+    for cls in (Hello, JoinVia, Refused, Members, Ready, ShutdownRequest, Poll, Counts, Finish,
+                Finished, Abort, RotateLog, Migrated, Resume, Leave, ShrinkRequest, ShrinkReply)
 }  # fmt: skip
 
 
@@ -222,7 +298,7 @@ def _build(cls: type, obj: dict, what: str) -> Any:
     values = {}
     for field in dataclasses.fields(cls):
         if field.name not in obj:
-            if field.default is dataclasses.MISSING:
+            if field.default is field.default_factory is dataclasses.MISSING:
                 raise FrameError(f"malformed {what}: no {field.name!r}")
             continue
         value = _CHECKS[str(field.type)](obj[field.name])  # a string: annotations are postponed
@@ -270,6 +346,13 @@ def _worker(v: Any) -> Any:
         return _BAD
 
 
+def _owners(v: Any) -> Any:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        return _BAD
+    owners = {name: _tuple_of(_kind(str))(value) for name, value in v.items()}
+    return _BAD if _BAD in owners.values() else owners
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "str": _kind(str),
     "int": _kind(int),
@@ -277,4 +360,5 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "Address": _address,
     "tuple[str, ...]": _tuple_of(_kind(str)),
     "tuple[Worker, ...]": _tuple_of(_worker),
+    "dict[str, tuple[str, ...]]": _owners,
 }

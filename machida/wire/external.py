@@ -1,8 +1,9 @@
 """Sans-I/O codec for the external channel: ``u32be L | u16be id | payload``.
 
 A worker's ``--external`` listener takes short control messages from outside
-the cluster: print a line, rotate an event log, shut the cluster down. The
-tools ``cluster_shutdown`` and ``external_sender`` encode them with
+the cluster: print a line, rotate an event log, shut the cluster down, shrink
+it, or ask where the keys are. The tools ``cluster_shutdown``,
+``cluster_shrinker`` and ``external_sender`` encode them with
 :func:`encode`; the runner's external channel decodes them with
 :class:`ExternalFrameDecoder`. Ids follow Wallaroo's 2017 numbering
 (``wally@14c8252b1:lib/wallaroo_labs/messages/external_messages.pony``). This
@@ -19,9 +20,35 @@ from machida.wire.framing import FrameDecoder
 PRINT = 11
 ROTATE_LOG = 12
 CLEAN_SHUTDOWN = 13
+# Autoscale. Wallaroo 0.4.0 gave shrink the next id, 14; its later queries (renumbered in
+# 0.5.0) are numbered on from there, each answered with the next id.
+SHRINK = 14  # payload: "?" (which workers may leave), a count, or "w2,w3"
+SHRINK_QUERY_RESPONSE = 15  # JSON {"node_names": [...], "node_count": n}
+SHRINK_ERROR_RESPONSE = 16  # text: what the shrink does, or why it does nothing
+PARTITION_QUERY = 17
+PARTITION_QUERY_RESPONSE = 18  # JSON {"state_partitions": {state: {worker: [keys]}}, ...}
+PARTITION_COUNT_QUERY = 19
+PARTITION_COUNT_QUERY_RESPONSE = 20  # JSON {"state_partitions": {state: {worker: n}}, ...}
+CLUSTER_STATUS_QUERY = 21
+CLUSTER_STATUS_QUERY_RESPONSE = 22  # JSON {"processing_messages": b, "worker_names": [...], ...}
 
 # The names external_sender accepts for --type, mapped to their ids.
-TYPE_IDS = {"print": PRINT, "rotate-log": ROTATE_LOG, "clean-shutdown": CLEAN_SHUTDOWN}
+TYPE_IDS = {
+    "print": PRINT,
+    "rotate-log": ROTATE_LOG,
+    "clean-shutdown": CLEAN_SHUTDOWN,
+    "shrink": SHRINK,
+    "partition-query": PARTITION_QUERY,
+    "partition-count-query": PARTITION_COUNT_QUERY,
+    "cluster-status-query": CLUSTER_STATUS_QUERY,
+}
+# The requests that are answered on the same connection, and the id of each answer.
+ANSWERS = {
+    SHRINK: (SHRINK_QUERY_RESPONSE, SHRINK_ERROR_RESPONSE),
+    PARTITION_QUERY: (PARTITION_QUERY_RESPONSE,),
+    PARTITION_COUNT_QUERY: (PARTITION_COUNT_QUERY_RESPONSE,),
+    CLUSTER_STATUS_QUERY: (CLUSTER_STATUS_QUERY_RESPONSE,),
+}
 
 # L counts the id and the payload: 2 bytes is an empty message, and Wallaroo's
 # channel refused anything above 1 MiB as a sign of a desynchronised stream.

@@ -82,6 +82,7 @@ JAVA_SOURCES := $(wildcard java/machida/flink/*.java)
 TASKMANAGERS ?= 2
 FLINK_SLOTS ?= 2
 FLINK_REST_PORT ?= 8081
+FLINK_RPC_PORT ?= 6123
 
 .PHONY: flink-install jdk flink-run flink-cluster flink-cluster-stop
 
@@ -109,9 +110,9 @@ flink-run: install flink-install
 	$(PY) scripts/flink_demo.py $(RUN_ARGS)
 
 # A standalone session cluster from the installed distribution: a JobManager (REST on
-# 127.0.0.1:$(FLINK_REST_PORT)) and $(TASKMANAGERS) TaskManagers, each its own JVM.
+# 127.0.0.1:$(FLINK_REST_PORT), RPC on $(FLINK_RPC_PORT)) and $(TASKMANAGERS) TaskManagers, each its own JVM.
 flink-cluster: install flink-install
-	$(PY) -m machida_flink.cluster start --taskmanagers $(TASKMANAGERS) --slots $(FLINK_SLOTS) --rest-port $(FLINK_REST_PORT)
+	$(PY) -m machida_flink.cluster start --taskmanagers $(TASKMANAGERS) --slots $(FLINK_SLOTS) --rest-port $(FLINK_REST_PORT) --rpc-port $(FLINK_RPC_PORT)
 
 flink-cluster-stop: flink-install
 	$(PY) -m machida_flink.cluster stop

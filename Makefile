@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format run bench bench-latency bench-driver metrics-ui metrics-ui-install browser
+.PHONY: install test lint format run bench bench-latency bench-autoscale bench-driver metrics-ui metrics-ui-install browser
 
 # The Metrics UI's chart library (Chart.js, pinned in metrics_ui/vendor.py), fetched with npm:
 # only by the targets that serve the page or test it (make metrics-ui, make test), so that
@@ -59,15 +59,20 @@ run: install
 	$(PY) scripts/demo.py $(RUN_ARGS)
 
 # make bench N=10000000 is the soak run (watch the RSS samples stay flat). It measures
-# throughput flat out, then latency at fixed rates (make bench-latency).
+# throughput flat out, then latency at fixed rates (make bench-latency), then the pause of a
+# grow and a shrink (make bench-autoscale).
 N ?= 1000000
 bench: install flink-install
 	$(PY) scripts/bench.py --n $(N)
 	$(PY) scripts/bench_latency.py $(LATENCY_ARGS)
+	$(PY) scripts/bench_autoscale.py
 
 # make bench-latency LATENCY_ARGS='--rates 50000,100000 --seconds 20 --modes plain'
 bench-latency: install
 	$(PY) scripts/bench_latency.py $(LATENCY_ARGS)
+
+bench-autoscale: install
+	$(PY) scripts/bench_autoscale.py
 
 bench-driver: install
 	$(PY) scripts/bench_driver.py
@@ -84,7 +89,7 @@ FLINK_SLOTS ?= 2
 FLINK_REST_PORT ?= 8081
 FLINK_RPC_PORT ?= 6123
 
-.PHONY: flink-install jdk flink-run flink-cluster flink-cluster-stop
+.PHONY: flink-install jdk flink-run flink-cluster flink-cluster-add flink-cluster-stop bench-flink-rescale
 
 flink-install: $(FLINK_STAMP) $(FLINK_JAR)
 
@@ -113,6 +118,17 @@ flink-run: install flink-install
 # 127.0.0.1:$(FLINK_REST_PORT), RPC on $(FLINK_RPC_PORT)) and $(TASKMANAGERS) TaskManagers, each its own JVM.
 flink-cluster: install flink-install
 	$(PY) -m machida_flink.cluster start --taskmanagers $(TASKMANAGERS) --slots $(FLINK_SLOTS) --rest-port $(FLINK_REST_PORT) --rpc-port $(FLINK_RPC_PORT)
+
+# What a rescale of a running machida-flink job costs: the output's pause over 10 rescales
+# (p50 and max), into bench/flink_rescale.json. make bench-flink-rescale RESCALE_ARGS='--rate 5000'
+bench-flink-rescale: install flink-install
+	$(PY) scripts/bench_flink_rescale.py $(RESCALE_ARGS)
+
+# $(ADD) more TaskManagers (default 1) in the running cluster, for a job to be rescaled onto
+# (external_sender -t rescale -m N needs N free task slots once the job's own are back).
+ADD ?= 1
+flink-cluster-add: flink-install
+	$(PY) -m machida_flink.cluster add --taskmanagers $(ADD)
 
 flink-cluster-stop: flink-install
 	$(PY) -m machida_flink.cluster stop

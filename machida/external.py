@@ -34,6 +34,8 @@ REQUESTS = {
     external.PARTITION_QUERY: "partition_query",
     external.PARTITION_COUNT_QUERY: "partition_count_query",
     external.CLUSTER_STATUS_QUERY: "cluster_status_query",
+    external.RESCALE: "rescale",  # machida-flink's own
+    external.SAVEPOINT: "savepoint",
 }
 Reply = Callable[[bytes], None]
 

@@ -48,7 +48,7 @@ from machida.durability.recovery import (
 )
 from machida.durability.resilience import Resilience, Settings, banners
 from machida.errors import ApplicationError, BindError
-from machida.external import serve_external
+from machida.external import ExternalCommands, serve_external
 from machida.metrics.client import MetricsClient
 from machida.metrics.stats import Stats
 from machida.runtime.boundary import Boundaries, BoundaryIn
@@ -58,6 +58,7 @@ from machida.runtime.flow import FlowControl
 from machida.runtime.guard import dial_control, guarded
 from machida.runtime.listeners import Listeners, local_address_towards
 from machida.runtime.sink import Sinks
+from machida.wire.control import ControlHandler
 
 # Allocations between two young-generation collections (CPython's default is 700).
 GC_THRESHOLD = 20_000
@@ -125,7 +126,8 @@ class Process:
     def fingerprint_parts(self) -> list[str]:
         return self.plan.fingerprint_parts(self.config.resilience)
 
-    async def listen(self, role: Any) -> tuple[tuple, tuple]:
+    async def listen(self, accepting: ControlHandler,
+                     commands: ExternalCommands) -> tuple[Address, Address]:  # fmt: skip
         cfg, listeners, recorded = self.config, self.listeners, self.recovered
         if cfg.initializer:
             for p, pipeline in enumerate(self.plan.pipelines):
@@ -133,7 +135,7 @@ class Process:
                 factory = functools.partial(SourceChannel, self.plane, self.inputs, p)
                 await listeners.bind_source(pipeline.name, address, factory)
         control, data = _cluster_addresses(cfg)
-        talk = functools.partial(ControlChannel, role)
+        talk = functools.partial(ControlChannel, accepting)
         secret, boundary = self.secret, functools.partial(BoundaryIn, self.plane, self.inputs,
                                                           self.sinks.busy)  # fmt: skip
         control = await listeners.bind("control", control, guarded(secret, b"control", talk),
@@ -141,7 +143,7 @@ class Process:
         data = await listeners.bind("data", data, guarded(secret, b"data", boundary),
                                     recorded.data if recorded else None)  # fmt: skip
         if cfg.external is not None:  # its requests go to the cluster role
-            listeners.keep(await serve_external(role, self.name, cfg.external))
+            listeners.keep(await serve_external(commands, self.name, cfg.external))
         return control, data
 
     def build(self, placement: Placement) -> bool:
@@ -343,6 +345,7 @@ def _record(config: RunnerConfig, plan: AppPlan, record: Record,
         resilience=config.resilience,
         control=bound["control"], data=bound.get("data"), peers=peers,
         placement=record.placement, target=record.target, leaving=record.leaving,
+        requested_count=record.requested_count,
     )  # fmt: skip
 
 

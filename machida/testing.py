@@ -300,17 +300,37 @@ class MemoryNetwork:
                 if src != dst:
                     self.connect(src, dst)
 
-    def deliver(self, ack: bool = True, frames: int | None = None) -> int:
+    def _next(self, link: tuple[str, str] | None) -> tuple[str, str, bytes] | None:
+        """The oldest frame on the wire (of ``link``, if given), taken off it."""
+        if link is None:
+            return self.wire.popleft() if self.wire else None
+        for i, waiting in enumerate(self.wire):
+            if waiting[:2] == link:
+                del self.wire[i]
+                return waiting
+        return None
+
+    def links(self) -> list[tuple[str, str]]:
+        """The connections with frames waiting, ``(from, to)``, in the order of their oldest."""
+        return list(dict.fromkeys(w[:2] for w in self.wire))
+
+    def deliver(self, ack: bool = True, frames: int | None = None,
+                link: tuple[str, str] | None = None) -> int:  # fmt: skip
         """Carry frames to their receivers, oldest first, until the wire is empty (what the
-        receivers send meanwhile included), or ``frames`` of them; each receiver acknowledges
-        what it applied unless ``ack`` is false. Returns how many frames were delivered."""
+        receivers send meanwhile included), or ``frames`` of them; only those of ``link``
+        ``(from, to)`` if given (each connection keeps its order, as TCP does). Each receiver
+        acknowledges what it applied unless ``ack`` is false. Returns how many frames were
+        delivered."""
         if self._delivering:
             return 0  # a write during delivery: it joins the wire being delivered
         self._delivering = True
         done = 0
         try:
-            while self.wire and (frames is None or done < frames):
-                src, dst, frame = self.wire.popleft()
+            while frames is None or done < frames:
+                found = self._next(link)
+                if found is None:
+                    break
+                src, dst, frame = found
                 incoming = self.incoming[(src, dst)]
                 error = self.planes[dst].boundary_read(incoming, frame)
                 if error is not None:

@@ -2,7 +2,9 @@
 
 ``python -m machida_flink.cluster start --taskmanagers N`` (``make flink-cluster``)
 starts a JobManager and N TaskManagers, each its own JVM, with Flink's own
-daemon scripts; ``stop`` (``make flink-cluster-stop``) stops them. Everything
+daemon scripts; ``add --taskmanagers N`` (``make flink-cluster-add``) starts N
+more, for a job to be rescaled onto; ``stop`` (``make flink-cluster-stop``)
+stops them all. Everything
 the cluster writes (configuration, logs, pid files) lives in one directory,
 ``.flink`` by default (``--dir`` or ``FLINK_CLUSTER_DIR``). The distribution
 is used as installed, except that the cluster's ``lib`` also holds
@@ -159,6 +161,37 @@ def start(directory: Path, taskmanagers: int, slots: int, rest_port: int, rpc_po
     return 0
 
 
+def add(directory: Path, count: int) -> int:
+    """Start ``count`` more TaskManagers in a running cluster; exit status."""
+    if not (directory / "conf" / "config.yaml").exists():
+        print(f"Error: no Flink cluster configured in {directory}; start one first (make "
+              f"flink-cluster)", file=sys.stderr)  # fmt: skip
+        return 1
+    rest_port = int((directory / "rest-port").read_text())
+    info = overview(rest_port)
+    if info is None:
+        print(f"Error: the cluster in {directory} does not answer on 127.0.0.1:{rest_port}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    wanted = info.get("taskmanagers", 0) + count
+    env = environment(directory)
+    for _ in range(count):
+        _script("taskmanager.sh", "start", env=env)
+    deadline = time.monotonic() + START_S
+    while (overview(rest_port) or {}).get("taskmanagers", 0) < wanted:
+        if time.monotonic() > deadline:
+            print(f"Error: the new TaskManager(s) did not register within {START_S:.0f} s; see "
+                  f"{directory / 'log'}", file=sys.stderr)  # fmt: skip
+            return 1
+        time.sleep(0.25)
+    info = overview(rest_port) or {}
+    print(
+        f"Flink cluster: {info.get('taskmanagers')} TaskManager(s), "
+        f"{info.get('slots-total')} task slot(s), {info.get('slots-available')} free"
+    )
+    return 0
+
+
 def _abandon(directory: Path, env: dict) -> None:
     """Stop a cluster that did not come up: the scripts first, then any process they missed."""
     started = pids(directory, "taskexecutor") + pids(directory, "standalonesession")
@@ -183,11 +216,13 @@ def stop(directory: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m machida_flink.cluster")
-    parser.add_argument("command", choices=("start", "stop"))
+    parser.add_argument("command", choices=("start", "add", "stop"))
     parser.add_argument(
         "--dir", help=f"cluster directory (default $FLINK_CLUSTER_DIR or {DEFAULT_DIR})"
     )
-    parser.add_argument("--taskmanagers", type=int, default=2)
+    parser.add_argument(
+        "--taskmanagers", type=int, help="TaskManagers to start (start: default 2, add: 1)"
+    )
     parser.add_argument("--slots", type=int, default=2, help="task slots per TaskManager")
     parser.add_argument("--rest-port", type=int, default=8081)
     parser.add_argument("--rpc-port", type=int, default=6123)
@@ -196,11 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if opts.command == "stop":
             return stop(directory)
+        if opts.command == "add":
+            return add(directory, opts.taskmanagers or 1)
         if overview(opts.rest_port) is not None:
             print(f"Error: something already answers on 127.0.0.1:{opts.rest_port}",
                   file=sys.stderr)  # fmt: skip
             return 1
-        return start(directory, opts.taskmanagers, opts.slots, opts.rest_port, opts.rpc_port)
+        taskmanagers = 2 if opts.taskmanagers is None else opts.taskmanagers
+        return start(directory, taskmanagers, opts.slots, opts.rest_port, opts.rpc_port)
     except (ScriptError, JarError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1

@@ -3,13 +3,19 @@
 Every name starts with ``<module>-<name>-flink`` (``--name``, ``initializer``
 by default), so runs with different names share a directory safely:
 
-* ``<prefix>-<pipeline index>.ingress``: what the ingress recorded for a pipeline;
-* ``<prefix>-checkpoints/``: Flink's checkpoints of the job;
+* ``<prefix>-<pipeline index>.ingress``: what the ingress recorded for a pipeline,
+  and ``.ingress.base`` beside it, where the file is whole from;
+* ``<prefix>-checkpoints/``: Flink's checkpoints of the run's jobs, and in
+  ``rescales/`` the savepoints rescales take;
+* ``<prefix>.run``: the run's record (:class:`machida_flink.restore.RunRecord`);
 * ``<prefix>.lock``: held (``flock``) for the whole run; a second run with the
   same module and name is refused while it is held.
 
-Files left by a run that did not shut down cleanly are discarded by the next
-start with a warning: nothing replays them.
+A run that did not stop cleanly leaves them, and the same command resumes it.
+Streams or checkpoints without a record (a run that stopped before it
+accepted anything) are discarded by the next start with a warning. Savepoints
+taken with ``external_sender -t savepoint`` go to ``<module>-<name>-savepoints/``
+by default; they belong to the user, and no run removes them.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class RunFiles:
         self.directory = directory
         self.prefix = f"{module}-{name}-flink"
         self.checkpoints = directory / f"{self.prefix}-checkpoints"
+        self.record = directory / f"{self.prefix}.run"
+        self.savepoints = directory / f"{module}-{name}-savepoints"
         self.lock_path = directory / f"{self.prefix}.lock"
         self._lock_fd = -1
 
@@ -66,9 +74,12 @@ class RunFiles:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
+    def streams(self, count: int) -> list[Path]:
+        return [self.stream(p) for p in range(count)]
+
     def stale(self) -> list[Path]:
         """This module's and name's streams and checkpoints, as a previous run left them."""
-        pattern = re.compile(re.escape(self.prefix) + r"-\d+\.ingress")
+        pattern = re.compile(re.escape(self.prefix) + r"-\d+\.ingress(\.base)?")
         found = sorted(p for p in self.directory.iterdir() if pattern.fullmatch(p.name))
         if self.checkpoints.exists():
             found.append(self.checkpoints)

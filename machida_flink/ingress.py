@@ -6,20 +6,21 @@ listens in its own process, outside the job: for every pipeline it binds the
 source address, cuts each connection's bytes into frames with the
 application's decoder (``payload_length`` once per frame, the project's
 one-line error and a closed connection for a bad length), and appends them to
-that pipeline's *stream*, a file in ``--resilience-dir`` (entries of
-:mod:`machida_flink.ingress_log`). The job's source reads each stream by byte
-offset from the ingress's serve port and keeps the offset in its checkpoints;
-a restored task asks for the stream again from there. Nothing the ingress
-recorded is lost by a task or TaskManager failure. The files live as long as
-this process: they are not synced to disk, because nothing reads them after it.
+that pipeline's *stream* (:mod:`machida_flink.stream`), a file in
+``--resilience-dir``. The job's source reads each stream by byte offset from
+the ingress's serve port and keeps the offset in its checkpoints; a restored
+task asks for the stream again from there. A stream serves only what is synced
+to disk, so nothing the ingress acknowledged is lost by a task or TaskManager
+failure, nor by a crash of this process: a run started again reads its files
+back.
 
 The serve port answers only the job's own readers: each subscription carries
 the run's random token (:attr:`Ingress.token`), and a connection without it is
 closed with one line before anything else it sent is read. A reader's commits
 free disk, so they are checked too (:class:`~machida_flink.ingress_log.Subscription`).
 
-Backpressure: a stream more than :data:`HIGH_WATER` bytes ahead of what its
-reader has been sent stops the reading of that pipeline's source connections
+Backpressure: a stream more than :data:`~machida_flink.stream.HIGH_WATER`
+bytes ahead of what its reader has been sent stops the reading of that pipeline's source connections
 (the other pipelines go on), which the senders feel as TCP flow control;
 reading resumes below :data:`LOW_WATER`. A disk that refuses a write stops the
 whole ingress (:meth:`Ingress.record`): every sender connection is closed, and
@@ -29,13 +30,9 @@ what was recorded before is still served, so the job can drain it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import hmac
-import os
 import secrets
 from pathlib import Path
-from typing import Callable
 
 from machida.app.callbacks import Callbacks, label
 from machida.app.plan import AppPlan
@@ -43,87 +40,17 @@ from machida.console import os_reason, warn
 from machida.errors import BindError
 from machida.wire.source import SourceFramer
 from machida_flink import ingress_log as log
+from machida_flink.stream import Stream
 
 Address = tuple[str, int]
 
-# A stream may run this far ahead of its reader before the senders are paused
-# (the job is starting, restarting or slower than the senders); files, not memory, hold it.
-HIGH_WATER = 64 * 1024 * 1024
+# Reading resumes once the reader is this close behind (stream.HIGH_WATER pauses it).
 LOW_WATER = 16 * 1024 * 1024
-# One serve read: large enough that a reader catching up gets big records.
-SERVE_CHUNK = 1024 * 1024
 # A job's reader subscribes as soon as it connects; anything slower is not one.
 SUBSCRIBE_S = 10.0
 # What ends a stream for its reader. It is sent after the last recorded entry and never
 # written, so that a stream still ends when the disk refuses every further write.
 END_ENTRY = log.entry(log.END, 0)
-# Disk is given back in whole pages.
-PAGE = 4096
-_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
-
-
-def punch_hole(fd: int, start: int, end: int) -> bool:
-    """Deallocate ``[start, end)`` of a file, keeping its size (Linux); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fallocate = libc.fallocate
-    except (OSError, AttributeError):
-        return False
-    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    mode = _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE
-    return fallocate(fd, mode, start, end - start) == 0
-
-
-class Stream:
-    """One pipeline's recorded input: an append-only file, its size, and who reads it."""
-
-    def __init__(self, path: Path, on_pressure: Callable[[Stream], None]) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.size = 0  # what was written whole; only this much is ever served
-        self.served = 0  # the furthest offset sent to a reader
-        self.released = 0  # disk below this offset was given back (checkpointed)
-        self.ended = False
-        self.paused = False
-        self.subscribed = asyncio.Event()
-        self.grown = asyncio.Event()
-        self._on_pressure = on_pressure
-
-    def append(self, data: bytes) -> None:
-        """Write ``data`` whole after the last entry. An OSError (disk full) leaves
-        :attr:`size` as it was, so a partly written entry is never served."""
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], self.size + done)
-        self.size += done
-        self.grown.set()
-        if self.size - self.served > HIGH_WATER:
-            self._on_pressure(self)
-
-    def end(self) -> None:
-        """Nothing more comes: a reader at the end gets :data:`END_ENTRY` and finishes."""
-        self.ended = True
-        self.grown.set()
-
-    def release(self, offset: int) -> None:
-        """Give back the disk under ``[0, offset)``; offsets and the file's size stay as they are.
-
-        Only a completed checkpoint's offset is released, and a restore never goes back
-        further than the latest completed checkpoint, so no reader asks for those bytes again.
-        """
-        end = min(offset, self.size) // PAGE * PAGE
-        if end > self.released and self.fd >= 0 and punch_hole(self.fd, self.released, end):
-            self.released = end
-
-    def read(self, offset: int) -> bytes:
-        return os.pread(self.fd, min(SERVE_CHUNK, self.size - offset), offset)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
 
 
 class SourceProtocol(asyncio.Protocol):
@@ -156,7 +83,7 @@ class SourceProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         payloads = self.framer.feed(data)
         if payloads and not self.ingress.record(
-            self.stream, log.frames_entry(self.connection, payloads)
+            self.stream, log.frames_entry(self.connection, payloads), len(payloads)
         ):
             return
         why = self.framer.error
@@ -185,7 +112,9 @@ class SourceProtocol(asyncio.Protocol):
 class Ingress:
     """Every pipeline's source listener and stream, and the serve port readers use."""
 
-    def __init__(self, plan: AppPlan, paths: list[Path]) -> None:
+    def __init__(self, plan: AppPlan, streams: list[Stream], connections: int = 0) -> None:
+        """``streams`` in pipeline order; ``connections``: how many sender connections the
+        run has numbered already (a resumed run goes on after them)."""
         self.plan = plan
         self.callbacks = Callbacks("ingress", "log")
         self.token = secrets.token_bytes(log.TOKEN_SIZE)
@@ -195,14 +124,31 @@ class Ingress:
         self.closed = False
         self.failure: OSError | None = None
         self.failed = asyncio.Event()
-        self._connections = 0
-        self.streams = [Stream(path, self._pressure) for path in paths]
+        # Each job the run submits is an epoch; a commit from a reader of the current one
+        # means that job has completed a checkpoint (so all its tasks run).
+        self.epoch = 0
+        self.checkpointed = asyncio.Event()
+        self.committed = asyncio.Event()  # any commit (the base of a stream may have moved)
+        self._connections = connections
+        self.streams = streams
+        for stream in streams:
+            stream.on_pressure = self._pressure
+            stream.on_failure = self._fail
         self.listeners: list[asyncio.base_events.Server] = []
         self.server: asyncio.base_events.Server | None = None
         self.address: Address = ("", 0)
 
+    def new_epoch(self) -> None:
+        """A new job is about to subscribe: wait for its own first checkpoint from now on."""
+        self.epoch += 1
+        self.checkpointed.clear()
+
     def next_connection(self) -> int:
         self._connections += 1
+        return self._connections
+
+    @property
+    def connections(self) -> int:
         return self._connections
 
     @property
@@ -244,21 +190,33 @@ class Ingress:
 
     # -- recording ---------------------------------------------------------------------------
 
-    def record(self, stream: Stream, data: bytes) -> bool:
-        """Append an entry; False once the disk has refused a write (then nothing more is)."""
+    def record(self, stream: Stream, data: bytes, records: int = 0) -> bool:
+        """Append an entry of ``records`` frames; False once the disk has refused a write or
+        a sync (then nothing more is)."""
         if self.failure is not None or self.closed:
             return False
         try:
-            stream.append(data)
+            stream.append(data, records)
         except OSError as err:
-            self.failure = err
-            warn(f"ERROR: cannot write {stream.path}: {os_reason(err)}; the ingress stops "
-                 f"accepting input and closes every sender connection (that write is not "
-                 f"recorded; what was recorded before is still processed)")  # fmt: skip
-            self.stop_sources()
-            self.failed.set()
+            self._fail(stream, err)
             return False
         return True
+
+    def close_connections(self, stream: Stream, connections: set[int]) -> None:
+        """Record the end of connections a crashed run left open (its senders are gone)."""
+        for connection in sorted(connections):
+            self.record(stream, log.entry(log.CLOSED, connection))
+
+    def _fail(self, stream: Stream, err: OSError) -> None:
+        if self.failure is not None:
+            return
+        self.failure = err
+        warn(f"ERROR: cannot write {stream.path}: {os_reason(err)}; the ingress stops "
+             f"accepting input and closes every sender connection (that write is not "
+             f"recorded; what was recorded before is still processed)")  # fmt: skip
+        self.stop_sources()
+        self.end_streams()
+        self.failed.set()
 
     def _pressure(self, stream: Stream) -> None:
         if not stream.paused:
@@ -275,15 +233,22 @@ class Ingress:
                     source.transport.resume_reading()
 
     def stop_sources(self) -> None:
-        """Stop accepting and close every sender connection; each stream then ends."""
+        """Stop accepting and close every sender connection (complete frames are kept)."""
         self.stopped = True
         for server in self.listeners:
             server.close()
         for source in list(self.sources):
             source.finish()
             source.transport.close()
+
+    def end_streams(self) -> None:
+        """Each reader that reaches the end of what was recorded gets the end entry."""
         for stream in self.streams:
             stream.end()
+
+    def caught_up(self) -> bool:
+        """Every stream's reader has a completed checkpoint past everything recorded."""
+        return all(s.base.offset == s.durable == s.size for s in self.streams)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -318,14 +283,15 @@ class Ingress:
         if index >= len(self.streams):
             return _refuse(peer, f"no stream {index}")
         stream = self.streams[index]
-        if not stream.released <= offset <= stream.size:
-            return _refuse(peer, f"stream {index} holds offsets {stream.released} to "
-                                 f"{stream.size}, not {offset}")  # fmt: skip
+        if not stream.base.offset <= offset <= stream.durable:
+            return _refuse(peer, f"stream {index} holds offsets {stream.base.offset} to "
+                                 f"{stream.durable}, not {offset}")  # fmt: skip
         stream.subscribed.set()
         subscription = log.Subscription(index, offset)
+        commits = self._read_commits(reader, decoder, stream, subscription, peer, self.epoch)
         tasks = [
             asyncio.ensure_future(self._send(stream, subscription, writer)),
-            asyncio.ensure_future(self._read_commits(reader, decoder, stream, subscription, peer)),
+            asyncio.ensure_future(commits),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -337,7 +303,7 @@ class Ingress:
 
     async def _send(self, stream: Stream, subscription: log.Subscription, writer) -> None:
         while True:
-            if subscription.sent < stream.size:
+            if subscription.sent < stream.durable:
                 data = stream.read(subscription.sent)
                 writer.write(data)
                 subscription.sent += len(data)
@@ -345,7 +311,7 @@ class Ingress:
                     stream.served = subscription.sent
                     self._relieve(stream)
                 await writer.drain()
-            elif stream.ended:
+            elif stream.ended and stream.durable == stream.size:
                 writer.write(END_ENTRY)
                 await writer.drain()
                 return
@@ -353,8 +319,8 @@ class Ingress:
                 stream.grown.clear()
                 await stream.grown.wait()
 
-    async def _read_commits(self, reader, decoder, stream: Stream,
-                            subscription: log.Subscription, peer: str) -> None:  # fmt: skip
+    async def _read_commits(self, reader, decoder, stream: Stream, subscription: log.Subscription,
+                            peer: str, epoch: int) -> None:  # fmt: skip
         """A completed checkpoint no longer needs what lies before its offset: free that disk."""
         while True:
             data = await reader.read(4096)
@@ -364,7 +330,10 @@ class Ingress:
                 why = subscription.commit(kind, offset)
                 if why is not None:
                     return _refuse(peer, why)
-                stream.release(offset)
+                stream.release(offset, self._connections)
+                self.committed.set()
+                if epoch == self.epoch:
+                    self.checkpointed.set()
             if decoder.error is not None:
                 return _refuse(peer, str(decoder.error))
 

@@ -9,13 +9,17 @@ body`` where ``n`` counts everything after the length field:
 * ``FRAMES``: complete frames of one socket read, already cut with the
   application's decoder; the body is ``(u32be length | payload)*``;
 * ``CLOSED``: that connection ended;
-* ``END``: the stream ends here (clean shutdown); the source finishes.
+* ``END``: the stream ends here (clean shutdown); the source finishes. It is
+  sent to a reader after the last entry and never written.
 
 Readers talk to the ingress with two requests: ``SUBSCRIBE`` (``0x01 | u32be
 stream | u64be offset | token``: send me the stream from here; ``token`` is the
 run's :data:`TOKEN_SIZE` random bytes, which only the job's sources are given)
 and ``COMMIT`` (``0x02 | u64be offset``: a completed checkpoint no longer needs
-what lies before it). Nothing here imports a socket or an event loop.
+what lies before it). :class:`Scanner` reads a stream's file back when a run
+starts again after a crash: how many frames it holds, which connections it
+left open, and where its last whole entry ends. Nothing here imports a socket
+or an event loop.
 """
 
 from __future__ import annotations
@@ -76,6 +80,21 @@ def split_entries(record: bytes) -> list[tuple[int, int, memoryview]]:
         out.append((kind, connection, view[pos + ENTRY.size : stop]))
         pos = stop
     return out
+
+
+def count_frames(body: memoryview) -> int:
+    """How many frames a ``FRAMES`` body holds (a :class:`FrameError` if it is not whole)."""
+    unpack = LENGTH.unpack_from
+    count = 0
+    pos, end = 0, len(body)
+    while pos < end:
+        if end - pos < LENGTH.size:
+            raise FrameError(f"a FRAMES entry ends inside a frame's length at byte {pos} of {end}")
+        pos += LENGTH.size + unpack(body, pos)[0]
+        count += 1
+    if pos != end:
+        raise FrameError(f"a FRAMES entry ends inside a frame ({pos - end} byte(s) missing)")
+    return count
 
 
 def split_frames(body: memoryview) -> list[bytes]:
@@ -160,3 +179,62 @@ class Subscription:
             return f"commit {offset} is beyond the {self.sent} bytes sent"
         self.committed = offset
         return None
+
+
+class Scanner:
+    """Walks a recorded stream's whole entries from a known place, fed in reads of any size.
+
+    ``offset`` and ``records`` say where the walk starts (an entry boundary) and how
+    many frames the stream held before it. After each :meth:`feed`, :attr:`offset` is
+    the end of the last whole entry, :attr:`records` the frames up to there, and
+    :attr:`marks` every ``FRAMES`` entry's ``(end offset, records)``. Connections that
+    were opened or sent frames and never closed are in :attr:`open`; the highest
+    connection number seen is :attr:`last_connection`. Bytes that cannot begin an
+    entry (a write cut short by a crash) stop the walk: :attr:`error` says why, and
+    :attr:`pending` counts what was not taken.
+    """
+
+    def __init__(self, offset: int = 0, records: int = 0) -> None:
+        self.offset = offset
+        self.records = records
+        self.marks: list[tuple[int, int]] = []
+        self.open: set[int] = set()
+        self.last_connection = 0
+        self.error: FrameError | None = None
+        self._buf = b""
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> None:
+        if self.error is not None:
+            self._buf += data
+            return
+        buf = self._buf + data if self._buf else bytes(data)
+        view = memoryview(buf)
+        pos, end = 0, len(buf)
+        while end - pos >= ENTRY.size:
+            n, kind, connection = ENTRY.unpack_from(buf, pos)
+            if n < ENTRY_TAIL or kind not in (OPENED, FRAMES, CLOSED):
+                self.error = FrameError(f"no entry can start at offset {self.offset}: n={n} "
+                                        f"kind={kind}")  # fmt: skip
+                break
+            stop = pos + LENGTH.size + n
+            if stop > end:
+                break
+            if kind == FRAMES:
+                try:
+                    self.records += count_frames(view[pos + ENTRY.size : stop])
+                except FrameError as err:
+                    self.error = FrameError(f"the entry at offset {self.offset}: {err}")
+                    break
+                self.marks.append((self.offset + stop - pos, self.records))
+            if kind == CLOSED:
+                self.open.discard(connection)
+            else:
+                self.open.add(connection)
+            self.last_connection = max(self.last_connection, connection)
+            self.offset += stop - pos
+            pos = stop
+        self._buf = buf[pos:]

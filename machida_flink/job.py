@@ -28,22 +28,28 @@ from types import ModuleType
 import machida
 import machida_flink
 from machida.app.plan import AppPlan
+from machida_flink.options import MAX_PARALLELISM
 from machida_flink.translate import Shape
 
 GATEWAY_START_S = 60.0
 # A failing task restarts this many times, a second apart, before the job fails.
 RESTART_ATTEMPTS = 30
-# The maximum parallelism fixes Flink's key groups, hence where each key lands.
-MAX_PARALLELISM = 128
 
 
 @dataclass(frozen=True)
 class JobOptions:
+    """``restore``: a savepoint or retained checkpoint to start from; ``claim``: the job
+    owns it (a run's own checkpoints and rescale savepoints, which Flink deletes once a newer
+    checkpoint subsumes them) or only reads it (a savepoint a user keeps)."""
+
     parallelism: int
     checkpoint_interval_ms: int
     state_backend: str
     checkpoint_dir: Path
     jobmanager: tuple[str, int] | None
+    max_parallelism: int = MAX_PARALLELISM
+    restore: Path | None = None
+    claim: bool = False
 
 
 def start_gateway() -> subprocess.Popen:
@@ -120,16 +126,22 @@ def configuration(options: JobOptions, name: str):
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
         "parallelism.default": str(options.parallelism),
-        "pipeline.max-parallelism": str(MAX_PARALLELISM),
+        "pipeline.max-parallelism": str(options.max_parallelism),
         "pipeline.name": name,
         "execution.checkpointing.interval": f"{options.checkpoint_interval_ms} ms",
         "execution.checkpointing.storage": "filesystem",
         "execution.checkpointing.dir": options.checkpoint_dir.resolve().as_uri(),
+        # a job that is cancelled, or whose client dies, leaves its newest checkpoint to
+        # resume from; a job that finishes (drained, or stopped with a savepoint) does not
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "state.backend.type": options.state_backend,
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": str(RESTART_ATTEMPTS),
         "restart-strategy.fixed-delay.delay": "1 s",
     }
+    if options.restore is not None:
+        settings["execution.state-recovery.path"] = options.restore.resolve().as_uri()
+        settings["execution.state-recovery.claim-mode"] = "CLAIM" if options.claim else "NO_CLAIM"
     for key, value in settings.items():
         conf.set_string(key, value)
     return conf
@@ -209,12 +221,16 @@ def build_job(env, plan: AppPlan, shape: Shape, wiring, ingress: tuple[str, int]
     merged.sink_to(Sink(jvm.machida.flink.FramedSocketSink(addresses))).name("sinks").uid("sinks")
 
 
-def flink_keys(plan: AppPlan, parallelism: int) -> dict:
-    """Per state, the Flink key of each key index: key i on subtask i mod parallelism."""
+def key_table(plan: AppPlan, parallelism: int, max_parallelism: int = MAX_PARALLELISM):
+    """Per state, the Flink key of each key index, for a run's first start at
+    ``parallelism`` (key i on subtask i mod parallelism); see ``KeyPlacement.java``."""
     from pyflink.java_gateway import get_gateway
 
+    from machida_flink.restore import KeyTable
+
     placement = get_gateway().jvm.machida.flink.KeyPlacement
-    return {
-        name: tuple(placement.keys(len(keys), MAX_PARALLELISM, parallelism))
+    keys = tuple(
+        (name, tuple(placement.keys(len(keys), max_parallelism, parallelism)))
         for name, keys in plan.state_keys().items()
-    }
+    )
+    return KeyTable(max_parallelism, keys)

@@ -17,6 +17,14 @@ from dataclasses import dataclass
 from machida.errors import ConfigError
 from machida.options import Option, OptionParser, parse_host_port
 
+# The maximum parallelism is the number of Flink's key groups, the unit in which keyed
+# state moves between subtasks: a run's state can be restored at any parallelism up to it,
+# never above, and it cannot change for the life of a run's state (its checkpoints and
+# savepoints). 128 is Flink's own default for jobs of up to 85 subtasks; a key group costs a
+# few bytes in every checkpoint, so a larger number buys nothing these applications (a
+# handful to a few thousand keys) need.
+MAX_PARALLELISM = 128
+
 STATE_BACKENDS = ("hashmap", "rocksdb")
 DEFAULT_CHECKPOINT_MS = 1000
 
@@ -37,7 +45,19 @@ OWN_OPTIONS = [
         help="name in this process's lines and files (default initializer)",
     ),
     Option("metrics", "m", metavar="HOST:PORT", help="accepted; Flink reports its own metrics"),
-    Option("parallelism", kind="int", default=1, minimum=1, metavar="N", help="default 1"),
+    Option(
+        "parallelism",
+        kind="int",
+        default=1,
+        minimum=1,
+        metavar="N",
+        help="default 1, or a savepoint's",
+    ),
+    Option(
+        "from-savepoint",
+        metavar="PATH",
+        help="start from a savepoint taken by external_sender -t savepoint",
+    ),
     Option(
         "checkpoint-interval",
         kind="int",
@@ -95,6 +115,8 @@ class FlinkConfig:
     resilience_dir: str
     name: str
     parallelism: int
+    parallelism_given: bool
+    from_savepoint: str | None
     checkpoint_interval_ms: int
     state_backend: str
     jobmanager: tuple[str, int] | None
@@ -138,8 +160,12 @@ def parse(argv: list[str]) -> FlinkConfig:
         )
     if "join" in parsed.given:
         raise ConfigError(
-            "--join (autoscale) is not supported; a run keeps the --parallelism it started with."
+            "--join (autoscale) is not supported; rescale a running job with "
+            "external_sender -t rescale -m N."
         )
+    if values["parallelism"] > MAX_PARALLELISM:
+        raise ConfigError(f"--parallelism must be at most {MAX_PARALLELISM} (the max "
+                          f"parallelism), got {values['parallelism']}")  # fmt: skip
     name = values["name"] or "initializer"
     if "/" in name or "\0" in name:
         raise ConfigError(f"--name {name!r} must not contain '/': it is part of file names")
@@ -161,6 +187,8 @@ def parse(argv: list[str]) -> FlinkConfig:
         resilience_dir=directory,
         name=name,
         parallelism=values["parallelism"],
+        parallelism_given="parallelism" in parsed.given,
+        from_savepoint=values["from_savepoint"],
         checkpoint_interval_ms=values["checkpoint_interval"],
         state_backend=values["state_backend"],
         jobmanager=_address("--jobmanager", values["jobmanager"]),

@@ -34,8 +34,10 @@ OPTIONS are shell words:
 ``file=NAME``
     The block is saved as NAME in the group's directory (a module a later block runs).
 
-A block without ``bg`` must exit 0. The README's walkthrough, marked
-``<!-- walkthrough:begin -->``, runs in ``tests/test_readme.py``.
+A block without ``bg`` must exit 0. Two blocks of the README have tests of their own: the
+walkthrough (``<!-- walkthrough:begin -->``) runs in ``tests/test_readme.py`` and on Flink in
+``tests/test_flink_readme.py``, the grow and shrink run (``<!-- autoscale:begin -->``) in
+``tests/test_autoscale.py``.
 
 What changes in a block before it runs, and nothing else: each ``127.0.0.1:PORT`` gets a free
 port (the same one for the whole group); ``machida``, ``machida-flink`` and
@@ -65,7 +67,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 SHELL = {"bash", "sh"}
 FENCE = re.compile(r"^(```+)\s*([\w-]*)\s*$")
-MARK = re.compile(r"^<!--\s*(run|not run|walkthrough:begin)(?::\s*(.*?))?\s*-->$")
+MARK = re.compile(r"^<!--\s*(run|not run|\w+:begin)(?::\s*(.*?))?\s*-->$")
+# Blocks that a test of their own runs, and the test.
+RUN_ELSEWHERE = {
+    "walkthrough:begin": "tests/test_readme.py",
+    "autoscale:begin": "tests/test_autoscale.py",
+}
 OPTIONS = {"group", "bg", "ready", "after", "stop", "expect", "in", "host", "python", "file"}
 REPEATED = {"after", "expect"}
 # A JVM, a Flink job and its tasks on two busy cores take the longest of anything here.
@@ -81,7 +88,7 @@ class Block:
     line: int  # of the opening fence, 1-based
     info: str
     text: str
-    mark: str | None = None  # "run", "not run", "walkthrough:begin" or None
+    mark: str | None = None  # "run", "not run", a RUN_ELSEWHERE mark, or None
     detail: str = ""  # the options, or the reason
     options: dict = field(default_factory=dict)
 

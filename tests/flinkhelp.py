@@ -8,10 +8,13 @@ the longer :data:`START_S`.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 from toolhelp import Tool, _Collector, closed_port, run_tool
 
@@ -75,6 +78,48 @@ def shutdown(flink: FlinkProcess, external: str) -> int:
     result = run_tool("cluster_shutdown", external)
     assert result.returncode == 0, result.stderr
     return flink.wait(START_S)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(flink: FlinkProcess) -> list[int]:
+    """``kill -9`` machida-flink and every process under it (its JVM) at once; their pids."""
+    tree = [flink.proc.pid, *descendants(flink.proc.pid)]
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
+    return tree
+
+
+def paced_sender(port: int, count: int, per_50ms: int, start_from: int = 0) -> subprocess.Popen:
+    """giles ``sender`` with ``count`` u64 values after ``start_from``, ``per_50ms`` every
+    50 ms."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "wallaroo_tools.sender", "-h", f"127.0.0.1:{port}",
+         "-m", str(count), "--start-from", str(start_from), "-y", "-g", "12", "-u", "-w",
+         "-s", str(per_50ms), "-i", "50_000_000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def finals(total: int) -> set[bytes]:
+    """The last window of each parity of a 1..total sequence."""
+    return {f"[{total - 7},{total - 5},{total - 3},{total - 1}]".encode(),
+            f"[{total - 6},{total - 4},{total - 2},{total}]".encode()}  # fmt: skip
 
 
 def windows(raw: list[bytes]) -> list[list[int]]:

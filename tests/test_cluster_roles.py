@@ -56,10 +56,10 @@ class FakeNode:
     def fingerprint_parts(self) -> list[str]:
         return self.plan
 
-    async def listen(self, role):
+    async def listen(self, accepting, commands):
         self.asked.append(("listen",))
         if self.name == "initializer":
-            LISTENING[INITIALIZER_AT] = role
+            LISTENING[INITIALIZER_AT] = accepting
         return self.control, self.data
 
     def _note(self, *what) -> None:

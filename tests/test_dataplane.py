@@ -286,3 +286,21 @@ def test_a_batch_for_a_route_this_worker_does_not_own_is_refused(route, why, cap
     assert why in str(error)
     assert pair.windows("worker-2") == [] and pair.planes["worker-2"].counts()["applied"] == 0
     assert capsys.readouterr().err == ""  # not reported as a failure of the user's callbacks
+
+
+def test_a_replay_of_records_applied_before_a_key_moved_away_is_skipped_not_refused():
+    """Records applied for a key, whose acknowledgement was lost, then the key handed over:
+    the sender's replay is skipped as already applied, not refused as not owned here."""
+    pair = Pair()
+    pair.send(framed(range(1, 11)))
+    pair.deliver(ack=False)  # worker-2 applied key 1's records; the ack is lost
+    assert pair.planes["initializer"].counts()["backlog"] == 5
+    moved = pair.planes["initializer"].topology.placement.rebalanced(["initializer"])
+    assert pair.planes["worker-2"].change_placement(moved) == [("Sequence Window", 1,
+                                                                 "initializer")]  # fmt: skip
+    pair.connect("initializer", "worker-2")  # the replay of the five records
+    pair.deliver()
+    pair.planes["initializer"].change_placement(moved)
+    pair.deliver()
+    assert not pair.planes["worker-2"].handing_over
+    assert pair.planes["initializer"].states["Sequence Window"][1].window == [3, 5, 7, 9]

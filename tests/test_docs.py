@@ -11,7 +11,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from docblocks import DOCS, ROOT, Scenario, blocks, groups, marks_without_a_block, unique_groups
+from docblocks import (
+    DOCS,
+    ROOT,
+    RUN_ELSEWHERE,
+    Scenario,
+    blocks,
+    groups,
+    marks_without_a_block,
+    unique_groups,
+)
 from test_multihost import two_hosts  # noqa: F401  (the hosts a host=A/B block runs on)
 from test_readme import walkthrough
 
@@ -23,7 +32,7 @@ COMMAND = re.compile(
 )
 # The blocks that are not run, each for a reason written next to it; a new one must be
 # justified there and counted here.
-EXEMPT = 3
+EXEMPT = 6
 MARKED = unique_groups()
 
 
@@ -50,9 +59,14 @@ def test_a_block_of_output_never_starts_with_a_command():
             assert not COMMAND.match(first), f"{block.where} starts with a command: tag it ```bash"
 
 
-def test_the_walkthrough_is_the_block_test_readme_runs():
+def test_the_blocks_run_elsewhere_are_the_ones_their_tests_read():
     (marked,) = [b for b in every_block() if b.mark == "walkthrough:begin"]
     assert marked.path == "README.md" and marked.text == walkthrough()
+    others = [b for b in every_block() if b.mark not in (None, "run", "not run")]
+    for block in others:
+        assert block.mark in RUN_ELSEWHERE, f"{block.where}: unknown mark {block.mark}"
+        assert block.path == "README.md" and block.is_command
+        assert f"<!-- {block.mark} -->" in (ROOT / RUN_ELSEWHERE[block.mark]).read_text()
 
 
 def test_marked_python_and_files_are_blocks_of_their_kind():

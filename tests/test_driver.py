@@ -358,3 +358,39 @@ def test_a_serialized_message_too_large_to_cross_is_dropped_and_named(test_apps,
     driver.feed(["apple " + "b" * 30])  # the long word's key lives on worker1
     assert [o.data for o in driver.outputs] == [b"a:5 #1\n"]
     assert driver.counters == {(INVALID, "wallaroo.serialize"): 1}
+
+
+def test_the_driver_grows_and_shrinks_moving_each_state_through_serialize(make_app):
+    """An author tests a migration of their own state in-process: the windows go on."""
+    name = make_app(
+        "import pickle\n"
+        "from sequence_window import *\n"
+        "from sequence_window import application_setup\n"
+        "crossed = []\n"
+        "def serialize(o):\n"
+        "    crossed.append(type(o).__name__)\n"
+        "    return pickle.dumps(o)\n"
+        "def deserialize(b):\n"
+        "    return pickle.loads(b)\n"
+    )
+    driver = Driver(name, workers=1)
+    driver.feed(range(1, 11))
+    assert driver.grow(["worker1"]) == [("Sequence Window", 1, "initializer", "worker1")]
+    assert driver.owner("Sequence Window", 1) == "worker1"
+    # the ints probe calls serialize on ints; the only other thing that crossed: the state
+    assert [kind for kind in driver.module.crossed if kind != "int"] == ["SequenceWindow"]
+    assert driver.grow(["worker2", "worker3"]) == []  # two keys: nothing more to even out
+    assert driver.workers == ["initializer", "worker1", "worker2", "worker3"]
+    outs = driver.feed(range(11, 15))
+    assert [(o.worker, o.value) for o in outs] == [
+        ("worker1", [5, 7, 9, 11]), ("initializer", [6, 8, 10, 12]),
+        ("worker1", [7, 9, 11, 13]), ("initializer", [8, 10, 12, 14]),
+    ]  # fmt: skip
+    assert driver.shrink(["worker1", "worker2"]) == [
+        ("Sequence Window", 1, "worker1", "worker3")
+    ]  # fmt: skip
+    assert [o.value for o in driver.feed([15])] == [[9, 11, 13, 15]]
+    with pytest.raises(ValueError, match="other than 'initializer'"):
+        driver.shrink(["initializer"])
+    with pytest.raises(ValueError, match="new, distinct worker names"):
+        driver.grow(["worker3"])

@@ -4,7 +4,6 @@ translation into a job's shape, and the command line. No JVM, no sockets."""
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 
 import pytest
@@ -325,30 +324,3 @@ def test_help_lists_the_flink_flags():
     text = help_text()
     for flag in ("--parallelism", "--checkpoint-interval", "--state-backend", "--jobmanager"):
         assert flag in text
-
-
-# -- the ingress's files -----------------------------------------------------------------------
-
-
-def test_a_released_prefix_gives_its_disk_back_and_keeps_the_offsets(tmp_path):
-    from machida_flink.ingress import Stream, punch_hole
-
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"\1" * 8192)
-    fd = os.open(probe, os.O_RDWR)
-    try:
-        if not punch_hole(fd, 0, 4096):
-            pytest.skip(f"the file system of {tmp_path} cannot punch holes (fallocate)")
-    finally:
-        os.close(fd)
-    stream = Stream(tmp_path / "s.ingress", on_pressure=lambda stream: None)
-    data = bytes(range(256)) * 4096  # 1 MiB
-    stream.append(data)
-    os.fsync(stream.fd)  # so that the blocks are allocated before they are counted
-    before = os.stat(stream.path).st_blocks
-    stream.release(600_000)
-    assert stream.released == 600_000 // 4096 * 4096
-    assert os.stat(stream.path).st_size == len(data)
-    assert os.stat(stream.path).st_blocks < before
-    assert stream.read(stream.released) == data[stream.released :]
-    stream.close()

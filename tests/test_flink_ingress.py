@@ -19,7 +19,9 @@ from test_resilience import small_disk
 from machida.app.loader import load_plan
 from machida_flink import ingress as ingress_module
 from machida_flink import ingress_log as log
+from machida_flink import stream as stream_module
 from machida_flink.ingress import END_ENTRY, Ingress
+from machida_flink.stream import Stream
 
 DEADLINE = 30.0
 
@@ -65,7 +67,8 @@ def plan(make_app):
 
 
 async def started(plan, directory) -> Ingress:
-    ingress = Ingress(plan, [directory / f"s-{p}.ingress" for p in range(len(plan.pipelines))])
+    paths = [directory / f"s-{p}.ingress" for p in range(len(plan.pipelines))]
+    ingress = Ingress(plan, [Stream.create(path) for path in paths])
     await ingress.bind(("127.0.0.1", 0))
     await ingress.open_sources()
     return ingress
@@ -162,6 +165,7 @@ def test_a_reader_gets_the_end_after_the_last_entry(plan, tmp_path):
         ingress = await started(plan, tmp_path)
         await send(ingress, 0, frames(5))
         ingress.stop_sources()
+        ingress.end_streams()
         reader, writer = await asyncio.open_connection(*ingress.address)
         writer.write(subscribe(0, 0, ingress.token))
         got = await asyncio.wait_for(reader.read(), DEADLINE)
@@ -195,7 +199,7 @@ def test_a_connection_accepted_as_the_stream_ends_is_closed_unrecorded(plan, tmp
 
 
 def test_backpressure_pauses_only_the_pipeline_that_is_ahead(plan, tmp_path, monkeypatch):
-    monkeypatch.setattr(ingress_module, "HIGH_WATER", 64 * 1024)
+    monkeypatch.setattr(stream_module, "HIGH_WATER", 64 * 1024)
     monkeypatch.setattr(ingress_module, "LOW_WATER", 16 * 1024)
 
     async def scenario() -> list[tuple[bool, bool]]:

@@ -378,8 +378,9 @@ def test_an_input_file_that_is_missing_or_cut_short_fails_before_any_worker(tmp_
 @pytest.mark.parametrize(
     ("command", "reason"),
     [
+        # both runners fail to load it; whichever ends first is named
         ("machida --application-module no_such_app_module",
-         "initializer exited with status 1 before the application reported ready"),
+         "exited with status 1 before the application reported ready"),
         ("no-such-runner-command --application-module echo",
          "cannot run 'no-such-runner-command': No such file or directory"),
         (f"{ECHO} --exit-on boom", "initializer exited with status 3 while the test was running"),

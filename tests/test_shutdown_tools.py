@@ -141,6 +141,8 @@ def test_cluster_shutdown_unreachable():
         (["-m", "hello"], bytes.fromhex("00000007000B") + b"hello"),
         (["--type=clean-shutdown"], bytes.fromhex("00000002000D")),
         (["-tPRINT"], bytes.fromhex("00000002000B")),
+        (["-t", "rescale", "-m", "3"], bytes.fromhex("000000030028") + b"3"),
+        (["-t", "savepoint"], bytes.fromhex("000000020029")),
     ],
 )
 def test_external_sender_frames(args, expected):
@@ -158,8 +160,11 @@ def test_external_sender_unknown_type_sends_nothing():
         assert not listener.has_pending()
     assert result.returncode == 1, explain(result)
     first = result.stderr.splitlines()[0]
-    assert first == (b"Error: unknown --type 'query' (use print, rotate-log, clean-shutdown, "
-                     b"shrink, partition-query, partition-count-query, cluster-status-query)")
+    assert first == (
+        b"Error: unknown --type 'query' (use print, rotate-log, clean-shutdown, "
+        b"shrink, partition-query, partition-count-query, cluster-status-query, rescale, "
+        b"savepoint)"
+    )
 
 
 def test_external_sender_unreachable():
@@ -186,3 +191,39 @@ def test_external_sender_bad_command_lines(args, needle):
 def test_external_sender_help():
     result = run_tool("external_sender", "--help")
     assert result.returncode == 0 and b"--external" in result.stdout
+
+
+# ---------------------------------------------------------------- cluster_shrinker
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], b"Error: You must specify exactly one of --query, --count, or --workers"),
+        (["--query", "--workers", "w2"], b"Error: You must specify exactly one of"),
+        (["--count", "0"], b"Error: option --count must be at least 1, got '0'"),
+        (["--query", "-e", "nohost"], b"Error: '--external' argument should be in format"),
+    ],
+)
+def test_cluster_shrinker_bad_command_lines(args, needle):
+    result = run_tool("cluster_shrinker", "-e", "127.0.0.1:1", *args)
+    assert result.returncode == 1, explain(result)
+    assert result.stderr.startswith(needle), explain(result)
+    assert b"Usage: cluster_shrinker" in result.stderr
+
+
+def test_cluster_shrinker_unreachable_and_the_shrink_frame_it_sends():
+    address = f"127.0.0.1:{closed_port()}"
+    result = run_tool("cluster_shrinker", "--external", address, "--workers", "w2,w3")
+    assert result.returncode == 1, explain(result)
+    assert result.stderr == f"Failed to connect to {address}\n".encode()
+    frame = encode(external.SHRINK, "2")
+    with RawListener(close_after=len(frame)) as listener:  # it closes without answering
+        result = run_tool("cluster_shrinker", "--external", listener.address, "--count", "2")
+        received = listener.wait_closed()
+    assert received.data == frame
+    assert result.returncode == 1 and b"did not answer" in result.stderr, explain(result)
+    answer = encode(external.SHRINK_ERROR_RESPONSE, "Shrinking by 2 workers!")
+    with RawListener(answer=answer) as listener:
+        result = run_tool("cluster_shrinker", "--external", listener.address, "--count", "2")
+    assert result.stdout == b"Cluster shrink response: Shrinking by 2 workers!\n", explain(result)

@@ -16,7 +16,7 @@ import sys
 
 from machida.options import Option, OptionParser, UsageError, run_cli
 from machida.wire import external
-from wallaroo_tools.external_client import NoAnswer, answer_lines, ask, split_address
+from wallaroo_tools.external_client import NoAnswer, answer_lines, ask, external_address
 
 USAGE = "Usage: cluster_shrinker --external HOST:PORT (--query | --count N | --workers w2,w3)"
 EXACTLY_ONE = "You must specify exactly one of --query, --count, or --workers"
@@ -48,11 +48,7 @@ def run(argv: list[str]) -> int:
     if parsed.rest:
         raise UsageError(f"unexpected argument {parsed.rest[0]!r}")
     target = parsed.values["external"]
-    if target is None:
-        raise UsageError("Must supply required '--external' argument")
-    address = split_address(target)
-    if address is None:
-        raise UsageError("'--external' argument should be in format: '127.0.0.1:5050")
+    address = external_address(target)
     frame = external.encode(external.SHRINK, _request(parsed.values))
     try:
         msg_id, text = ask(*address, frame)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import socket
 
-from machida.options import parse_host_port
+from machida.options import UsageError, parse_host_port
 from machida.wire import external
 
 # Long enough for a loaded machine to accept, short enough that a harness
@@ -24,6 +24,16 @@ ANSWER_TIMEOUT = 10.0
 
 class NoAnswer(Exception):
     """The worker could not be reached or did not answer; the message is the line to print."""
+
+
+def external_address(target: str | None) -> tuple[str, int]:
+    """The ``--external`` option of a tool, checked; UsageError as Wallaroo's tools said it."""
+    if target is None:
+        raise UsageError("Must supply required '--external' argument")
+    address = split_address(target)
+    if address is None:
+        raise UsageError("'--external' argument should be in format: '127.0.0.1:5050")
+    return address
 
 
 def split_address(text: str) -> tuple[str, int] | None:

@@ -7,7 +7,9 @@ rotate-log 12, clean-shutdown 13) and closing. Later Wallaroo versions added a
 shrink (0.4.0, id 14: ``--message`` is ``?``, a count, or ``w2,w3``) and
 placement queries (0.5.0): ``partition-query``, ``partition-count-query`` and
 ``cluster-status-query``; for those it waits for the worker's answer and prints
-it (``--json``: the JSON alone). The frame comes from
+it (``--json``: the JSON alone). ``machida-flink`` also takes rescale (40, the
+payload is the new parallelism) and savepoint (41, the payload is an optional
+directory). The frame comes from
 :mod:`machida.wire.external`. Like the Pony tool it reports ``Connected...`` and
 ``Sent message!`` on stdout; unlike it, an unknown ``--type`` is an error rather
 than a silent ``print``.
@@ -19,7 +21,7 @@ import sys
 
 from machida.options import Option, OptionParser, UsageError, run_cli
 from machida.wire import external
-from wallaroo_tools.external_client import NoAnswer, answer_lines, ask, send_once, split_address
+from wallaroo_tools.external_client import NoAnswer, answer_lines, ask, external_address, send_once
 
 USAGE = "Usage: external_sender --external HOST:PORT [--type TYPE] [--message TEXT] [--json]"
 TYPES = ", ".join(external.TYPE_IDS)
@@ -28,7 +30,8 @@ OPTIONS = [
     Option("external", "e", metavar="HOST:PORT", help="a worker's --external address (required)"),
     Option("type", "t", default="print", metavar="TYPE", help=TYPES),
     Option("message", "m", default="", metavar="TEXT",
-           help="payload; for rotate-log a worker; for shrink ?, a count or w2,w3"),
+           help="payload; for rotate-log a worker; for shrink ?, a count or w2,w3; for "
+                "rescale the parallelism; for savepoint a directory (optional)"),
     Option("json", "j", kind="flag", help="print a query's answer as its JSON alone"),
     Option("help", "h", kind="flag", help="show this help"),
 ]  # fmt: skip
@@ -54,11 +57,7 @@ def run(argv: list[str]) -> int:
     if parsed.rest:
         raise UsageError(f"unexpected argument {parsed.rest[0]!r}")
     target = parsed.values["external"]
-    if target is None:
-        raise UsageError("Must supply required '--external' argument")
-    address = split_address(target)
-    if address is None:
-        raise UsageError("'--external' argument should be in format: '127.0.0.1:5050")
+    address = external_address(target)
     msg_id, frame = _build_frame(parsed.values)
     if msg_id not in external.ANSWERS:
         if not send_once(*address, frame):

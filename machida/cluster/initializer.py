@@ -44,7 +44,8 @@ class Initializer(Role):
                  stop_pause_s: float = 0.0) -> None:  # fmt: skip
         super().__init__(node, keys)
         self.membership = Membership(expected, node.fingerprint_parts())
-        self.wanted = expected  # --worker-count: a restart may ask for another size
+        self.requested = expected  # --worker-count, as recorded
+        self.wanted = expected  # the size to rescale to at a restart that asks for another
         self.stop_pause_s = stop_pause_s
         self.started = False
         self.identified = False
@@ -64,7 +65,7 @@ class Initializer(Role):
     async def start(self) -> None:
         expected = self.expected
         say("Single worker topology" if expected == 1 else f"{expected} worker topology")
-        control_addr, data_addr = await self.node.listen(self)
+        control_addr, data_addr = await self.node.listen(self.accepting(), self)
         me = self.membership.members[INITIALIZER]
         me.control, me.data = control_addr, data_addr
         self.started = True
@@ -76,6 +77,9 @@ class Initializer(Role):
                 self.change = (recovered.target, recovered.leaving)
             else:
                 self.departed = recovered.leaving
+            if recovered.requested_count == self.wanted:  # the same command: keep the members
+                self.wanted = len(recovered.workers)
+            self._rescale_on_restart()
             self.identified = True
             self._build()
         elif not self._maybe_all_identified():
@@ -99,8 +103,9 @@ class Initializer(Role):
 
     def _on_hello(self, conn: ControlLink, msg: control.Hello) -> None:
         name = msg.name
-        if name in self.departed and name not in self.membership.members:
-            conn.write(control.encode(control.Leave(self._version())))  # it left; it may go
+        if msg.rejoin and name in self.departed and name not in self.membership.members:
+            # it left, but stopped before it heard so and restarted from its files: it may go
+            conn.write(control.encode(control.Leave(self._version())))
             return
         admission = self.membership.admit(msg, conn.peer.rpartition(":")[0], conn)
         if admission.refused:
@@ -174,7 +179,7 @@ class Initializer(Role):
         target, leaving = self.change if self.change else (None, self.departed)
         names = self.membership.names
         self.node.save_record(Record(names, self.membership.addresses(), self.placement,
-                                     target, leaving))  # fmt: skip
+                                     target, leaving, self.requested))  # fmt: skip
 
     # -- readiness ------------------------------------------------------------------------
 
@@ -197,7 +202,6 @@ class Initializer(Role):
         say(f"All {self.expected} workers reporting Topology ready!")
         say("Application has successfully initialized.")
         self.node.recovery_complete()
-        self.membership.running = True
         self.processing = self.change is None
         if self.processing:
             self.node.start_sources()
@@ -212,7 +216,6 @@ class Initializer(Role):
 
     async def _changes(self) -> None:
         """Run the changes of the cluster one at a time, in the order they came."""
-        self._rescale_on_restart()
         while not self.shutting_down:
             rescale = self._next_change()
             if rescale is None:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable
 from typing import Any, Callable
 
 from machida.app.plan import Placement
+from machida.cluster.membership import INITIALIZER
 from machida.cluster.node import Address, ControlLink, Node, Record
 from machida.cluster.role import DRAIN_DEADLINE_S, Reply, Role
 from machida.console import error_line, say, warn
@@ -66,8 +67,15 @@ class Member(Role):
         return self._contact
 
     async def start(self) -> None:
-        self.my_control, self.my_data = await self.node.listen(self)
-        self.rejoin = self.node.recovered is not None
+        self.my_control, self.my_data = await self.node.listen(self.accepting(), self)
+        recovered = self.node.recovered
+        self.rejoin = recovered is not None
+        if recovered is not None and self.join:
+            # a joined worker restarting: straight to the initializer it joined (the worker it
+            # first contacted may have left the cluster since)
+            for peer in recovered.peers:
+                if peer.name == INITIALIZER:
+                    self.initializer = peer.control
         self.spawn(self._dial())
 
     async def _dial(self) -> None:
@@ -138,12 +146,13 @@ class Member(Role):
             self.built = True
             if not node.build(placement):
                 return
-            self.spawn(self._report_ready())
+        self.spawn(self._report_ready())  # again after a rejoin: the initializer may have restarted
         for w in msg.workers:
             if w.name != node.name:
                 node.connect(w.name, w.data)
         new = self.placement is None or self.placement != placement
         self.placement = placement
+        self.processing = not msg.changing  # until it resumes, as far as this worker knows
         self._save(msg)
         if msg.changing and new:
             self.handing_over = version = msg.version

@@ -51,7 +51,6 @@ class Membership:
         self.expected = expected
         self.fingerprint = fingerprint
         self.members: dict[str, Member] = {INITIALIZER: Member(INITIALIZER)}
-        self.running = False  # formed: a complete round of joiners may now join
         self.joining: dict[str, Member] = {}  # this round's joiners, in the order they came
         self.round = 0  # how many workers this round joins (every joiner said the same)
 
@@ -85,7 +84,7 @@ class Membership:
         member = Member(name, (host, hello.control[1]), (host, hello.data[1]), conn)
         if known is not None:
             (self.members if name in self.members else self.joining)[name] = member
-            return Admission(rejoined=name in self.members, joining=name in self.joining)
+            return Admission(rejoined=True, joining=name in self.joining)
         if hello.join or self.round:  # a joiner, or a new worker of a restart that grows
             return self._join(member, hello.join or self.round)
         if len(self.members) >= self.expected:

@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 
 from machida.app.plan import Placement
 from machida.durability.recovery import RecoveryRecord
+from machida.external import ExternalCommands
 from machida.wire.control import Address, ControlHandler, ControlLink
 
 __all__ = ["Address", "ControlLink", "Node", "Record"]
@@ -29,6 +30,7 @@ class Record:
     placement: Placement
     target: Placement | None = None
     leaving: tuple[str, ...] = ()
+    requested_count: int | None = None  # the initializer's --worker-count
 
 
 class Node(Protocol):
@@ -46,9 +48,11 @@ class Node(Protocol):
     def fingerprint_parts(self) -> list[str]:
         """The lines of this worker's topology fingerprint, compared at admission."""
 
-    async def listen(self, role: ControlHandler) -> tuple[Address, Address]:
+    async def listen(self, accepting: ControlHandler,
+                     commands: ExternalCommands) -> tuple[Address, Address]:  # fmt: skip
         """Bind this worker's listeners (connections accepted on its control listener go to
-        ``role``); the bound control and data addresses."""
+        ``accepting``, the external channel's requests to ``commands``); the bound control
+        and data addresses."""
 
     def build(self, placement: Placement) -> bool:
         """The placement of the keys is known: topology, sinks, event log (a recovering worker

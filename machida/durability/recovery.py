@@ -83,6 +83,9 @@ class RecoveryRecord:
     placement: Placement | None = None
     target: Placement | None = None
     leaving: tuple[str, ...] = ()
+    # the initializer's --worker-count when it last started: a restart with the same one
+    # keeps the members the cluster has grown or shrunk to, another one rescales to it
+    requested_count: int | None = None
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -411,6 +414,7 @@ _SCHEMA: dict[str, dict[str, Valid]] = {
         "placement": lambda v: v is None or _PLACEMENT(v),
         "target": lambda v: v is None or _PLACEMENT(v),
         "leaving": _NAMES,
+        "requested_count": lambda v: v is None or _kind(int)(v),
     },
     TCP_DATA: {"data": _ADDRESS},
     CONNECTION_ADDRESSES: {

@@ -6,7 +6,8 @@ it, or ask where the keys are. The tools ``cluster_shutdown``,
 ``cluster_shrinker`` and ``external_sender`` encode them with
 :func:`encode`; the runner's external channel decodes them with
 :class:`ExternalFrameDecoder`. Ids follow Wallaroo's 2017 numbering
-(``wally@14c8252b1:lib/wallaroo_labs/messages/external_messages.pony``). This
+(``wally@14c8252b1:lib/wallaroo_labs/messages/external_messages.pony``);
+``machida-flink``'s rescale (40) and savepoint (41) are our own. This
 module imports no I/O: it turns text into bytes and bytes into ``(id, text)``.
 """
 
@@ -31,6 +32,11 @@ PARTITION_COUNT_QUERY = 19
 PARTITION_COUNT_QUERY_RESPONSE = 20  # JSON {"state_partitions": {state: {worker: n}}, ...}
 CLUSTER_STATUS_QUERY = 21
 CLUSTER_STATUS_QUERY_RESPONSE = 22  # JSON {"processing_messages": b, "worker_names": [...], ...}
+# Ours, for machida-flink (ids below 30 follow Wallaroo's numbering): rescale the job to
+# the parallelism in the payload; stop it with a savepoint (the payload, if any, is the
+# directory to write it under).
+RESCALE = 40
+SAVEPOINT = 41
 
 # The names external_sender accepts for --type, mapped to their ids.
 TYPE_IDS = {
@@ -41,6 +47,8 @@ TYPE_IDS = {
     "partition-query": PARTITION_QUERY,
     "partition-count-query": PARTITION_COUNT_QUERY,
     "cluster-status-query": CLUSTER_STATUS_QUERY,
+    "rescale": RESCALE,
+    "savepoint": SAVEPOINT,
 }
 # The requests that are answered on the same connection, and the id of each answer.
 ANSWERS = {

@@ -63,7 +63,7 @@ final class IngressEnumerator implements SplitEnumerator<IngressSplit, List<Ingr
     static final class StateSerializer implements SimpleVersionedSerializer<List<IngressSplit>> {
         @Override
         public int getVersion() {
-            return 1;
+            return IngressSplit.Serializer.VERSION;
         }
 
         @Override
@@ -80,7 +80,7 @@ final class IngressEnumerator implements SplitEnumerator<IngressSplit, List<Ingr
 
         @Override
         public List<IngressSplit> deserialize(int version, byte[] data) throws IOException {
-            if (version != 1) {
+            if (version != getVersion()) {
                 throw new IOException("unknown ingress enumerator version " + version);
             }
             DataInputStream in = new DataInputStream(new ByteArrayInputStream(data));

@@ -45,6 +45,8 @@ final class IngressReader implements SourceReader<byte[], IngressSplit> {
     /** How long a reader tries to reach an ingress that does not answer before failing. */
     static final long GIVE_UP_MS = 60_000;
 
+    private final String host;
+    private final int port;
     private final byte[] token;
     private final BlockingQueue<Chunk> queue = new ArrayBlockingQueue<>(QUEUE_RECORDS);
     private final Map<String, Fetcher> fetchers = new HashMap<>();
@@ -67,8 +69,13 @@ final class IngressReader implements SourceReader<byte[], IngressSplit> {
         }
     }
 
-    /** {@code token}: the ingress's secret for this run, sent with every subscription. */
-    IngressReader(byte[] token) {
+    /**
+     * {@code host}:{@code port}: the ingress's serve port; {@code token}: its secret for this
+     * run, sent with every subscription.
+     */
+    IngressReader(String host, int port, byte[] token) {
+        this.host = host;
+        this.port = port;
         this.token = token.clone();
     }
 
@@ -220,14 +227,14 @@ final class IngressReader implements SourceReader<byte[], IngressSplit> {
                 Socket s = new Socket();
                 try {
                     s.setTcpNoDelay(true);
-                    s.connect(new InetSocketAddress(split.host, split.port), (int) RETRY_MS);
+                    s.connect(new InetSocketAddress(host, port), (int) RETRY_MS);
                     socket = s;
                     return s;
                 } catch (IOException e) {
                     s.close();
                     if (System.currentTimeMillis() - start > GIVE_UP_MS) {
-                        throw new IOException("cannot reach the ingress at " + split.host + ":"
-                                + split.port + " for " + split.splitId() + ": " + e.getMessage());
+                        throw new IOException("cannot reach the ingress at " + host + ":" + port
+                                + " for " + split.splitId() + ": " + e.getMessage());
                     }
                     Thread.sleep(RETRY_MS);
                 }

@@ -28,8 +28,9 @@ public final class IngressSource
     private final byte[] token;
 
     /**
-     * {@code streams} are the ingress stream numbers this source reads, from offset 0;
-     * {@code token} (hex) is the ingress's secret for this run, sent with every subscription.
+     * {@code host}:{@code port} is the ingress's serve port; {@code streams} are the stream
+     * numbers this source reads, from offset 0 unless the job is restored; {@code token} (hex)
+     * is the ingress's secret for this run, sent with every subscription.
      */
     public IngressSource(String host, int port, int[] streams, String token) {
         this.host = host;
@@ -61,7 +62,7 @@ public final class IngressSource
 
     @Override
     public SourceReader<byte[], IngressSplit> createReader(SourceReaderContext context) {
-        return new IngressReader(token);
+        return new IngressReader(host, port, token);
     }
 
     @Override
@@ -69,7 +70,7 @@ public final class IngressSource
             SplitEnumeratorContext<IngressSplit> context) {
         List<IngressSplit> splits = new ArrayList<>();
         for (int stream : streams) {
-            splits.add(new IngressSplit(stream, host, port, 0L));
+            splits.add(new IngressSplit(stream, 0L));
         }
         return new IngressEnumerator(context, splits);
     }

@@ -11,24 +11,22 @@ import org.apache.flink.core.io.SimpleVersionedSerializer;
 /**
  * One recorded input stream of the ingress (one per pipeline source) and how far the job has
  * read it. The offset is a byte position in the stream's log that always falls between two
- * entries; it is what a checkpoint keeps, and where a restored reader asks the ingress to
- * resume.
+ * entries; it is what a checkpoint or savepoint keeps, and where a restored reader asks the
+ * ingress to resume. Where the ingress listens is not part of it: a job restored from a
+ * savepoint, or by a run started again after a crash, reads from the ingress of the process
+ * that submitted it.
  */
 public final class IngressSplit implements SourceSplit {
     final int stream;
-    final String host;
-    final int port;
     final long offset;
 
-    public IngressSplit(int stream, String host, int port, long offset) {
+    public IngressSplit(int stream, long offset) {
         this.stream = stream;
-        this.host = host;
-        this.port = port;
         this.offset = offset;
     }
 
     IngressSplit at(long newOffset) {
-        return new IngressSplit(stream, host, port, newOffset);
+        return new IngressSplit(stream, newOffset);
     }
 
     @Override
@@ -38,14 +36,16 @@ public final class IngressSplit implements SourceSplit {
 
     @Override
     public String toString() {
-        return splitId() + "@" + host + ":" + port + "+" + offset;
+        return splitId() + "+" + offset;
     }
 
-    /** Splits in checkpoints: stream, host, port, offset. */
+    /** Splits in checkpoints and savepoints: stream, offset. */
     public static final class Serializer implements SimpleVersionedSerializer<IngressSplit> {
+        static final int VERSION = 2;
+
         @Override
         public int getVersion() {
-            return 1;
+            return VERSION;
         }
 
         @Override
@@ -59,7 +59,7 @@ public final class IngressSplit implements SourceSplit {
 
         @Override
         public IngressSplit deserialize(int version, byte[] data) throws IOException {
-            if (version != 1) {
+            if (version != VERSION) {
                 throw new IOException("unknown ingress split version " + version);
             }
             return read(new DataInputStream(new ByteArrayInputStream(data)));
@@ -67,13 +67,11 @@ public final class IngressSplit implements SourceSplit {
 
         static void write(DataOutputStream out, IngressSplit split) throws IOException {
             out.writeInt(split.stream);
-            out.writeUTF(split.host);
-            out.writeInt(split.port);
             out.writeLong(split.offset);
         }
 
         static IngressSplit read(DataInputStream in) throws IOException {
-            return new IngressSplit(in.readInt(), in.readUTF(), in.readInt(), in.readLong());
+            return new IngressSplit(in.readInt(), in.readLong());
         }
     }
 }

@@ -1,5 +1,7 @@
 """The command blocks of the project's Markdown files, and how to run them as written.
 
+The files are README.md, docs/*.md and examples/*/README.md.
+
 A fenced block whose info string is ``bash`` or ``sh`` is a command block; the line before it
 is an HTML comment saying how it runs (the comment does not show on a rendered page)::
 
@@ -37,7 +39,8 @@ OPTIONS are shell words:
 A block without ``bg`` must exit 0. Two blocks of the README have tests of their own: the
 walkthrough (``<!-- walkthrough:begin -->``) runs in ``tests/test_readme.py`` and on Flink in
 ``tests/test_flink_readme.py``, the grow and shrink run (``<!-- autoscale:begin -->``) in
-``tests/test_autoscale.py``.
+``tests/test_autoscale.py``; each example's check (``<!-- test:begin -->``) runs in
+``tests/test_examples.py``.
 
 What changes in a block before it runs, and nothing else: each ``127.0.0.1:PORT`` gets a free
 port (the same one for the whole group); ``machida``, ``machida-flink`` and
@@ -64,7 +67,11 @@ from pathlib import Path
 from toolhelp import closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+DOCS = [
+    "README.md",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*/README.md")),
+]
 SHELL = {"bash", "sh"}
 FENCE = re.compile(r"^(```+)\s*([\w-]*)\s*$")
 MARK = re.compile(r"^<!--\s*(run|not run|\w+:begin)(?::\s*(.*?))?\s*-->$")
@@ -72,6 +79,7 @@ MARK = re.compile(r"^<!--\s*(run|not run|\w+:begin)(?::\s*(.*?))?\s*-->$")
 RUN_ELSEWHERE = {
     "walkthrough:begin": "tests/test_readme.py",
     "autoscale:begin": "tests/test_autoscale.py",
+    "test:begin": "tests/test_examples.py",
 }
 OPTIONS = {"group", "bg", "ready", "after", "stop", "expect", "in", "host", "python", "file"}
 REPEATED = {"after", "expect"}
@@ -336,21 +344,24 @@ class Scenario:
                 self.fail(f"{shell.block.where} did not print {text!r}")
 
     def finish(self) -> None:
-        """Ctrl-C for the ``stop`` shells, after the others ended by themselves; all exit 0."""
+        """Ctrl-C for the ``stop`` shells, which must have run until then, after the others
+        ended by themselves; all exit 0. In a pipeline (``data_receiver | tee``) Ctrl-C reaches
+        every command, as in a terminal, and ``tee`` dies of it: the shell's 130."""
         running = [s for s in self.shells if s.block.options.get("bg")]
         for shell in [s for s in running if not s.block.options.get("stop")]:
-            self._wait_exit(shell)
+            self._wait_exit(shell, {0})
         for shell in reversed([s for s in running if s.block.options.get("stop")]):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(shell.proc.pid, signal.SIGINT)
-            self._wait_exit(shell)
+            if shell.proc.poll() is not None:
+                self.fail(f"{shell.block.where} ended before Ctrl-C")
+            os.killpg(shell.proc.pid, signal.SIGINT)
+            self._wait_exit(shell, {0, 128 + signal.SIGINT} if "|" in shell.block.text else {0})
 
-    def _wait_exit(self, shell: Shell) -> None:
+    def _wait_exit(self, shell: Shell, allowed: set) -> None:
         try:
             code = shell.proc.wait(WAIT_S)
         except subprocess.TimeoutExpired:
             self.fail(f"{shell.block.where} was still running {WAIT_S} s after the last block")
-        if code != 0:
+        if code not in allowed:
             self.fail(f"{shell.block.where} (bg) exited {code}")
         self.check_expected(shell)
 

@@ -28,7 +28,8 @@ def checkout_without_npm(tmp_path: Path) -> tuple[Path, dict, Path]:
     (fake / "npm").write_text(f'#!/bin/sh\necho "$@" >> {marker}\nexit 127\n')
     (fake / "npm").chmod(0o755)
     env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MAKEFLAGS", None)
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):  # as a user's make, not one inside make test
+        env.pop(name, None)
     return checkout, env, marker
 
 
@@ -46,7 +47,8 @@ def test_make_run_validates_without_npm_or_the_chart_library(tmp_path):
     checkout, env, marker = checkout_without_npm(tmp_path)
     result = make(checkout, env, "run", "RUN_ARGS=--free-ports --messages 200")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.rstrip().endswith("validator -e 200:        Validation successful!")
+    verdict = "validator -e 200:        Validation successful!"
+    assert verdict in [line.strip() for line in result.stdout.splitlines()]
     assert not marker.exists(), f"make run called npm: {marker.read_text()}"
     assert not (checkout / "metrics_ui" / "static" / "vendor").exists()
 

@@ -118,8 +118,9 @@ def test_a_full_disk_stops_accepting_with_one_line_and_exits_1(tmp_path):
     with small_disk(tmp_path / "disk", "2m") as disk:
         filler = disk / "filler"
         filler.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 256 * 1024))
-        process, in_port = flink(disk)
-        with process:
+        recv, out = receiver(tmp_path)  # a sink that takes the output: the drain ends at once
+        process, in_port = flink(disk, out=out)
+        with recv, process:
             process.wait_ready()
             with socket.create_connection(("127.0.0.1", in_port), timeout=30) as sock:
                 try:  # 1.2 MB into 256 KB: the ingress closes the connection

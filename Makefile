@@ -5,12 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format run bench bench-latency bench-autoscale bench-recovery bench-driver metrics-ui browser
+.PHONY: install test lint format run bench bench-latency bench-autoscale bench-recovery bench-driver metrics-ui metrics-ui-install browser
 
-# The Metrics UI's chart library (Chart.js, pinned in metrics_ui/vendor.py), fetched with npm.
+# The Metrics UI's chart library (Chart.js, pinned in metrics_ui/vendor.py), fetched with npm:
+# only by the targets that serve the page or test it (make metrics-ui, make test), so that
+# make install and make run need no npm.
 CHART := metrics_ui/static/vendor/chart.umd.js
 
-install: $(STAMP) $(CHART)
+install: $(STAMP)
+
+metrics-ui-install: $(CHART)
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +38,7 @@ browser:
 	fi
 
 # make metrics-ui UI_ARGS='--listen 127.0.0.1:5001 --http 127.0.0.1:4000' (those are the defaults)
-metrics-ui: install
+metrics-ui: install $(CHART)
 	$(PY) -m metrics_ui $(UI_ARGS)
 
 # ruff, then mypy over the layers pyproject.toml names (the protocols between them included).
@@ -47,7 +51,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint browser flink-install
+test: lint browser flink-install $(CHART)
 	$(PY) -m pytest
 
 # make run RUN_ARGS='--base-port 17000' moves every port of the scenario.
@@ -87,6 +91,7 @@ JAVA_SOURCES := $(wildcard java/machida/flink/*.java)
 TASKMANAGERS ?= 2
 FLINK_SLOTS ?= 2
 FLINK_REST_PORT ?= 8081
+FLINK_RPC_PORT ?= 6123
 
 .PHONY: flink-install jdk flink-run flink-cluster flink-cluster-add flink-cluster-stop bench-flink-rescale
 
@@ -114,9 +119,9 @@ flink-run: install flink-install
 	$(PY) scripts/flink_demo.py $(RUN_ARGS)
 
 # A standalone session cluster from the installed distribution: a JobManager (REST on
-# 127.0.0.1:$(FLINK_REST_PORT)) and $(TASKMANAGERS) TaskManagers, each its own JVM.
+# 127.0.0.1:$(FLINK_REST_PORT), RPC on $(FLINK_RPC_PORT)) and $(TASKMANAGERS) TaskManagers, each its own JVM.
 flink-cluster: install flink-install
-	$(PY) -m machida_flink.cluster start --taskmanagers $(TASKMANAGERS) --slots $(FLINK_SLOTS) --rest-port $(FLINK_REST_PORT)
+	$(PY) -m machida_flink.cluster start --taskmanagers $(TASKMANAGERS) --slots $(FLINK_SLOTS) --rest-port $(FLINK_REST_PORT) --rpc-port $(FLINK_RPC_PORT)
 
 # What a rescale of a running machida-flink job costs: the output's pause over 10 rescales
 # (p50 and max), into bench/flink_rescale.json. make bench-flink-rescale RESCALE_ARGS='--rate 5000'

@@ -5,7 +5,7 @@ Workers connect to the stats address and stream records
 :class:`~metrics_ui.model.Model`; a timer ticks the model once a second. The
 HTTP side answers ``GET`` and ``HEAD`` only, one request per connection:
 ``/`` is the page, ``/static/...`` a fixed list of files (the chart library
-among them, from ``static/vendor/``, put there by ``make install``),
+among them, from ``static/vendor/``, put there by ``make metrics-ui-install``),
 ``/api/summary`` and ``/api/series`` the model as JSON. Nothing is read from
 the file system outside that list. Without the chart library the page
 address answers 503 with what to run, and the start-up log says the same.
@@ -62,7 +62,7 @@ def missing_library_page(path: pathlib.Path) -> bytes:
         "<!doctype html><meta charset=utf-8><title>Metrics UI: chart library missing</title>"
         "<h1>Metrics UI: the chart library is not installed</h1>"
         f"<p>{vendor.PACKAGE} {vendor.VERSION} is expected at <code>{path}</code>.</p>"
-        "<p>Run <code>make install</code> (or <code>python -m metrics_ui.vendor</code>) "
+        "<p>Run <code>make metrics-ui-install</code> (or <code>python -m metrics_ui.vendor</code>) "
         "in the project, then reload this page. The API still answers at "
         '<a href="/api/summary">/api/summary</a>.</p>'
     ).encode()
@@ -121,8 +121,9 @@ class MetricsUI:
             raise
         if not self.library.is_file():
             self.log(
-                f"WARNING: chart library missing: {self.library} not found; run `make install` "
-                "(or `python -m metrics_ui.vendor`). The page shows this error until then."
+                f"WARNING: chart library missing: {self.library} not found; run "
+                "`make metrics-ui-install` (or `python -m metrics_ui.vendor`). The page shows "
+                "this error until then."
             )
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
@@ -207,7 +208,7 @@ class MetricsUI:
         try:
             body = (self.static_dir / name).read_bytes()
         except OSError:
-            hint = " (run `make install`)" if name.startswith("vendor/") else ""
+            hint = " (run `make metrics-ui-install`)" if name.startswith("vendor/") else ""
             return _text(404, f"{name} is missing{hint}\n")
         return 200, _headers(content_type), body
 

@@ -1,8 +1,9 @@
 """Build-time step: fetch the pinned Chart.js with npm into ``metrics_ui/static/vendor/``.
 
-``python -m metrics_ui.vendor`` (run by ``make install``) asks npm for the
-package tarball (``npm pack chart.js@VERSION``), checks it against the pinned
-integrity hash, and copies out only the UMD bundle and the licence. The page
+``python -m metrics_ui.vendor`` (run by ``make metrics-ui-install``, hence by ``make
+metrics-ui`` and ``make test``, never by ``make install``) asks npm for the package tarball
+(``npm pack chart.js@VERSION``), checks it against the pinned integrity hash, and copies out
+only the UMD bundle and the licence. The page
 loads the bundle from this server, so nothing is fetched at run time. The
 directory is not committed; the step does nothing when the pinned version is
 already there (``--force`` fetches again).

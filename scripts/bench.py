@@ -14,8 +14,9 @@ process, one after the other:
   intake and ledger, FILE and marks fsync'd before each acknowledgement); a
   window counts as received once it is durable in FILE;
 * ``flink``: ``machida-flink`` (the Flink back end, embedded MiniCluster,
-  parallelism 1, checkpoints every second) running the same application; its
-  RSS includes its JVM's, and its CPU seconds include the JVM's (a child it reaps).
+  parallelism 1 unless ``--flink-parallelism`` says otherwise, checkpoints every
+  second) running the same application; its RSS includes its JVM's, and its CPU
+  seconds include the JVM's (a child it reaps).
 
 The sender is ``sender --interval 0`` (as fast as the socket takes it) writing
 ``sent.txt``, whose per-batch timestamps give each value's send time. The
@@ -27,7 +28,7 @@ the run RSS is sampled four times a second
 (the soak view). Prints a table and writes ``bench/results.json``.
 
 Usage: python scripts/bench.py [--n N] [--out bench/results.json] [--only SYSTEM]
-       [--systems A,B,...]
+       [--systems A,B,...] [--flink-parallelism P]
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ SYSTEMS = ("reference", "cluster", "resilient", "exactly-once", "flink")
 RATIOS = {"ratio": ("cluster", "reference"), "resilience_ratio": ("resilient", "cluster"),
           "exactly_once_ratio": ("exactly-once", "resilient"),
           "flink_ratio": ("flink", "cluster")}  # fmt: skip
+# machida-flink's --parallelism (--flink-parallelism; 1 unless asked)
+FLINK_OPTIONS = {"parallelism": 1}
 # RSS is sampled this often (the last five samples are printed: the soak view).
 SAMPLE_EVERY_S = 0.25
 
@@ -214,7 +217,8 @@ async def start_flink(run: Run, in_port: int, out: str) -> None:
     run.external = f"127.0.0.1:{unused_port()}"
     run.spawn("machida-flink", [sys.executable, "-m", "machida_flink", "--application-module",
               "sequence_window", "--in", f"127.0.0.1:{in_port}", "--out", out, "--external",
-              run.external, "--resilience-dir", str(run.dir)])  # fmt: skip
+              run.external, "--resilience-dir", str(run.dir),
+              "--parallelism", str(FLINK_OPTIONS["parallelism"])])  # fmt: skip
     await run.wait_line("machida-flink", "Application has successfully initialized.")
 
 
@@ -326,7 +330,9 @@ async def main() -> int:
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument("--only", choices=SYSTEMS)
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="which, in this order")
+    parser.add_argument("--flink-parallelism", type=int, default=1, metavar="P")
     opts = parser.parse_args()
+    FLINK_OPTIONS["parallelism"] = opts.flink_parallelism
     results = []
     for name in [opts.only] if opts.only else opts.systems.split(","):
         if name not in SYSTEMS:

@@ -8,8 +8,9 @@ initializer and ``worker-2`` with the seed README's flags, waits for
 received. Prints a short report; exits 0 only if every step worked and the
 validator passed. Logs of every process are kept in ``run/``.
 
-Usage: python scripts/demo.py [--messages N] [--dir DIR] [--base-port P]
-(--base-port P shifts every port of the README by P - 7000, e.g. 17000.)
+Usage: python scripts/demo.py [--messages N] [--dir DIR] [--base-port P | --free-ports]
+(--base-port P shifts every port of the README by P - 7000, e.g. 17000; --free-ports gives
+each one a port nothing listens on, as the tests do.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from wallaroo_tools.loopback import tool_cmd, wait_for_text
+from wallaroo_tools.loopback import tool_cmd, unused_port, wait_for_text
 
 DEADLINE_S = 60.0
 
@@ -54,14 +55,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--dir", default="run", help="where logs and received.txt go")
-    parser.add_argument("--base-port", type=int, default=7000)
+    ports = parser.add_mutually_exclusive_group()
+    ports.add_argument("--base-port", type=int, default=7000)
+    ports.add_argument("--free-ports", action="store_true", help="a free port for each")
     opts = parser.parse_args()
     run_dir = Path(opts.dir).resolve()
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     shift = opts.base_port - 7000
+    free: dict[int, int] = {}
 
     def addr(port: int) -> str:
+        if opts.free_ports:
+            return f"127.0.0.1:{free.setdefault(port, unused_port())}"
         return f"127.0.0.1:{port + shift}"
 
     common = [

@@ -145,7 +145,7 @@ def test_a_worker_of_the_other_mode_is_refused_and_so_are_files_of_the_other_mod
 
 def test_the_readme_exactly_once_block_runs_as_written(tmp_path):
     text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"<!-- exactly-once:begin -->\n```bash\n(.*?)```", text, re.S)
+    block = re.search(r"<!-- exactly_once:begin -->\n```bash\n(.*?)```", text, re.S)
     assert block, "README lost its exactly-once block"
     ports = {port: str(closed_port()) for port in ("7002", "7010", "5001", "6000", "6001",
                                                    "5050", "5051")}  # fmt: skip

@@ -2,7 +2,7 @@
 
 Each test runs one event loop holding both the UI and what talks to it, and
 waits for conditions against a deadline. The page's files are served from
-the package (the chart library there is put in place by ``make install``);
+the package (the chart library there is put in place by ``make metrics-ui-install``);
 the missing-library case uses a copy of the static directory without it.
 """
 
@@ -62,7 +62,7 @@ async def started(**kwargs) -> MetricsUI:
 
 
 def test_the_page_and_its_files_are_served():
-    assert vendor.installed(), "the chart library is missing: run `make install`"
+    assert vendor.installed(), "the chart library is missing: run `make metrics-ui-install`"
 
     async def main():
         ui = await started()
@@ -129,7 +129,7 @@ def test_bad_requests_get_the_right_status_and_head_gets_no_body():
     run(main())
 
 
-def test_without_the_chart_library_the_page_says_to_run_make_install(tmp_path):
+def test_without_the_chart_library_the_page_says_to_run_make_metrics_ui_install(tmp_path):
     static = tmp_path / "static"
     shutil.copytree(STATIC_DIR, static, ignore=shutil.ignore_patterns("vendor"))
     logged: list[str] = []
@@ -138,9 +138,10 @@ def test_without_the_chart_library_the_page_says_to_run_make_install(tmp_path):
         ui = await started(static_dir=static, log=logged.append)
         try:
             status, _, body = await get(ui, "/")
-            assert status == 503 and b"make install" in body and vendor.VERSION.encode() in body
+            assert status == 503 and b"make metrics-ui-install" in body
+            assert vendor.VERSION.encode() in body
             status, _, body = await get(ui, "/static/vendor/chart.umd.js")
-            assert status == 404 and b"make install" in body
+            assert status == 404 and b"make metrics-ui-install" in body
             status, _, _ = await get(ui, "/api/summary")
             assert status == 200
         finally:
@@ -148,7 +149,7 @@ def test_without_the_chart_library_the_page_says_to_run_make_install(tmp_path):
 
     run(main())
     assert len(logged) == 1 and "chart library missing" in logged[0], logged
-    assert "make install" in logged[0]
+    assert "make metrics-ui-install" in logged[0]
 
 
 def test_records_from_the_runtime_s_client_reach_the_api():

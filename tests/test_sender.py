@@ -172,6 +172,22 @@ def test_help_prints_usage_and_exits_0(capsys):
     assert sender.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--host" in out and "--vary-by" in out and "--partition" in out
+    assert "-h is --host, as in giles sender, so the help is --help only." in out
+
+
+@pytest.mark.parametrize("args", [["-h"], ["-h", "-m", "3"], ["-m", "3", "-h"]])
+def test_a_bare_h_says_it_is_host_and_where_the_help_is(args, capsys):
+    assert sender.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "Error: -h is --host HOST:PORT, as in giles sender; sender --help prints the help\n"
+    )
+
+
+def test_help_wins_over_h_and_h_keeps_its_address(capsys):
+    assert sender.main(["-h", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("Usage: sender")
+    assert sender.parse_config(["-h", "127.0.0.1:7010", "-m", "3"]).port == "7010"
 
 
 # ---------------------------------------------------------------- real processes

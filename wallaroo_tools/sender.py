@@ -34,6 +34,7 @@ from machida.wire.framing import HEADER
 
 USAGE = "Usage: sender --host HOST:PORT --messages N [options]   (sender --help lists them)"
 NOTES = (
+    "  -h is --host, as in giles sender, so the help is --help only.\n"
     "  --interval 0 sends back-to-back; --vary-by V adds a random 0..V-1 records to every\n"
     "  batch, redrawn every 1000 ticks. Pony runtime options (--ponythreads ...) are ignored."
 )
@@ -55,8 +56,10 @@ OPTIONS = [
     Option("partition", default="", metavar="TEXT", help="bytes appended after the u64"),
     Option("phone-home", "p", metavar="HOST:PORT", help="ignored (Dagon)"),
     Option("name", "n", metavar="NAME", help="ignored (Dagon)"),
-    Option("help", kind="flag", help="show this help"),
+    Option("help", kind="flag", help="show this help (-h is --host, as in giles)"),
 ]  # fmt: skip
+# giles gave -h to --host; "sender -h" with no address is someone asking for the help.
+HOST_NOT_HELP = "-h is --host HOST:PORT, as in giles sender; sender --help prints the help"
 
 # Above this much unsent data in the socket's buffer a tick is skipped: the
 # peer is not keeping up, and queueing more only grows our memory.
@@ -91,11 +94,14 @@ class SenderConfig:
 def parse_config(argv: list[str]) -> SenderConfig | list[str] | None:
     """The command line as a config, a list of problems to print, or None after ``--help``."""
     parser = OptionParser(OPTIONS)
-    parsed = parser.parse(argv)
-    v = parsed.values
-    if v["help"]:
+    if "--help" in argv:
         print("\n".join([USAGE, *parser.help_lines(), NOTES]))
         return None
+    bare = [i for i, arg in enumerate(argv) if arg == "-h"]
+    if bare and (bare[0] + 1 == len(argv) or argv[bare[0] + 1].startswith("-")):
+        raise UsageError(HOST_NOT_HELP)
+    parsed = parser.parse(argv)
+    v = parsed.values
     if parsed.rest:
         raise UsageError(f"unexpected argument {parsed.rest[0]!r}")
     problems = _problems(v)

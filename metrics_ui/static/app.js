@@ -319,7 +319,7 @@
   function start() {
     if (typeof Chart === "undefined") {
       const banner = $("banner");
-      banner.textContent = "The chart library did not load (/static/vendor/chart.umd.js). Run `make install` in the project and reload.";
+      banner.textContent = "The chart library did not load (/static/vendor/chart.umd.js). Run `make metrics-ui-install` in the project and reload.";
       banner.hidden = false;
       setStatus("down", "chart library missing");
       return;

@@ -283,5 +283,8 @@ def test_the_giles_receiver_takes_each_output_once_and_counts_what_the_file_hold
         assert receiver.wait() == 0
         assert b"5 expected messages received. Terminating..." in receiver.stdout
     assert held(tmp_path, "received.txt") == [f"[1,{i}]".encode() for i in range(1, 6)]
+    with Tool(*command, cwd=tmp_path) as receiver:  # it holds 5 already: it ends at once
+        assert receiver.wait() == 0
+        assert b"5 expected messages received. Terminating..." in receiver.stdout
     refused = run_tool("receiver", "--listen", address, "--exactly-once", "--no-write")
     assert refused.returncode == 1 and b"leave out --no-write" in refused.stderr

@@ -333,6 +333,7 @@ async def serve_exactly_once(config: Config) -> int:
     port = server.sockets[0].getsockname()[1]
     stdout.write(f"Listening on {config.host}:{port}\n".encode())
     stdout.flush()
+    committed([])  # FILE may hold the --expect count already (a restart)
     try:
         code = await receiver.stopped
     finally:

@@ -17,7 +17,8 @@ protocol of workers started with ``--exactly-once`` (:mod:`.exactly_once`):
 ``received.txt`` and its marks (``received.txt.marks``) are made durable
 together before anything is acknowledged, each output is recorded once, and
 a restart with the same command, even after a kill -9, carries on where the
-file ends (``--expect`` counts what the file holds).
+file ends (``--expect N`` stops once the file holds at least N records: what
+one commit brings is kept whole).
 
 As in :mod:`.data_receiver`, asyncio Protocols only feed a per-connection
 :class:`~machida.wire.framing.FrameDecoder` and hand each read's frames, all at
@@ -313,7 +314,7 @@ async def serve_exactly_once(config: Config) -> int:
         return b"".join([pack(len(f), ts) + f for f in frames])
 
     def committed(frames: list[bytes]) -> None:
-        if timing is not None and timing.start is None:
+        if frames and timing is not None and timing.start is None:
             timing.first_record()
         if config.expect is not None and ledger.frames >= config.expect and not stopped.done():
             print(f"{ledger.frames} expected messages received. Terminating...", flush=True)
@@ -333,6 +334,7 @@ async def serve_exactly_once(config: Config) -> int:
         return 1
     _install_signals(loop, stopped)
     print(LISTENING, flush=True)
+    committed([])  # received.txt may hold the --expect count already (a restart)
     try:
         await stopped
     finally:

@@ -22,7 +22,14 @@ from machida.app.loader import load_plan, serializers
 from machida.runtime.dataplane import SOURCE_SLICE, DataPlane
 from machida.runtime.flow import LINK_HIGH_WATER, FlowControl
 from machida.testing import DEFAULT_ARGS, MemoryNetwork, run
-from machida.wire.boundary import BatchEvent, BoundaryDecoder, IncomingBoundary, encode_batch
+from machida.wire.boundary import (
+    COUNTERS,
+    BatchEvent,
+    BoundaryDecoder,
+    IncomingBoundary,
+    encode_batch,
+    encode_counters,
+)
 
 WORKERS = ["initializer", "worker-2"]
 FRAME = struct.Struct(">IQ")
@@ -36,7 +43,8 @@ def framed(values) -> bytes:
 class Pair:
     """The initializer and worker-2 of one application, joined by a memory network."""
 
-    def __init__(self, app: str = "sequence_window") -> None:
+    def __init__(self, app: str = "sequence_window", exactly_once: bool = False) -> None:
+        self.exactly_once = exactly_once
         self.module, self.plan = load_plan(app, list(DEFAULT_ARGS))
         self.sink: dict[str, list[bytes]] = {name: [] for name in WORKERS}
         self.network = MemoryNetwork()
@@ -55,7 +63,8 @@ class Pair:
             self.sink[name].append(data)
 
         plane = DataPlane(self.plan, name, serializers(self.module), FlowControl(), write_sink,
-                          self.network.writer(name), incarnation=incarnation)  # fmt: skip
+                          self.network.writer(name), incarnation=incarnation,
+                          exactly_once=self.exactly_once)  # fmt: skip
         plane.build(self.plan.placement(WORKERS))
         return self.network.add(plane)
 
@@ -286,6 +295,26 @@ def test_a_batch_for_a_route_this_worker_does_not_own_is_refused(route, why, cap
     assert why in str(error)
     assert pair.windows("worker-2") == [] and pair.planes["worker-2"].counts()["applied"] == 0
     assert capsys.readouterr().err == ""  # not reported as a failure of the user's callbacks
+
+
+@pytest.mark.parametrize(
+    ("exactly_once", "counters", "why"),
+    [(False, encode_counters({0: (1, 5)}), "runs without --exactly-once"),
+     (True, b"x", "a counters record of 1 bytes"),
+     (True, encode_counters({9: (1, 5)}), "pipeline 9, which this application does not have")],
+    ids=["plain worker", "malformed", "unknown pipeline"],
+)  # fmt: skip
+def test_output_numbering_a_worker_cannot_take_is_refused(exactly_once, counters, why, capsys):
+    """Kind 3 records (a moving key's exactly-once output numbering) are checked with the rest
+    of the batch, before anything of it is applied."""
+    pair = Pair(exactly_once=exactly_once)
+    pair.deliver()
+    incoming = pair.network.incoming[("initializer", "worker-2")]
+    runs = [[(0, STATE_STEP, 1), True, [2]], [(0, STATE_STEP, 1), COUNTERS, [counters]]]
+    error = pair.planes["worker-2"].boundary_read(incoming, encode_batch(1, runs))
+    assert why in str(error)
+    assert pair.windows("worker-2") == [] and pair.planes["worker-2"].counts()["applied"] == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_a_replay_of_records_applied_before_a_key_moved_away_is_skipped_not_refused():

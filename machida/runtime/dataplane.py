@@ -306,8 +306,12 @@ class DataPlane:
         total = sum(len(run[4]) for run in runs)
         skipped = dedup.skip(first, total)
         fresh = _after(runs, skipped)  # what a replay repeats was checked and applied before
-        for p, pos, key_index, kind, _ in fresh:
-            if kind not in (STATE, COUNTERS) and not topology.owns(p, pos, key_index):
+        for p, pos, key_index, kind, values in fresh:
+            if kind == COUNTERS:
+                problem = self._counters_problem(values)
+                if problem is not None:
+                    return problem
+            elif kind != STATE and not topology.owns(p, pos, key_index):
                 return FrameError(f"a batch has records for pipeline {p}, step {pos}, key index "
                                   f"{key_index}, which this worker does not own")  # fmt: skip
         for run in fresh:
@@ -348,6 +352,21 @@ class DataPlane:
                 topology.adopt_state(state_name, key_index, state)
                 if self._persist is not None:
                     self._persist(state_name, key_index, True)
+
+    def _counters_problem(self, values: list) -> FrameError | None:
+        """Why kind 3 records (a moving key's output numbering) cannot be applied here."""
+        if self.output is None:
+            return FrameError("a batch carries exactly-once output numbering, but this worker "
+                              "runs without --exactly-once")  # fmt: skip
+        for data in values:
+            try:
+                counters = decode_counters(data)
+            except FrameError as err:
+                return err
+            if any(p >= len(self.plan.pipelines) for p in counters):
+                return FrameError(f"output numbering for pipeline {max(counters)}, which this "
+                                  f"application does not have")  # fmt: skip
+        return None
 
     def _counters_of(self, state_name: str, key_index: int) -> dict[int, tuple[int, int]]:
         """The numbering of the output streams a key of ``state_name`` numbers here."""

@@ -97,6 +97,7 @@ def parse_runner_args(argv: list[str]) -> RunnerConfig:
         join=_optional_address("--join", values["join"]),
         exactly_once=bool(values["exactly_once"]),
         event_log_limit=values["event_log_limit"],
+        state_off_initializer=bool(values["state_off_initializer"] and initializer),
     )
     if config.exactly_once and not config.resilience:
         raise ConfigError(
@@ -194,6 +195,10 @@ def _notices(values: dict[str, Any], given: set[str], initializer: bool) -> tupl
         notices.append("WARNING: --log-rotation ignored: it needs --run-with-resilience.")
     if "event_log_limit" in given and not values["run_with_resilience"]:
         notices.append("WARNING: --event-log-limit ignored: it needs --run-with-resilience.")
+    if values["state_off_initializer"] and not initializer:
+        notices.append(
+            "WARNING: --state-off-initializer ignored: the cluster initializer places the keys."
+        )
     if "phone_home" in given:
         notices.append("WARNING: --phone-home ignored: Dagon orchestration is not supported.")
     for flag in SPIKE_FLAGS:

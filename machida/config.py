@@ -71,6 +71,13 @@ RUNNER_OPTIONS = [
         default=False,
         help="this process is the cluster initializer",
     ),
+    Option(
+        "state-off-initializer",
+        kind="flag",
+        default=False,
+        help="place no key on the initializer while the cluster has other workers: it runs "
+        "the sources, the others the states (effective on the initializer, when a cluster forms)",
+    ),
     Option("name", "n", metavar="NAME", help="worker name (required on workers)"),
     Option(
         "resilience-dir",
@@ -192,3 +199,4 @@ class RunnerConfig:
     join: tuple[str, int] | None = None  # --join: a running worker's control address
     exactly_once: bool = False  # --exactly-once (only with resilience)
     event_log_limit: int = DEFAULT_EVENT_LOG_LIMIT
+    state_off_initializer: bool = False  # --state-off-initializer (the initializer's decides)

@@ -101,7 +101,8 @@ class Process:
         keys = plan.state_keys()
         if config.initializer:
             pause = config.stop_pause_ns / 1e9
-            self.role = Initializer(self, config.worker_count, keys, pause)
+            self.role = Initializer(self, config.worker_count, keys, pause,
+                                    config.state_off_initializer)  # fmt: skip
         else:
             contact = config.join or config.control
             assert contact is not None  # a worker is given the initializer's or a worker's

@@ -55,7 +55,8 @@ class Driver:
     ``errors="raise"`` turns a failing user callback into :class:`UserCallbackError`
     (naming the callback, chained to the cause); ``errors="log"`` drops and
     counts the message like the runner. One driver is one source connection per
-    pipeline, so stateless steps get one instance each.
+    pipeline, so stateless steps get one instance each. ``state_off_initializer``
+    places the keys as machida's ``--state-off-initializer`` does.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class Driver:
         args: list[str] | None = None,
         worker_names: list[str] | None = None,
         errors: str = "raise",
+        state_off_initializer: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers!r}")
@@ -72,7 +74,7 @@ class Driver:
         if len(names) != workers or len(set(names)) != workers:
             raise ValueError(f"need {workers} distinct worker names, got {names!r}")
         self.module, self.plan = load_plan(app, list(args or DEFAULT_ARGS), warn=_warn)
-        self.placement = self.plan.placement(names)
+        self.placement = self.plan.placement(names, state_off_initializer)
         self.outputs: list[Output] = []
         self._errors = errors
         # every forwarded message crosses at once, in a batch of its own, and is delivered

@@ -7,6 +7,9 @@ process, one after the other:
 * ``reference``: ``scripts/bench_reference.py``, the faithful bare path (two
   processes calling the application's objects exactly as the API requires,
   and nothing else);
+* ``cluster-3``: three workers with ``--state-off-initializer`` (the
+  initializer runs the source and ``MaybeOneToMany``; worker-2 and worker-3
+  hold one key each);
 * ``resilient``: the same cluster with ``--run-with-resilience`` (event log,
   fsync per batch, acknowledgements after the fsync);
 * ``exactly-once``: the same cluster with ``--run-with-resilience --exactly-once``
@@ -25,7 +28,9 @@ each window in it, so latency is exact per value: receive time of the window
 whose newest value is v, minus the send time of v. Peak RSS and CPU seconds per
 process come from ``wait4`` (the receiver's CPU seconds are this process's own); during
 the run RSS is sampled four times a second
-(the soak view). Prints a table and writes ``bench/results.json``.
+(the soak view). The CPU each process spent while the values flowed (from the sender's start
+to the last window, from ``/proc``) is reported per million messages and as a share of one
+core, which shows the bottleneck of every run. Prints a table and writes ``bench/results.json``.
 
 Usage: python scripts/bench.py [--n N] [--out bench/results.json] [--only SYSTEM]
        [--systems A,B,...] [--flink-parallelism P]
@@ -57,8 +62,10 @@ NEWEST = re.compile(rb",(\d+)\]")
 SENT = re.compile(rb"(\d+), \x00\x00\x00\x08(.{8})\n", re.S)
 TIMEOUT_S = 600.0
 # What is measured, in this order: the bare path, the runner, the runner with resilience on.
-SYSTEMS = ("reference", "cluster", "resilient", "exactly-once", "flink")
-RATIOS = {"ratio": ("cluster", "reference"), "resilience_ratio": ("resilient", "cluster"),
+SYSTEMS = ("reference", "cluster", "cluster-3", "resilient", "exactly-once", "flink")
+RATIOS = {"ratio": ("cluster", "reference"), "spread_ratio": ("cluster-3", "cluster"),
+          "spread_reference_ratio": ("cluster-3", "reference"),
+          "resilience_ratio": ("resilient", "cluster"),
           "exactly_once_ratio": ("exactly-once", "resilient"),
           "flink_ratio": ("flink", "cluster")}  # fmt: skip
 # machida-flink's --parallelism (--flink-parallelism; 1 unless asked)
@@ -205,10 +212,15 @@ async def start_cluster(run: Run, in_port: int, out: str) -> None:
     if run.name == "exactly-once":
         common.append("--exactly-once")
     run.external = f"127.0.0.1:{unused_port()}"
+    workers = ["initializer", "worker-2"]
+    if run.name == "cluster-3":
+        workers.append("worker-3")
+        common.append("--state-off-initializer")
     run.spawn("initializer", tool_cmd("machida", *common, "--data", f"127.0.0.1:{data}",
-              "--external", run.external, "--worker-count", "2",
+              "--external", run.external, "--worker-count", str(len(workers)),
               "--cluster-initializer"))  # fmt: skip
-    run.spawn("worker-2", tool_cmd("machida", *common, "--name", "worker-2"))
+    for name in workers[1:]:
+        run.spawn(name, tool_cmd("machida", *common, "--name", name))
     await run.wait_line("initializer", "Application has successfully initialized.")
 
 
@@ -223,7 +235,8 @@ async def start_flink(run: Run, in_port: int, out: str) -> None:
 
 
 STARTERS = {"reference": "start_reference", "cluster": "start_cluster",
-            "resilient": "start_cluster", "exactly-once": "start_cluster",
+            "cluster-3": "start_cluster", "resilient": "start_cluster",
+            "exactly-once": "start_cluster",
             "flink": "start_flink"}  # fmt: skip
 
 
@@ -245,13 +258,19 @@ async def measure(name: str, n: int, workdir: Path) -> dict:
     try:
         await globals()[STARTERS[name]](run, in_port, out)
         sampler = loop.create_task(run.sample_rss())
-        receiving = time.process_time()  # this process is the receiver
+        busy = {pname: _cpu_ticks(proc.pid) for pname, proc in run.procs.items()}
+        began, receiving = time.monotonic(), time.process_time()  # this process is the receiver
         sender = run.spawn("sender", tool_cmd("sender", "-h", f"127.0.0.1:{in_port}", "-m",
                            str(n), "-y", "-g", "12", "-u", "-s", "1000", "-i", "0"))  # fmt: skip
+        busy["sender"] = 0
         await asyncio.wait_for(run.done.wait(), TIMEOUT_S)
+        wall, received = time.monotonic() - began, time.process_time() - receiving
+        during = {pname: (_cpu_ticks(proc.pid) - busy[pname]) / TICKS
+                  for pname, proc in run.procs.items()}  # fmt: skip
+        during["receiver"] = received
         sampler.cancel()
         run.sample()
-        receiver = {"exit": 0, "cpu_s": round(time.process_time() - receiving, 2)}
+        receiver = {"exit": 0, "cpu_s": round(received, 2)}
         usage = {"sender": await loop.run_in_executor(None, _wait4, sender)}
         if name != "reference":
             subprocess.run(tool_cmd("cluster_shutdown", run.external), check=True, timeout=30)
@@ -270,7 +289,24 @@ async def measure(name: str, n: int, workdir: Path) -> dict:
     for pname, peak in run.peaks.items():
         usage[pname]["peak_rss_mb"] = round(peak / 2**20, 1)
     usage["receiver"] = {**receiver, "peak_rss_mb": None}  # this process: not its own
+    for pname, seconds in during.items():
+        usage[pname]["cpu_s_per_million"] = round(seconds * 1e6 / n, 2)
+        usage[pname]["core_pct"] = round(100 * seconds / wall)
     return summarise(run, usage)
+
+
+# /proc/PID/stat counts CPU time in clock ticks
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU ticks of ``pid`` and its descendants (machida-flink's JVM) so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12]) + sum(_cpu_ticks(c) for c in _children(pid))
 
 
 def _wait4(proc: subprocess.Popen) -> dict:
@@ -285,7 +321,9 @@ def summarise(run: Run, usage: dict) -> dict:
         sent[int.from_bytes(match.group(2), "big")] = int(match.group(1))
     first_send = min(sent.values())
     last_receive = run.reads[-1][0]
-    latencies = sorted(t - sent[int(v)] for t, values in run.reads for v in values)
+    # (with N a multiple of 12 the last window carries N+1 and N+2, which were never sent)
+    latencies = sorted(t - sent[int(v)] for t, values in run.reads for v in values
+                       if int(v) in sent)  # fmt: skip
     values = sorted(int(v) for _, vs in run.reads for v in vs)
     lost = run.expected - len(set(values))
     seconds = (last_receive - first_send) / 1e9
@@ -321,6 +359,12 @@ def table(results: list[dict]) -> str:
         lines.append(f"{r['system']:<10} {r['messages']:>10,} {r['seconds']:>8.2f} "
                      f"{r['rate']:>10,} {lat['p50']:>8.1f} {lat['p99']:>8.1f} "
                      f"{lat['p99.9']:>9.1f}  {procs}")  # fmt: skip
+    lines.append("CPU while the values flowed: user+sys seconds per million messages "
+                 "(% of one core)")  # fmt: skip
+    for r in results:
+        lines.append(f"{r['system']:<10} " + ", ".join(
+            f"{k} {v['cpu_s_per_million']:.2f} ({v['core_pct']}%)"
+            for k, v in r["processes"].items()))  # fmt: skip
     return "\n".join(lines)
 
 

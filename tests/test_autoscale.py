@@ -110,6 +110,25 @@ def test_a_cluster_grows_and_shrinks_under_a_stream_and_loses_and_repeats_nothin
         assert cluster.shutdown() == {"initializer": 0, "worker-2": 0}, cluster.report()
 
 
+def test_state_off_initializer_keeps_the_keys_off_it_through_a_grow(tmp_path):
+    """--state-off-initializer: the two keys sit on worker-2, then on worker-2 and a joiner;
+    the initializer runs the source only, and every window arrives exactly once."""
+    extra = (*RESILIENCE, *FAST, "--state-off-initializer")
+    with Growing(tmp_path, workers=2, extra=extra).start() as cluster, stream(cluster) as sender:
+        assert cluster.counts() == {"initializer": 0, "worker-2": 2}
+        cluster.wait_windows(4_000)
+        joiner = cluster.join("worker-3")
+        joiner.wait_stdout(lambda out: JOINED in out and RESUMED in out)
+        cluster.wait_for("initializer", RESUMED)
+        assert cluster.counts() == {"initializer": 0, "worker-2": 1, "worker-3": 1}
+        assert joiner.stdout.count(JOINED) == 1, joiner.stdout
+        finish(cluster, sender, strict=True)
+        ignored = b"WARNING: --state-off-initializer ignored: the cluster initializer places"
+        assert ignored in joiner.stderr and ignored in cluster.procs["worker-2"].stderr
+        assert ignored not in cluster.procs["initializer"].stderr
+        assert cluster.shutdown() == {"initializer": 0, "worker-2": 0, "worker-3": 0}
+
+
 def test_a_joiner_killed_just_after_it_joined_restarts_with_its_own_command(tmp_path):
     with Growing(tmp_path).start() as cluster, stream(cluster) as sender:
         cluster.wait_windows(3_000)
@@ -245,6 +264,23 @@ def test_a_cluster_stopped_after_a_grow_restarts_grown_with_the_same_commands(tm
         assert cluster.counts() == {"initializer": 1, "worker-2": 1}
         cluster.send(1_000, *PACED, start_from=3_000)
         check_windows(cluster, 4_000)
+        assert cluster.shutdown() == {"initializer": 0, "worker-2": 0}, cluster.report()
+
+
+def test_a_restart_keeps_the_placement_rule_the_cluster_formed_with(tmp_path):
+    plain = (*RESILIENCE, *FAST)
+    with Growing(tmp_path, workers=2, extra=(*plain, "--state-off-initializer")).start() as cluster:
+        cluster.send(2_000, *PACED)
+        cluster.wait_windows(2_000)
+        stop_all(cluster)
+        cluster.extra = plain  # the initializer's command without the flag, this time
+        init = cluster.start_initializer()
+        cluster.start_worker(1)
+        cluster.wait_ready()
+        assert cluster.counts() == {"initializer": 0, "worker-2": 2}
+        assert b"WARNING: the recorded placement keeps the keys off the initializer" in init.stderr
+        cluster.send(1_500, *PACED, start_from=2_000)
+        check_windows(cluster, 3_500)
         assert cluster.shutdown() == {"initializer": 0, "worker-2": 0}, cluster.report()
 
 

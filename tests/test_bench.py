@@ -10,6 +10,7 @@ import asyncio
 import importlib.util
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -27,14 +28,21 @@ def test_bench_smoke_run_delivers_every_window(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     systems = {r["system"]: r for r in report["results"]}
-    assert set(systems) == {"reference", "cluster", "resilient", "exactly-once", "flink"}
+    assert set(systems) == {"reference", "cluster", "cluster-3", "resilient", "exactly-once",
+                            "flink"}  # fmt: skip
     for r in systems.values():
         assert r["missing"] == 0 and r["windows"] == 20_000
         assert r["rate"] > 0 and r["latency_ms"]["p50"] <= r["latency_ms"]["p99.9"]
-    for name in ("cluster", "resilient", "exactly-once"):
+    for name in ("cluster", "cluster-3", "resilient", "exactly-once"):
         processes = systems[name]["processes"]
         assert processes["initializer"]["exit"] == 0 and processes["worker-2"]["exit"] == 0
         assert processes["initializer"]["peak_rss_mb"] > 0
+    assert systems["cluster-3"]["processes"]["worker-3"]["exit"] == 0
+    for r in systems.values():  # the CPU of every process while the values flowed
+        assert {"sender", "receiver"} <= set(r["processes"])
+        for usage in r["processes"].values():
+            assert usage["cpu_s_per_million"] >= 0 and 0 <= usage["core_pct"] <= 400
+    assert "CPU while the values flowed" in result.stdout and "cluster-3 / cluster" in result.stdout
     assert "cluster / reference" in result.stdout and "resilient / cluster" in result.stdout
     assert "exactly-once / resilient" in result.stdout
     assert systems["flink"]["processes"]["machida-flink"]["exit"] == 0
@@ -84,3 +92,13 @@ def test_latency_bench_smoke_run_times_every_window(tmp_path):
         lat = r["latency_ms"]
         assert r["messages"] == 7500 and r["achieved"] > 0
         assert 0 < lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+
+
+def test_the_application_code_benchmark_prints_each_callback():
+    script = BENCH.parent / "bench_usercode.py"
+    result = subprocess.run([sys.executable, str(script), "--n", "2000"], capture_output=True,
+                            text=True, timeout=60, cwd=BENCH.parent.parent)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in ("payload_length", "decode", "compute_multi", "partition", "compute", "encode"):
+        assert re.search(rf"^{name} +\d+\.\d+ µs a call$", result.stdout, re.M), result.stdout
+    assert "in the application's own code" in result.stdout

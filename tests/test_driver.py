@@ -394,3 +394,19 @@ def test_the_driver_grows_and_shrinks_moving_each_state_through_serialize(make_a
         driver.shrink(["initializer"])
     with pytest.raises(ValueError, match="new, distinct worker names"):
         driver.grow(["worker3"])
+
+
+def test_the_driver_places_keys_off_the_initializer_when_asked():
+    """As machida --state-off-initializer: the initializer holds a key only when alone."""
+    driver = Driver("sequence_window", workers=1, state_off_initializer=True)
+    driver.feed(range(1, 9))
+    moved = [("Sequence Window", i, "initializer", "worker1") for i in (0, 1)]
+    assert driver.grow(["worker1"]) == moved
+    assert driver.grow(["worker2"]) == [("Sequence Window", 1, "worker1", "worker2")]
+    outs = driver.feed([9, 10])
+    assert [(o.worker, o.value) for o in outs] == [("worker2", [3, 5, 7, 9]),
+                                                   ("worker1", [4, 6, 8, 10])]  # fmt: skip
+    assert driver.shrink(["worker1"]) == [("Sequence Window", 0, "worker1", "worker2")]
+    outs = driver.feed([11, 16])
+    assert [(o.worker, o.value) for o in outs] == [("worker2", [5, 7, 9, 11]),
+                                                   ("worker2", [6, 8, 10, 16])]  # fmt: skip

@@ -166,8 +166,11 @@ def test_a_million_values_keep_the_directory_under_the_limit_and_a_kill_9_recove
         out = b"".join(tool.stdout for tool in cluster.procs.values()).decode()
         snapshots = [int(after) for _, after in re.findall(r"compacted: (\d+) -> (\d+)", out)]
         assert snapshots, cluster.report()  # the limit was reached
+        # the log compacts past the limit and past twice its starting size (a snapshot); the
+        # new snapshot is written beside it; one commit may cross the mark
+        bound = max(CLUSTER_LIMIT, 2 * max(snapshots)) + max(snapshots) + 64 * 1024
         for worker, size in largest.items():
-            assert size <= CLUSTER_LIMIT + max(snapshots) + 64 * 1024, (worker, largest)
+            assert size <= bound, (worker, largest, snapshots)
         verdict = cluster.validate(N, "-a")
         assert verdict.returncode == 0, verdict.stderr.decode() + cluster.report()
         assert odd_restarts(cluster.windows()) == []

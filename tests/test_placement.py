@@ -53,19 +53,60 @@ def test_a_rebalanced_placement_evens_out_and_moves_as_few_keys_as_it_can(case):
     new = old.rebalanced(workers)
     assert new == old.rebalanced(workers)  # deterministic
     for (_, before), (_, after) in zip(old.owners, new.owners):
-        counts = Counter(after)
-        assert set(counts) <= set(workers)
-        spread = [counts.get(w, 0) for w in workers]
-        assert max(spread) - min(spread) <= 1
-        base, extra = divmod(len(before), len(workers))
-        had = Counter(o for o in before if o in workers)
-        ranked = sorted(workers, key=lambda w: (-had[w], workers.index(w)))
-        share = {w: base + (rank < extra) for rank, w in enumerate(ranked)}
-        needed = sum(1 for o in before if o not in workers)
-        needed += sum(max(0, had[w] - share[w]) for w in workers)
-        moved = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
-        assert len(moved) == needed, (before, after)  # none moves but what must
-        assert all(before[i] not in workers or had[before[i]] > share[before[i]] for i in moved)
+        check_evened_out(before, after, workers)
+
+
+def check_evened_out(before: tuple, after: tuple, holders: list[str]) -> None:
+    """``after`` spreads the keys over ``holders`` evenly, and moves only the keys of workers
+    that may not hold any and those a worker has beyond its share."""
+    counts = Counter(after)
+    assert set(counts) <= set(holders)
+    spread = [counts.get(w, 0) for w in holders]
+    assert max(spread) - min(spread) <= 1
+    base, extra = divmod(len(before), len(holders))
+    had = Counter(o for o in before if o in holders)
+    ranked = sorted(holders, key=lambda w: (-had[w], holders.index(w)))
+    share = {w: base + (rank < extra) for rank, w in enumerate(ranked)}
+    needed = sum(1 for o in before if o not in holders)
+    needed += sum(max(0, had[w] - share[w]) for w in holders)
+    moved = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
+    assert len(moved) == needed, (before, after)  # none moves but what must
+    assert all(before[i] not in holders or had[before[i]] > share[before[i]] for i in moved)
+
+
+def test_state_off_initializer_places_the_keys_on_the_other_workers():
+    keys = {"s": (0, 1, 2), "t": ("a",)}
+    placement = round_robin(["initializer", "w2", "w3"], keys, state_off_initializer=True)
+    assert placement.owners == (("s", ("w2", "w3", "w2")), ("t", ("w2",)))
+    assert round_robin(["initializer"], keys, True).owners == (("s", ("initializer",) * 3),
+                                                               ("t", ("initializer",)))  # fmt: skip
+    again = Placement.from_json(placement.to_json())
+    assert again == placement and again.state_off_initializer
+    assert "state_off_initializer" not in round_robin(["initializer"], keys).to_json()
+
+
+@pytest.mark.parametrize(("owners", "workers", "after"), [
+    (("i", "i"), ["i", "j"], ("j", "j")),  # a joiner takes every key off the initializer
+    (("j", "j"), ["i", "j", "k"], ("j", "k")),  # and shares them with the next one
+    (("j", "k"), ["i", "k"], ("k", "k")),  # j leaves: its key goes to k, not to i
+    (("k", "k"), ["i"], ("i", "i")),  # the initializer alone holds them all again
+])  # fmt: skip
+def test_state_off_initializer_is_kept_by_every_rebalancing(owners, workers, after):
+    placement = Placement(tuple(sorted(set(owners))), (("s", owners),), 3, True)
+    new = placement.rebalanced(workers)
+    assert new.owners == (("s", after),) and new.state_off_initializer
+
+
+@given(PLACEMENTS)
+def test_with_state_off_initializer_it_holds_keys_only_alone(case):
+    members, states, changed = case
+    workers = ["initializer", *[n for n in NAMES[1:] if (n in members) != (n in changed)]]
+    old = Placement(tuple(members), tuple((f"s{i}", tuple(o)) for i, o in enumerate(states)),
+                    1, True)  # fmt: skip
+    new = old.rebalanced(workers)
+    for (_, before), (_, after) in zip(old.owners, new.owners):
+        assert ("initializer" in after) == (workers == ["initializer"])
+        check_evened_out(before, after, workers[1:] or workers)  # its keys go as a leaver's
 
 
 MEMBERS = ["initializer", "w2", "w3", "w4"]

@@ -95,12 +95,14 @@ class AppPlan:
                     found.setdefault(step.state_name, step.keys)
         return found
 
-    def placement(self, workers: list[str] | tuple[str, ...]) -> Placement:
-        """Key *i* of each state goes to ``workers[i mod N]`` (the 2017 rule).
+    def placement(self, workers: list[str] | tuple[str, ...],
+                  state_off_initializer: bool = False) -> Placement:  # fmt: skip
+        """Key *i* of each state goes to ``workers[i mod N]`` (the 2017 rule; with
+        ``state_off_initializer``, among the workers after the initializer).
 
         ``workers`` is ``["initializer"] + worker names in join order``.
         """
-        return round_robin(workers, self.state_keys())
+        return round_robin(workers, self.state_keys(), state_off_initializer)
 
     def fingerprint(self, resilience: bool = False, exactly_once: bool = False) -> str:
         """A digest of what workers must agree on (machida.md §3)."""
@@ -132,12 +134,20 @@ class Placement:
     ``workers`` is the member list in join order (the initializer first) and
     ``version`` counts the placements a cluster has had: 1 is the 2017
     round-robin rule of :meth:`AppPlan.placement`, each grow or shrink makes
-    the next one with :meth:`rebalanced`.
+    the next one with :meth:`rebalanced`. With ``state_off_initializer`` (an
+    opt-in rule, kept by every placement made from this one) the initializer,
+    which runs the sources and the steps before the first state, holds no key
+    while there is any other worker.
     """
 
     workers: tuple
     owners: tuple  # ((state_name, (worker per key index, ...)), ...)
     version: int = 1
+    state_off_initializer: bool = False
+
+    def holders(self, workers: tuple) -> tuple:
+        """The workers of ``workers`` (the initializer first) that may own keys."""
+        return _holders(workers, self.state_off_initializer)
 
     def owner(self, state_name: str, key_index: int) -> str:
         return dict(self.owners)[state_name][key_index]
@@ -171,29 +181,43 @@ class Placement:
         keeps its lowest key indexes up to its share; the rest of its keys, and every key of
         a worker that leaves, go to the workers under their share, lowest key index first,
         the workers in join order. Deterministic: every worker computes the same placement.
+        With ``state_off_initializer`` the N workers are those after the initializer (when
+        there are any), and the initializer's keys move as a leaving worker's do.
         """
         workers = tuple(workers)
         if not workers:
             raise ValueError("a placement needs at least one worker")
-        owners = tuple((name, _rebalance(old, workers)) for name, old in self.owners)
-        return Placement(workers, owners, self.version + 1)
+        holders = self.holders(workers)
+        owners = tuple((name, _rebalance(old, holders)) for name, old in self.owners)
+        return Placement(workers, owners, self.version + 1, self.state_off_initializer)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "workers": list(self.workers),
+        data = {"version": self.version, "workers": list(self.workers),
                 "owners": {name: list(owners) for name, owners in self.owners}}  # fmt: skip
+        if self.state_off_initializer:
+            data["state_off_initializer"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Placement:
         owners = tuple((name, tuple(o)) for name, o in data["owners"].items())
-        return cls(tuple(data["workers"]), owners, int(data["version"]))
+        return cls(tuple(data["workers"]), owners, int(data["version"]),
+                   data.get("state_off_initializer") is True)  # fmt: skip
 
 
-def round_robin(workers: list[str] | tuple[str, ...], state_keys: dict[str, tuple]) -> Placement:
-    """The 2017 placement: key *i* of each state on ``workers[i mod N]`` (version 1)."""
+def round_robin(workers: list[str] | tuple[str, ...], state_keys: dict[str, tuple],
+                state_off_initializer: bool = False) -> Placement:  # fmt: skip
+    """The 2017 placement: key *i* of each state on ``workers[i mod N]`` (version 1); with
+    ``state_off_initializer``, on the workers after the first when there are any."""
     workers = tuple(workers)
-    owners = tuple((name, tuple(workers[i % len(workers)] for i in range(len(keys))))
+    holders = _holders(workers, state_off_initializer)
+    owners = tuple((name, tuple(holders[i % len(holders)] for i in range(len(keys))))
                    for name, keys in state_keys.items())  # fmt: skip
-    return Placement(workers, owners)
+    return Placement(workers, owners, 1, state_off_initializer)
+
+
+def _holders(workers: tuple, state_off_initializer: bool) -> tuple:
+    return workers[1:] if state_off_initializer and len(workers) > 1 else workers
 
 
 def _rebalance(owners: tuple, workers: tuple) -> tuple:

@@ -41,8 +41,10 @@ class Initializer(Role):
     """The initializer's role: admission, readiness, changes and the shutdown coordinator."""
 
     def __init__(self, node: Node, expected: int, keys: dict[str, tuple],
-                 stop_pause_s: float = 0.0) -> None:  # fmt: skip
+                 stop_pause_s: float = 0.0,
+                 state_off_initializer: bool = False) -> None:  # fmt: skip
         super().__init__(node, keys)
+        self.state_off_initializer = state_off_initializer  # for a cluster that forms now
         self.membership = Membership(expected, node.fingerprint_parts())
         self.requested = expected  # --worker-count, as recorded
         self.wanted = expected  # the size to rescale to at a restart that asks for another
@@ -72,7 +74,15 @@ class Initializer(Role):
         recovered = self.node.recovered
         if recovered is not None:
             self.membership.restore(recovered.workers, recovered.peers)
-            self.placement = recovered.placement or round_robin(recovered.workers, self.keys)
+            self.placement = recovered.placement or round_robin(
+                recovered.workers, self.keys, self.state_off_initializer
+            )
+            if self.state_off_initializer and not self.placement.state_off_initializer:
+                warn("WARNING: --state-off-initializer ignored: this cluster formed without it, "
+                     "and its recorded placement is kept")  # fmt: skip
+            elif self.placement.state_off_initializer and not self.state_off_initializer:
+                warn("WARNING: the recorded placement keeps the keys off the initializer "
+                     "(the cluster formed with --state-off-initializer)")  # fmt: skip
             if recovered.target is not None:
                 self.change = (recovered.target, recovered.leaving)
             else:
@@ -133,7 +143,7 @@ class Initializer(Role):
         self.identified = True
         if self.expected > 1:
             say("All worker channels identified")
-        self.placement = round_robin(self.membership.names, self.keys)
+        self.placement = round_robin(self.membership.names, self.keys, self.state_off_initializer)
         self.send_members()
         if self._build():
             self.save_record()

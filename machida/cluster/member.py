@@ -56,6 +56,7 @@ class Member(Role):
         self.handing_over: int | None = None  # the version whose handovers are not all acked
         self.built = False
         self.rejoin = False
+        self.said_joined = False  # the joiner's success line is printed once
         self.redirected = asyncio.Event()
         self.my_control: Address | None = None
         self.my_data: Address | None = None
@@ -177,7 +178,8 @@ class Member(Role):
         if self.conn is not None:
             self.conn.write(control.encode(control.Ready(self.node.name)))
             self.node.recovery_complete()
-            if self.join and not self.rejoin:
+            if self.join and not self.rejoin and not self.said_joined:
+                self.said_joined = True
                 say("***Successfully joined cluster!***")
 
     def _on_resume(self, conn: ControlLink, msg: control.Resume) -> None:

@@ -11,7 +11,8 @@ cores of the runtime and the cluster load neither asyncio nor socket):
 0. the foundation: :mod:`machida.errors` (one exception per meaning),
    :mod:`machida.console` (the console lines and the one ``Error:`` line),
    :mod:`machida.options` and :mod:`machida.config` (the command line),
-   :mod:`machida.aio` (asyncio helpers);
+   :mod:`machida.aio` (asyncio helpers), :mod:`machida.files` (a directory made
+   durable);
 1. :mod:`machida.wire`: the byte formats (sources, boundaries, control,
    external channel, metrics records), sans-I/O codecs and typed messages;
 2. :mod:`machida.metrics` (counters, the ``--metrics`` stream) and

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from machida.console import warn
+from machida.files import fsync_directory
 from machida_flink.ingress_log import Scanner
 
 # A stream may run this far ahead of its reader before the senders are paused
@@ -67,15 +68,6 @@ def punch_hole(fd: int, start: int, end: int) -> bool:
     return fallocate(fd, mode, start, end - start) == 0
 
 
-def sync_directory(directory: Path) -> None:
-    """Make the names created or renamed in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``, whole or not at all, and on disk before returning."""
     temp = path.with_name(path.name + ".tmp")
@@ -88,7 +80,7 @@ def write_durably(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(temp, path)
-    sync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 @dataclass(frozen=True)

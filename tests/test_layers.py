@@ -45,7 +45,7 @@ NO_IO = (
 DEFERRED = {("machida.cli", "machida.process")}
 RANKS = [
     ("machida.errors", "machida.console", "machida.options", "machida.config", "machida.aio",
-     "machida.lib"),
+     "machida.files", "machida.lib"),
     ("machida.wire",),
     ("machida.metrics", "machida.external"),
     ("machida.app",),

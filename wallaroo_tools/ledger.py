@@ -31,6 +31,7 @@ import zlib
 from typing import BinaryIO, NamedTuple
 
 from machida.errors import FrameError
+from machida.files import fsync_directory
 from machida.wire.exactly_once import OutputRun, Stream
 
 MAGIC = b"machida-sink-marks 1\n"
@@ -205,7 +206,7 @@ class Ledger:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, self.journal_path)
-        _fsync_directory(os.path.dirname(self.journal_path) or ".")
+        fsync_directory(os.path.dirname(self.journal_path) or ".")
 
     def write(self, data: bytes, frames: int) -> None:
         """Records for FILE (durable at the next commit)."""
@@ -239,11 +240,3 @@ class Ledger:
         for file in (self.file, self.journal):
             with contextlib.suppress(OSError):  # what was not written was never acknowledged
                 file.close()
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

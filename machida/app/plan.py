@@ -145,10 +145,6 @@ class Placement:
     version: int = 1
     state_off_initializer: bool = False
 
-    def holders(self, workers: tuple) -> tuple:
-        """The workers of ``workers`` (the initializer first) that may own keys."""
-        return _holders(workers, self.state_off_initializer)
-
     def owner(self, state_name: str, key_index: int) -> str:
         return dict(self.owners)[state_name][key_index]
 
@@ -187,7 +183,7 @@ class Placement:
         workers = tuple(workers)
         if not workers:
             raise ValueError("a placement needs at least one worker")
-        holders = self.holders(workers)
+        holders = _holders(workers, self.state_off_initializer)
         owners = tuple((name, _rebalance(old, holders)) for name, old in self.owners)
         return Placement(workers, owners, self.version + 1, self.state_off_initializer)
 
@@ -217,6 +213,7 @@ def round_robin(workers: list[str] | tuple[str, ...], state_keys: dict[str, tupl
 
 
 def _holders(workers: tuple, state_off_initializer: bool) -> tuple:
+    """The workers of ``workers`` (the initializer first) that may own keys."""
     return workers[1:] if state_off_initializer and len(workers) > 1 else workers
 
 

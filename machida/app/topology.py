@@ -311,7 +311,8 @@ class LocalTopology:
         name = label(pipeline.sink.encoder, "encode")
         out, cb, pname = self._sink_for(p), self.callbacks, pipeline.name
         with_values = self._sink_values
-        keys = self._emit_keys[p] if self._emit_keys is not None else [NO_KEY]
+        if self._emit_keys is not None:  # exactly-once: each output goes with its key index
+            out, with_values = _with_key(out, self._emit_keys[p]), False
 
         def emit(value: Any) -> None:
             try:
@@ -329,21 +330,7 @@ class LocalTopology:
             elif data:
                 out(data)
 
-        def emit_keyed(value: Any) -> None:
-            try:
-                data = encode(value)
-            except BaseException as err:
-                cb.failed(name, err, pname, "sink")
-                return
-            if data.__class__ is not bytes and data is not None:
-                raw, data = data, _as_bytes(data)
-                if data is None:
-                    cb.invalid(name, raw, pname, "sink")
-                    return
-            if data:
-                out((keys[0], data))
-
-        return emit if self._emit_keys is None else emit_keyed
+        return emit
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -474,6 +461,15 @@ def _keyed(apply: Callable[[int, Any], None], key: list[int]) -> Callable[[int, 
         apply(i, msg)
 
     return keyed
+
+
+def _with_key(out: Callable[[Any], None], key: list[int]) -> Callable[[bytes], None]:
+    """``out`` given ``(key index, bytes)``: the key index the emitter reads in ``key``."""
+
+    def keyed_out(data: bytes) -> None:
+        out((key[0], data))
+
+    return keyed_out
 
 
 def _step_name(obj: Any) -> str:

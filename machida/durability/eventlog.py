@@ -56,8 +56,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from machida.durability.recovery import fsync_directory
 from machida.errors import EventLogError, FrameError
+from machida.files import fsync_directory
 from machida.wire.exactly_once import OutputRun, SinkDecoder, SinkOutputs, Stream
 
 MAGIC = b"machida-evlog 2 "

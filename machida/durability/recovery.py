@@ -24,6 +24,7 @@ from typing import Any, Callable, Union
 
 from machida.app.plan import Placement
 from machida.errors import RecoveryError
+from machida.files import fsync_directory
 
 _SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
 
@@ -339,15 +340,6 @@ def _write_durably(path: str, document: dict) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-
-
-def fsync_directory(directory: str) -> None:
-    # Renames and unlinks are durable only once the directory itself is synced.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: str) -> bool:

@@ -35,7 +35,8 @@ from machida.app.callbacks import Callbacks, fn_label, serialized
 from machida.config import DEFAULT_EVENT_LOG_LIMIT
 from machida.console import say
 from machida.durability.eventlog import EventLog, EventLogError, Replay, encode_commit, recover_log
-from machida.durability.recovery import TEMP_SUFFIX, RecoveryFiles, fsync_directory
+from machida.durability.recovery import TEMP_SUFFIX, RecoveryFiles
+from machida.files import fsync_directory
 from machida.wire.boundary import Batch
 from machida.wire.exactly_once import OutputRun, Stream
 

@@ -25,7 +25,7 @@ import asyncio
 import functools
 import time
 from collections import deque
-from typing import Callable, Protocol, Union
+from typing import Callable, Protocol, TypeVar, Union
 
 from machida.app.plan import AppPlan
 from machida.console import say
@@ -74,6 +74,37 @@ class _SinkProtocol(asyncio.Protocol):
         self.sink._lost(self)
 
 
+class _Dialer(Protocol):
+    host: str
+    port: int
+    address: str
+    _closing: bool
+    _log: Callable[[str], None]
+
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
+
+
+async def _dial(sink: _Dialer, factory: Callable[[], _P]) -> tuple[asyncio.Transport, _P] | None:
+    """Connect to ``sink``'s address, again every RETRY_S until it answers (saying so every
+    WAITING_LINE_EVERY_S); None once the sink is closing."""
+    loop = asyncio.get_running_loop()
+    last_line = -WAITING_LINE_EVERY_S
+    while not sink._closing:
+        try:
+            transport, protocol = await loop.create_connection(factory, sink.host, sink.port)
+        except OSError:
+            now = time.monotonic()
+            if now - last_line >= WAITING_LINE_EVERY_S:
+                sink._log(f"Waiting for sink at {sink.address}")
+                last_line = now
+            await asyncio.sleep(RETRY_S)
+            continue
+        assert isinstance(transport, asyncio.Transport)
+        return transport, protocol
+    return None
+
+
 class SinkConnection:
     """One sink connection of one worker, reconnecting as needed."""
 
@@ -105,29 +136,18 @@ class SinkConnection:
         self._task = asyncio.get_running_loop().create_task(self._connect_loop())
 
     async def _connect_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_line = -WAITING_LINE_EVERY_S
-        while not self._closing:
-            try:
-                transport, protocol = await loop.create_connection(
-                    lambda: _SinkProtocol(self), self.host, self.port
-                )
-            except OSError:
-                now = time.monotonic()
-                if now - last_line >= WAITING_LINE_EVERY_S:
-                    self._log(f"Waiting for sink at {self.address}")
-                    last_line = now
-                await asyncio.sleep(RETRY_S)
-                continue
-            self._transport, self._protocol = transport, protocol
-            if self._queue:
-                queued = b"".join(self._queue)
-                self._queue, self._queued_bytes = [], 0
-                self._send(transport, queued)
-                # From here the transport reports; asyncio pauses it above HIGH_WATER.
-                self._set_blocked(transport.get_write_buffer_size() > HIGH_WATER)
-            self.connected.set()
+        dialed = await _dial(self, lambda: _SinkProtocol(self))
+        if dialed is None:
             return
+        transport, protocol = dialed
+        self._transport, self._protocol = transport, protocol
+        if self._queue:
+            queued = b"".join(self._queue)
+            self._queue, self._queued_bytes = [], 0
+            self._send(transport, queued)
+            # From here the transport reports; asyncio pauses it above HIGH_WATER.
+            self._set_blocked(transport.get_write_buffer_size() > HIGH_WATER)
+        self.connected.set()
 
     def write(self, data: bytes) -> None:
         """Hand ``data`` to the connection, or queue it while the connection is down."""
@@ -232,25 +252,13 @@ class ExactlyOnceSink:
         self._task = asyncio.get_running_loop().create_task(self._connect_loop())
 
     async def _connect_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_line = -WAITING_LINE_EVERY_S
-        while not self._closing:
-            try:
-                transport, protocol = await loop.create_connection(
-                    lambda: _ExactlyOnceProtocol(self), self.host, self.port
-                )
-            except OSError:
-                now = time.monotonic()
-                if now - last_line >= WAITING_LINE_EVERY_S:
-                    self._log(f"Waiting for sink at {self.address}")
-                    last_line = now
-                await asyncio.sleep(RETRY_S)
-                continue
-            assert isinstance(transport, asyncio.Transport)
-            self._transport, self._protocol = transport, protocol
-            transport.write(self.plane.sink_opened(self.p))
-            self._hello_timer = loop.call_later(HELLO_WAIT_S, self._unanswered)
+        dialed = await _dial(self, lambda: _ExactlyOnceProtocol(self))
+        if dialed is None:
             return
+        transport, protocol = dialed
+        self._transport, self._protocol = transport, protocol
+        transport.write(self.plane.sink_opened(self.p))
+        self._hello_timer = asyncio.get_running_loop().call_later(HELLO_WAIT_S, self._unanswered)
 
     def _unanswered(self) -> None:
         self._hello_timer = None

@@ -47,7 +47,7 @@ from collections import deque
 from typing import NamedTuple, Union
 
 from machida.errors import FrameError
-from machida.wire.framing import FrameDecoder
+from machida.wire.framing import FrameDecoder, parse_frames
 
 HELLO = 0x48  # "H"
 BATCH = 0x4D  # "M"
@@ -315,25 +315,19 @@ class BoundaryDecoder:
     def feed(self, data: bytes) -> list[BoundaryEvent]:
         if self.error is not None:
             return []
-        events: list[BoundaryEvent] = []
-        for frame in self._frames.feed(data):
-            kind = frame[0]
-            try:
-                if kind == BATCH:
-                    events.append(BatchEvent(_SEQ.unpack_from(frame, 1)[0], _runs(frame, 9)))
-                elif kind == ACK:
-                    events.append(Ack(_SEQ.unpack_from(frame, 1)[0]))
-                elif kind == HELLO:
-                    events.append(_hello(frame))
-                else:
-                    raise FrameError(f"unknown data frame kind {kind!r}")
-            except (struct.error, ValueError, KeyError, TypeError, RecursionError,
-                    FrameError) as err:  # fmt: skip
-                self.error = err if isinstance(err, FrameError) else FrameError(str(err))
-                return events
-        if self._frames.error is not None:
-            self.error = self._frames.error
+        events, self.error = parse_frames(self._frames, data, _event)
         return events
+
+
+def _event(frame: bytes) -> BoundaryEvent:
+    kind = frame[0]
+    if kind == BATCH:
+        return BatchEvent(_SEQ.unpack_from(frame, 1)[0], _runs(frame, 9))
+    if kind == ACK:
+        return Ack(_SEQ.unpack_from(frame, 1)[0])
+    if kind == HELLO:
+        return _hello(frame)
+    raise FrameError(f"unknown data frame kind {kind!r}")
 
 
 def _hello(frame: bytes) -> Hello:

@@ -47,7 +47,7 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Union
 
 from machida.errors import FrameError
-from machida.wire.framing import FrameDecoder
+from machida.wire.framing import FrameDecoder, parse_frames
 
 HELLO = 0x48  # "H"
 MARKS = 0x4B  # "K"
@@ -244,16 +244,7 @@ class SinkDecoder:
     def feed(self, data: bytes) -> list[SinkEvent]:
         if self.error is not None:
             return []
-        events: list[SinkEvent] = []
-        for frame in self._frames.feed(data):
-            try:
-                events.append(_event(frame))
-            except (struct.error, ValueError, KeyError, TypeError, RecursionError,
-                    FrameError) as err:  # fmt: skip
-                self.error = err if isinstance(err, FrameError) else FrameError(str(err))
-                return events
-        if self._frames.error is not None:
-            self.error = self._frames.error
+        events, self.error = parse_frames(self._frames, data, _event)
         return events
 
 

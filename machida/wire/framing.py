@@ -10,8 +10,11 @@ read instead of a frame per await. It imports no I/O module.
 from __future__ import annotations
 
 import struct
+from typing import Callable, TypeVar
 
 from machida.errors import FrameError
+
+T = TypeVar("T")
 
 HEADER = struct.Struct(">I")
 # Wallaroo's tools refuse frames above 16 MiB; so does every framed reader here.
@@ -113,3 +116,21 @@ class FrameDecoder:
             pos = stop
         self._carry.keep(buf[pos:], wait)
         return frames
+
+
+# What a frame's parser raises for bytes it cannot make sense of (each becomes a FrameError).
+UNTRUSTED = (struct.error, ValueError, KeyError, TypeError, RecursionError, FrameError)
+
+
+def parse_frames(frames: FrameDecoder, data: bytes,
+                 parse: Callable[[bytes], T]) -> tuple[list[T], FrameError | None]:  # fmt: skip
+    """``parse`` each frame ``data`` completes: the events, in order, and why the stream
+    cannot be trusted any more (the first frame ``parse`` refused, or a bad length), if so;
+    the events before the bad frame are still returned."""
+    events: list[T] = []
+    for frame in frames.feed(data):
+        try:
+            events.append(parse(frame))
+        except UNTRUSTED as err:
+            return events, err if isinstance(err, FrameError) else FrameError(str(err))
+    return events, frames.error

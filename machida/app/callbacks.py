@@ -225,3 +225,26 @@ class Callbacks:
         for line in self.summary_lines():
             print(line, file=self.stream)
         self.stream.flush()
+
+
+def step_name(obj: Any) -> str:
+    """A step's name for metrics: its ``name()`` if it has one (asked once), else its class."""
+    name = getattr(obj, "name", None)
+    if callable(name):
+        try:
+            return str(name())
+        except Exception:
+            pass
+    return type(obj).__name__
+
+
+def as_bytes(data: Any) -> bytes | None:
+    """An encoder's result as bytes: bytes-likes as they are, ASCII text encoded."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, str):
+        try:
+            return data.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+    return None

@@ -5,7 +5,9 @@ user's objects: decode, the stateless steps, ``partition``, the state
 computation, later steps, and ``encode``. The runner and the in-process driver
 both use it, so they behave the same by construction. Each pipeline is compiled
 once into a chain of small closures (one per step), which keeps the per-message
-cost to the user's own calls plus a function call per step. A message for a key
+cost to the user's own calls plus a function call per step; the most common
+shape (at most one stateless step, then a state step, then the sink) is carried
+by the loops of :mod:`machida.app.fused` instead, without those calls. A message for a key
 owned by another worker goes to the sender ``forward_to(owner, route)`` gave
 for that key (the runner gives a list's ``append``, so a forward is one C
 call); one arriving from another worker enters through
@@ -21,9 +23,18 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-from machida.app.callbacks import Callbacks, build_state, fn_label, label, serialized
+from machida.app.callbacks import (
+    Callbacks,
+    as_bytes,
+    build_state,
+    fn_label,
+    label,
+    serialized,
+    step_name,
+)
+from machida.app.fused import Route, shape_of, source_loop, state_loop
 from machida.app.plan import U64_MASK, AppPlan, Computation, Placement, StatePartition
-from machida.metrics.stats import Stats
+from machida.metrics.stats import Stats, StepStats
 from machida.wire.boundary import MAX_MESSAGE
 from machida.wire.exactly_once import NO_KEY
 from machida.wire.source import SourceFramer
@@ -38,6 +49,8 @@ SinkFor = Callable[[int], Callable]
 ForwardTo = Callable[[str, tuple], Callable[[Any], None]]
 # persist(state_name, key_index, persist_flag) after each state call (resilience)
 PersistFn = Callable[[str, int, Any], None]
+# the stateless step instances of one source connection, by position, with their counts
+Made = dict[int, tuple[Any, StepStats]]
 
 
 class LocalTopology:
@@ -56,8 +69,12 @@ class LocalTopology:
         persist: PersistFn | None = None,
         stats: Stats | None = None,
         sink_keys: bool = False,
+        fused: bool = True,
     ) -> None:
         self.plan = plan
+        # whether the common shape runs in the loops of machida.app.fused (False: always the
+        # chain of closures, which the loops are tested against)
+        self.fused = fused
         self.stats = stats if stats is not None else Stats(worker)
         self.worker = worker
         self.placement = placement
@@ -86,11 +103,13 @@ class LocalTopology:
                     self.states.setdefault(step.state_name, {})
         self.build_missing()
         self._arrivals: dict[tuple[int, int], Callable[[int, Any], None]] = {}
+        self._arrival_runs: dict[tuple[int, int], Callable[[int, list], None]] = {}
         self._owned: dict[tuple[int, int], dict[int, Any]] = {}  # (p, pos) -> its held states
         # (p, pos) -> the route table the compiled state step reads, changed in place by
         # apply_placement: state name, whether each key is local, where each key's messages go
         # otherwise, and the owner each key was routed to
         self._routes: dict[tuple[int, int], tuple[str, list[bool], list[Any], list[Any]]] = {}
+        self._matched: dict[tuple[int, int], list[bool]] = {}
         self._worker_chains = [self._compile_worker_part(i) for i in range(len(plan.pipelines))]
 
     # -- states ---------------------------------------------------------------------------
@@ -163,23 +182,31 @@ class LocalTopology:
         steps = self.plan.pipelines[p].steps
         return self._chain(p, self.first_state(steps), self._emitter(p), "")
 
-    def _chain(self, p: int, start: int, tail: Callable, context: str) -> Callable[[Any], None]:
-        """Compile steps ``start..end`` of pipeline ``p`` in front of ``tail``."""
+    def _chain(self, p: int, start: int, tail: Callable, context: str,
+               made: Made | None = None) -> Callable[[Any], None]:  # fmt: skip
+        """Compile steps ``start..end`` of pipeline ``p`` in front of ``tail`` (with the
+        stateless step instances ``made`` by position, if given; new ones otherwise)."""
         steps = self.plan.pipelines[p].steps
         stop = len(steps) if start == self.first_state(steps) else self.first_state(steps)
         nxt = tail
         for pos in range(stop - 1, start - 1, -1):
             step = steps[pos]
             if isinstance(step, Computation):
-                nxt = self._stateless(p, step, nxt, context)
+                made_here = made.get(pos) if made is not None else None
+                nxt = self._stateless(p, made_here or self._instance(p, step), nxt, context)
             else:
                 nxt = self._state_step(p, pos, step, nxt)
         return nxt
 
-    def _stateless(self, p: int, step: Computation, nxt: Callable, context: str) -> Callable:
+    def _instance(self, p: int, step: Computation) -> tuple[Any, StepStats]:
+        """A new instance of a stateless step, and the counts of its step."""
         obj = step.cls()
+        return obj, self.stats.step(self.plan.pipelines[p].name, step_name(obj))
+
+    def _stateless(self, p: int, made: tuple[Any, StepStats], nxt: Callable,
+                   context: str) -> Callable:  # fmt: skip
+        obj, counts = made
         pname = self.plan.pipelines[p].name
-        counts = self.stats.step(pname, _step_name(obj))
         cb = self.callbacks
         multi = hasattr(obj, "compute_multi")
         method = obj.compute_multi if multi else obj.compute
@@ -221,6 +248,7 @@ class LocalTopology:
         if self._emit_keys is not None and last:
             apply = _keyed(apply, self._emit_keys[p])
         self._arrivals[(p, pos)] = apply
+        self._arrival_runs[(p, pos)] = self._state_loop(p, pos, step) or _each(apply)
         self._owned[(p, pos)] = self.states[step.state_name]
         n = len(step.keys)
         local: list[bool] = [False] * n
@@ -234,10 +262,11 @@ class LocalTopology:
         partition = step.partition_function.partition
         name = label(step.partition_function, "partition")
         state_name, u64, keys = step.state_name, step.u64, step.keys
-        matched = False  # whether any key has been in the list: the first miss says so
+        # whether any key has been in the list (the first miss says so); shared with the
+        # source loop of machida.app.fused
+        matched = self._matched[(p, pos)] = [False]
 
         def route(msg: Any) -> None:
-            nonlocal matched
             try:
                 key: Any = partition(msg)
             except BaseException as err:
@@ -254,15 +283,30 @@ class LocalTopology:
                 cb.invalid(name, key, pname, f"state '{state_name}' needs a hashable key")
                 return
             if i is None:
-                cb.unknown_key(name, key, state_name, () if matched else keys)
+                cb.unknown_key(name, key, state_name, () if matched[0] else keys)
                 return
-            matched = True
+            matched[0] = True
             if local[i]:
                 apply(i, msg)
             else:
                 send[i](msg)
 
         return route
+
+    def _state_loop(self, p: int, pos: int,
+                    step: StatePartition) -> Callable[[int, list], None] | None:  # fmt: skip
+        """One loop for the runs that arrive for the state step at ``pos`` if it is the last
+        step and its results go plainly to the sink (:mod:`machida.app.fused`); else None."""
+        pipeline = self.plan.pipelines[p]
+        if pos != len(pipeline.steps) - 1 or pipeline.sink is None:
+            return None
+        if hasattr(step.computation, "compute_multi"):
+            return None
+        if self._sink_values or self._emit_keys is not None or not self.fused:
+            return None
+        counts = self.stats.step(pipeline.name, step_name(step.computation))
+        return state_loop(pipeline, step, self.states[step.state_name], self.callbacks, counts,
+                          self._sink_for(p), self._persist)  # fmt: skip
 
     def _state_apply(self, p: int, step: StatePartition, nxt: Callable) -> Callable:
         """``apply(key_index, msg)``: the state computation on this worker's state."""
@@ -274,7 +318,7 @@ class LocalTopology:
         state_name, keys = step.state_name, step.keys
         pname = self.plan.pipelines[p].name
         cb, persist = self.callbacks, self._persist
-        counts = self.stats.step(pname, _step_name(comp))
+        counts = self.stats.step(pname, step_name(comp))
 
         def apply(i: int, msg: Any) -> None:
             counts.messages_in += 1
@@ -321,7 +365,7 @@ class LocalTopology:
                 cb.failed(name, err, pname, "sink")
                 return
             if data.__class__ is not bytes and data is not None:
-                raw, data = data, _as_bytes(data)
+                raw, data = data, as_bytes(data)
                 if data is None:
                     cb.invalid(name, raw, pname, "sink")
                     return
@@ -339,13 +383,36 @@ class LocalTopology:
         steps = self.plan.pipelines[p].steps
         first = self.first_state(steps)
         tail = self._worker_chains[p] if first < len(steps) else self._emitter(p)
-        entry = self._chain(p, 0, tail, f"peer {peer}") if first > 0 else tail
-        return SourceConnection(self, p, peer, entry)
+        made = {pos: self._instance(p, steps[pos]) for pos in range(first)}  # this connection's
+        entry = self._chain(p, 0, tail, f"peer {peer}", made) if first > 0 else tail
+        return SourceConnection(self, p, peer, entry, self._source_loop(p, peer, made))
+
+    def _source_loop(self, p: int, peer: str, made: Made) -> Callable[[list[bytes]], None] | None:
+        """One loop for a source connection of pipeline ``p`` (with the stateless step
+        instances ``made`` for it) if its shape allows and its output goes plainly to the sink
+        (:mod:`machida.app.fused`); else None."""
+        pipeline = self.plan.pipelines[p]
+        shape = shape_of(pipeline)
+        if shape is None or self._sink_values or self._emit_keys is not None or not self.fused:
+            return None
+        stateless, step_counts = made[0] if shape.stateless is not None else (None, None)
+        state, pos = shape.state, shape.state_pos
+        _, local, send, _ = self._routes[(p, pos)]
+        route = Route(self.states[state.state_name], local, send, self._matched[(p, pos)])
+        counts = (step_counts, self.stats.step(pipeline.name, step_name(state.computation)))
+        out, decoder = self._sink_for(p), pipeline.source.decoder
+        return source_loop(pipeline, shape, decoder, stateless, route, self.callbacks, counts, out,
+                           self._persist, peer)  # fmt: skip
 
     def owns(self, p: int, pos: int, key_index: int) -> bool:
         """Whether key ``key_index`` of the state step at ``pos`` of pipeline ``p`` is here."""
         owned = self._owned.get((p, pos))
         return owned is not None and key_index in owned
+
+    def arrival_run(self, p: int, pos: int) -> Callable[[int, list], None]:
+        """``run(key_index, messages)`` of the state step at ``pos``: :meth:`arrival` for each
+        message of a run that arrived from another worker."""
+        return self._arrival_runs[(p, pos)]
 
     def arrival(self, p: int, pos: int) -> Callable[[int, Any], None]:
         """``apply(key_index, msg)`` of the state step at ``pos``, for messages from another
@@ -383,15 +450,17 @@ class LocalTopology:
 class SourceConnection:
     """One source connection: its framing state and its own stateless step instances."""
 
-    __slots__ = ("_counts", "_decode", "_decode_name", "_entry", "_reported", "framer", "p", "peer",
-                 "topology")  # fmt: skip
+    __slots__ = ("_counts", "_decode", "_decode_name", "_entry", "_loop", "_reported", "framer",
+                 "p", "peer", "topology")  # fmt: skip
 
-    def __init__(self, topology: LocalTopology, p: int, peer: str, entry: Callable) -> None:
+    def __init__(self, topology: LocalTopology, p: int, peer: str, entry: Callable,
+                 loop: Callable[[list[bytes]], None] | None = None) -> None:  # fmt: skip
         source = topology.plan.pipelines[p].source
         self.topology = topology
         self.p = p
         self.peer = peer
         self._entry = entry
+        self._loop = loop
         self._decode = source.decoder.decode
         self._decode_name = label(source.decoder, "decode")
         self._counts = topology.stats.pipeline(topology.plan.pipelines[p].name)
@@ -399,6 +468,12 @@ class SourceConnection:
             source.decoder, source.header_length, label(source.decoder, "payload_length")
         )
         self._reported = False
+
+    @property
+    def one_loop(self) -> bool:
+        """Whether this connection's payloads go through one loop
+        (:func:`machida.app.fused.source_loop`) rather than the chain of closures."""
+        return self._loop is not None
 
     @property
     def failed(self) -> bool:
@@ -428,9 +503,12 @@ class SourceConnection:
             self.topology.callbacks.bad_frame(why.callback, why.length, pname, self.peer, why.exc)
 
     def push_payloads(self, payloads: list[bytes]) -> None:
+        self._counts.messages_in += len(payloads)
+        if self._loop is not None:
+            self._loop(payloads)
+            return
         decode, entry, name = self._decode, self._entry, self._decode_name
         cb = self.topology.callbacks
-        self._counts.messages_in += len(payloads)
         for payload in payloads:
             try:
                 msg = decode(payload)
@@ -453,6 +531,16 @@ class SourceConnection:
         return left
 
 
+def _each(apply: Callable[[int, Any], None]) -> Callable[[int, list], None]:
+    """``apply`` for each message of a run."""
+
+    def run(i: int, messages: list) -> None:
+        for msg in messages:
+            apply(i, msg)
+
+    return run
+
+
 def _keyed(apply: Callable[[int, Any], None], key: list[int]) -> Callable[[int, Any], None]:
     """``apply`` that first notes its key index in ``key``, where the emitter reads it."""
 
@@ -470,26 +558,3 @@ def _with_key(out: Callable[[Any], None], key: list[int]) -> Callable[[bytes], N
         out((key[0], data))
 
     return keyed_out
-
-
-def _step_name(obj: Any) -> str:
-    """A step's name for metrics: its ``name()`` if it has one (asked once), else its class."""
-    name = getattr(obj, "name", None)
-    if callable(name):
-        try:
-            return str(name())
-        except Exception:
-            pass
-    return type(obj).__name__
-
-
-def _as_bytes(data: Any) -> bytes | None:
-    """An encoder's result as bytes: bytes-likes as they are, ASCII text encoded."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    if isinstance(data, str):
-        try:
-            return data.encode("ascii")
-        except UnicodeEncodeError:
-            return None
-    return None

@@ -331,11 +331,10 @@ class DataPlane:
                 self._eo().adopt(key_index, decode_counters(data))
             return
         self.pstats[p].messages_arrived += len(values)
-        apply = topology.arrival(p, pos)
         if kind == INTS:
-            for msg in values:
-                apply(key_index, msg)
+            topology.arrival_run(p, pos)(key_index, values)
             return
+        apply = topology.arrival(p, pos)
         for data in values:
             ok, msg = topology.hop_in(data, p)
             if ok:

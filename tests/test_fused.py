@@ -8,7 +8,8 @@ callback, chosen per value by Hypothesis, may return something good, return
 something the API refuses, raise, or stop the process. Everything either
 topology does must match: the sink's bytes, what it forwards to the other
 worker, the states, the persist calls, the lines its callbacks print, their
-counters, the step counts, and where a failure that propagates stops it.
+counters, the step counts, and where a failure that propagates stops it; with
+exactly-once output too, where each output goes with its key index.
 """
 
 from __future__ import annotations
@@ -140,10 +141,10 @@ def make_app(table: dict[str, list[str]], multi: bool, u64: bool, with_step: boo
 class Side:
     """One topology of worker ``initializer`` and everything it does."""
 
-    def __init__(self, plan, fused: bool, errors: str) -> None:
+    def __init__(self, plan, fused: bool, errors: str, keyed: bool = False) -> None:
         self.stream = io.StringIO()
         self.callbacks = Callbacks("initializer", errors=errors, stream=self.stream)
-        self.sink: list[bytes] = []
+        self.sink: list = []  # bytes; with keyed (exactly-once output) (key index, bytes)
         self.forwarded: dict[tuple, list] = {}
         self.persisted: list[tuple] = []
         self.stats = Stats("initializer")
@@ -151,7 +152,7 @@ class Side:
             plan, "initializer", plan.placement(WORKERS), self.callbacks,
             sink_for=lambda p: self.sink.append, forward_to=self.forward_to,
             serializers=(repr, eval), persist=lambda *call: self.persisted.append(call),
-            stats=self.stats, fused=fused,
+            stats=self.stats, sink_keys=keyed, fused=fused,
         )  # fmt: skip
         self.stopped: str | None = None
 
@@ -200,12 +201,14 @@ def tables():
     u64=st.booleans(),
     with_step=st.booleans(),
     errors=st.sampled_from(["log", "raise"]),
+    keyed=st.booleans(),
     slices=st.lists(st.lists(st.integers(0, 2**64 - 1), max_size=12), min_size=1, max_size=4),
 )
-def test_a_source_loop_does_what_the_chain_does(table, multi, u64, with_step, errors, slices):
+def test_a_source_loop_does_what_the_chain_does(table, multi, u64, with_step, errors, keyed,
+                                                slices):  # fmt: skip
     plan = make_app(table, multi, u64, with_step)
     assert shape_of(plan.pipelines[0]) is not None
-    sides = [Side(plan, fused, errors) for fused in (True, False)]
+    sides = [Side(plan, fused, errors, keyed) for fused in (True, False)]
     for side in sides:
         connection = side.topology.source_connection(0, "test peer")
         assert connection.one_loop == side.topology.fused
@@ -219,15 +222,16 @@ def test_a_source_loop_does_what_the_chain_does(table, multi, u64, with_step, er
 @given(
     table=tables(),
     errors=st.sampled_from(["log", "raise"]),
+    keyed=st.booleans(),
     runs=st.lists(
         st.tuples(st.sampled_from([0, 2]), st.lists(st.integers(0, 10**6), max_size=12)),
         min_size=1, max_size=4,
     ),
 )  # fmt: skip
-def test_an_arriving_run_is_applied_as_the_chain_applies_it(table, errors, runs):
+def test_an_arriving_run_is_applied_as_the_chain_applies_it(table, errors, keyed, runs):
     plan = make_app(table, multi=True, u64=False, with_step=True)
     assert plan.placement(WORKERS).owned_by("initializer") == {"windows": [0, 2]}
-    sides = [Side(plan, fused, errors) for fused in (True, False)]
+    sides = [Side(plan, fused, errors, keyed) for fused in (True, False)]
     for side in sides:
         run = side.topology.arrival_run(0, STATE_POS)
         for key_index, values in runs:

@@ -14,7 +14,8 @@ same work without them, which is most of the runner's own cost per message:
 * :func:`state_loop` carries a run of messages that arrived from another
   worker for one key through the state computation and ``encode``.
 
-Both make the same user calls in the same order, with the same checks, and
+Both make the same user calls in the same order, with the same checks (and with
+exactly-once output tag each output with its key index, as the chain does), and
 report failures to the same :class:`~machida.app.callbacks.Callbacks` in the
 same words as the chain (``tests/test_fused.py`` runs both on the same input
 and compares everything they do); the step counts are added once per batch.
@@ -71,11 +72,12 @@ class Route:
 
 def source_loop(pipeline: Pipeline, shape: Shape, decoder: Any, stateless: Any, route: Route,
                 callbacks: Callbacks, counts: tuple[StepStats | None, StepStats],
-                out: Callable[[bytes], None], persist: Callable | None,
-                peer: str) -> Callable[[list[bytes]], None]:  # fmt: skip
+                out: Callable[[Any], None], persist: Callable | None, peer: str,
+                keyed: bool = False) -> Callable[[list[bytes]], None]:  # fmt: skip
     """``run(payloads)``: each payload decoded and carried to the sink or to another worker,
     as the chain of closures would. ``stateless`` is this connection's instance of the
-    stateless step (None without one); ``counts`` the step counts of both steps."""
+    stateless step (None without one); ``counts`` the step counts of both steps; with
+    ``keyed`` (exactly-once output) each output goes to ``out`` as ``(key index, bytes)``."""
     cb, pname, context = callbacks, pipeline.name, f"peer {peer}"
     decode, decode_name = decoder.decode, label(decoder, "decode")
     multi = stateless is not None and hasattr(stateless, "compute_multi")
@@ -178,7 +180,7 @@ def source_loop(pipeline: Pipeline, shape: Shape, decoder: Any, stateless: Any, 
                             cb.invalid(encode_name, raw, pname, "sink")
                             continue
                     if data:
-                        out(data)
+                        out((i, data) if keyed else data)
         finally:
             if hit:
                 matched[0] = True
@@ -192,10 +194,11 @@ def source_loop(pipeline: Pipeline, shape: Shape, decoder: Any, stateless: Any, 
 
 
 def state_loop(pipeline: Pipeline, state: StatePartition, states: dict[int, Any],
-               callbacks: Callbacks, counts: StepStats, out: Callable[[bytes], None],
-               persist: Callable | None) -> Callable[[int, list], None]:  # fmt: skip
+               callbacks: Callbacks, counts: StepStats, out: Callable[[Any], None],
+               persist: Callable | None,
+               keyed: bool = False) -> Callable[[int, list], None]:  # fmt: skip
     """``run(key_index, messages)``: the state computation and ``encode`` for each message of
-    one key, as the chain of closures would."""
+    one key, as the chain of closures would (with ``keyed``, as in :func:`source_loop`)."""
     cb, pname = callbacks, pipeline.name
     compute, compute_name = state.computation.compute, label(state.computation, "compute")
     assert pipeline.sink is not None
@@ -233,7 +236,7 @@ def state_loop(pipeline: Pipeline, state: StatePartition, states: dict[int, Any]
                         cb.invalid(encode_name, raw, pname, "sink")
                         continue
                 if data:
-                    out(data)
+                    out((i, data) if keyed else data)
         finally:
             counts.messages_in += state_in
             counts.messages_out += state_out

@@ -296,17 +296,19 @@ class LocalTopology:
     def _state_loop(self, p: int, pos: int,
                     step: StatePartition) -> Callable[[int, list], None] | None:  # fmt: skip
         """One loop for the runs that arrive for the state step at ``pos`` if it is the last
-        step and its results go plainly to the sink (:mod:`machida.app.fused`); else None."""
+        step, computes one result per message and the sink is not asked for the values
+        (:mod:`machida.app.fused`); else None."""
         pipeline = self.plan.pipelines[p]
         if pos != len(pipeline.steps) - 1 or pipeline.sink is None:
             return None
         if hasattr(step.computation, "compute_multi"):
             return None
-        if self._sink_values or self._emit_keys is not None or not self.fused:
+        if self._sink_values or not self.fused:
             return None
         counts = self.stats.step(pipeline.name, step_name(step.computation))
-        return state_loop(pipeline, step, self.states[step.state_name], self.callbacks, counts,
-                          self._sink_for(p), self._persist)  # fmt: skip
+        keyed, states = self._emit_keys is not None, self.states[step.state_name]
+        return state_loop(pipeline, step, states, self.callbacks, counts, self._sink_for(p),
+                          self._persist, keyed)  # fmt: skip
 
     def _state_apply(self, p: int, step: StatePartition, nxt: Callable) -> Callable:
         """``apply(key_index, msg)``: the state computation on this worker's state."""
@@ -389,11 +391,11 @@ class LocalTopology:
 
     def _source_loop(self, p: int, peer: str, made: Made) -> Callable[[list[bytes]], None] | None:
         """One loop for a source connection of pipeline ``p`` (with the stateless step
-        instances ``made`` for it) if its shape allows and its output goes plainly to the sink
+        instances ``made`` for it) if its shape allows and the sink is not asked for the values
         (:mod:`machida.app.fused`); else None."""
         pipeline = self.plan.pipelines[p]
         shape = shape_of(pipeline)
-        if shape is None or self._sink_values or self._emit_keys is not None or not self.fused:
+        if shape is None or self._sink_values or not self.fused:
             return None
         stateless, step_counts = made[0] if shape.stateless is not None else (None, None)
         state, pos = shape.state, shape.state_pos
@@ -402,7 +404,7 @@ class LocalTopology:
         counts = (step_counts, self.stats.step(pipeline.name, step_name(state.computation)))
         out, decoder = self._sink_for(p), pipeline.source.decoder
         return source_loop(pipeline, shape, decoder, stateless, route, self.callbacks, counts, out,
-                           self._persist, peer)  # fmt: skip
+                           self._persist, peer, self._emit_keys is not None)  # fmt: skip
 
     def owns(self, p: int, pos: int, key_index: int) -> bool:
         """Whether key ``key_index`` of the state step at ``pos`` of pipeline ``p`` is here."""

@@ -1,15 +1,21 @@
 """Loopback ports, commands and waits for harnesses (tests, benchmarks) that start real processes.
 
-A harness that gives a cluster its addresses asks the kernel for a free port,
-releases it and passes the number on. The kernel may hand a released port out
-again at once, and a cluster given one port for two of its addresses fails to
-bind the second; :func:`unused_port` never returns the same port twice in one
-process. :func:`tool_cmd` is how a harness starts a tool or the runner, and
-:func:`wait_for_text` waits for a line in a child's log against a deadline.
+A harness that gives a cluster its addresses finds a free port, releases it and
+passes the number on. The kernel hands out ports of its ephemeral range on its
+own, to every listener bound to port 0 (a worker's own control and data
+listeners are) and to every outgoing connection; one given a port a harness
+has just released takes it from the process about to listen there. So
+:func:`unused_port` picks below that range, where the kernel never picks, and
+never returns the same port twice in one process. :func:`tool_cmd` is how a
+harness starts a tool or the runner, and :func:`wait_for_text` waits for a line in
+a child's log against a deadline.
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
+import random
 import socket
 import subprocess
 import sys
@@ -17,17 +23,42 @@ import time
 from pathlib import Path
 
 _issued: set[int] = set()
+_RANDOM = random.Random()  # its own: a test that seeds the module's must not make ports collide
+# picks below the ephemeral range before asking the kernel instead (a range nearly all taken)
+_ATTEMPTS_BELOW = 1000
 
 
 def unused_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` that nothing was bound to a moment ago, new to this process."""
-    while True:
+    """A port on ``host`` that nothing was bound to a moment ago, new to this process, and
+    outside the kernel's ephemeral range when that leaves room (else one the kernel gave)."""
+    low, high = _BELOW_EPHEMERAL
+    for attempt in itertools.count():
+        below = low < high and attempt < _ATTEMPTS_BELOW
         with socket.socket() as sock:
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, _RANDOM.randrange(low, high) if below else 0))
+            except OSError as err:
+                if err.errno != errno.EADDRINUSE:
+                    raise
+                continue  # taken (or lingering): try another
             port = sock.getsockname()[1]
         if port not in _issued:
             _issued.add(port)
             return port
+    raise AssertionError("unreachable")
+
+
+def _below_ephemeral(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The ports from 10000 up to the kernel's ephemeral range (Linux's default range starts
+    at 32768); an empty range where that cannot be read or leaves fewer than 1000."""
+    try:
+        first = int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return (0, 0)
+    return (10_000, first) if first - 10_000 >= 1000 else (0, 0)
+
+
+_BELOW_EPHEMERAL = _below_ephemeral()
 
 
 def tool_cmd(name: str, *args: str) -> list[str]:

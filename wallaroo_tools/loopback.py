@@ -14,7 +14,6 @@ a child's log against a deadline.
 from __future__ import annotations
 
 import errno
-import itertools
 import random
 import socket
 import subprocess
@@ -32,8 +31,10 @@ def unused_port(host: str = "127.0.0.1") -> int:
     """A port on ``host`` that nothing was bound to a moment ago, new to this process, and
     outside the kernel's ephemeral range when that leaves room (else one the kernel gave)."""
     low, high = _BELOW_EPHEMERAL
-    for attempt in itertools.count():
-        below = low < high and attempt < _ATTEMPTS_BELOW
+    attempts = 0
+    while True:
+        below = low < high and attempts < _ATTEMPTS_BELOW
+        attempts += 1
         with socket.socket() as sock:
             try:
                 sock.bind((host, _RANDOM.randrange(low, high) if below else 0))
@@ -45,7 +46,6 @@ def unused_port(host: str = "127.0.0.1") -> int:
         if port not in _issued:
             _issued.add(port)
             return port
-    raise AssertionError("unreachable")
 
 
 def _below_ephemeral(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:

@@ -70,15 +70,17 @@ class Route:
     matched: list[bool]
 
 
-def source_loop(pipeline: Pipeline, shape: Shape, decoder: Any, stateless: Any, route: Route,
+def source_loop(pipeline: Pipeline, state: StatePartition, stateless: Any, route: Route,
                 callbacks: Callbacks, counts: tuple[StepStats | None, StepStats],
                 out: Callable[[Any], None], persist: Callable | None, peer: str,
                 keyed: bool = False) -> Callable[[list[bytes]], None]:  # fmt: skip
     """``run(payloads)``: each payload decoded and carried to the sink or to another worker,
-    as the chain of closures would. ``stateless`` is this connection's instance of the
+    as the chain of closures would, for a pipeline of :func:`shape_of` whose state step is
+    ``state``. ``stateless`` is this connection's instance of the
     stateless step (None without one); ``counts`` the step counts of both steps; with
     ``keyed`` (exactly-once output) each output goes to ``out`` as ``(key index, bytes)``."""
     cb, pname, context = callbacks, pipeline.name, f"peer {peer}"
+    decoder = pipeline.source.decoder
     decode, decode_name = decoder.decode, label(decoder, "decode")
     multi = stateless is not None and hasattr(stateless, "compute_multi")
     if stateless is None:
@@ -86,7 +88,6 @@ def source_loop(pipeline: Pipeline, shape: Shape, decoder: Any, stateless: Any, 
     else:
         step = stateless.compute_multi if multi else stateless.compute
         step_name = label(stateless, "compute_multi" if multi else "compute")
-    state = shape.state
     partition, partition_name = (
         state.partition_function.partition,
         label(state.partition_function, "partition"),

@@ -110,6 +110,9 @@ class LocalTopology:
         # otherwise, and the owner each key was routed to
         self._routes: dict[tuple[int, int], tuple[str, list[bool], list[Any], list[Any]]] = {}
         self._matched: dict[tuple[int, int], list[bool]] = {}
+        self._state_counts: dict[tuple[int, int], StepStats] = {}  # (p, pos) of a state step
+        # the loops serve unless the driver asks the sink for the values it encodes
+        self._loops = fused and not sink_values
         self._worker_chains = [self._compile_worker_part(i) for i in range(len(plan.pipelines))]
 
     # -- states ---------------------------------------------------------------------------
@@ -242,13 +245,16 @@ class LocalTopology:
         return run_multi if multi else run_one
 
     def _state_step(self, p: int, pos: int, step: StatePartition, nxt: Callable) -> Callable:
-        apply = self._state_apply(p, step, nxt)
+        counts = self._state_counts[(p, pos)] = self.stats.step(
+            self.plan.pipelines[p].name, step_name(step.computation)
+        )
+        apply = self._state_apply(p, step, nxt, counts)
         steps = self.plan.pipelines[p].steps
         last = all(not isinstance(s, StatePartition) for s in steps[pos + 1 :])
         if self._emit_keys is not None and last:
             apply = _keyed(apply, self._emit_keys[p])
         self._arrivals[(p, pos)] = apply
-        self._arrival_runs[(p, pos)] = self._state_loop(p, pos, step) or _each(apply)
+        self._arrival_runs[(p, pos)] = self._state_loop(p, pos, step, counts) or _each(apply)
         self._owned[(p, pos)] = self.states[step.state_name]
         n = len(step.keys)
         local: list[bool] = [False] * n
@@ -293,8 +299,8 @@ class LocalTopology:
 
         return route
 
-    def _state_loop(self, p: int, pos: int,
-                    step: StatePartition) -> Callable[[int, list], None] | None:  # fmt: skip
+    def _state_loop(self, p: int, pos: int, step: StatePartition,
+                    counts: StepStats) -> Callable[[int, list], None] | None:  # fmt: skip
         """One loop for the runs that arrive for the state step at ``pos`` if it is the last
         step, computes one result per message and the sink is not asked for the values
         (:mod:`machida.app.fused`); else None."""
@@ -303,14 +309,14 @@ class LocalTopology:
             return None
         if hasattr(step.computation, "compute_multi"):
             return None
-        if self._sink_values or not self.fused:
+        if not self._loops:
             return None
-        counts = self.stats.step(pipeline.name, step_name(step.computation))
         keyed, states = self._emit_keys is not None, self.states[step.state_name]
         return state_loop(pipeline, step, states, self.callbacks, counts, self._sink_for(p),
                           self._persist, keyed)  # fmt: skip
 
-    def _state_apply(self, p: int, step: StatePartition, nxt: Callable) -> Callable:
+    def _state_apply(self, p: int, step: StatePartition, nxt: Callable,
+                     counts: StepStats) -> Callable:  # fmt: skip
         """``apply(key_index, msg)``: the state computation on this worker's state."""
         comp = step.computation
         multi = hasattr(comp, "compute_multi")
@@ -320,7 +326,6 @@ class LocalTopology:
         state_name, keys = step.state_name, step.keys
         pname = self.plan.pipelines[p].name
         cb, persist = self.callbacks, self._persist
-        counts = self.stats.step(pname, step_name(comp))
 
         def apply(i: int, msg: Any) -> None:
             counts.messages_in += 1
@@ -395,16 +400,15 @@ class LocalTopology:
         (:mod:`machida.app.fused`); else None."""
         pipeline = self.plan.pipelines[p]
         shape = shape_of(pipeline)
-        if shape is None or self._sink_values or not self.fused:
+        if shape is None or not self._loops:
             return None
         stateless, step_counts = made[0] if shape.stateless is not None else (None, None)
         state, pos = shape.state, shape.state_pos
         _, local, send, _ = self._routes[(p, pos)]
         route = Route(self.states[state.state_name], local, send, self._matched[(p, pos)])
-        counts = (step_counts, self.stats.step(pipeline.name, step_name(state.computation)))
-        out, decoder = self._sink_for(p), pipeline.source.decoder
-        return source_loop(pipeline, shape, decoder, stateless, route, self.callbacks, counts, out,
-                           self._persist, peer, self._emit_keys is not None)  # fmt: skip
+        counts, keyed = (step_counts, self._state_counts[(p, pos)]), self._emit_keys is not None
+        return source_loop(pipeline, state, stateless, route, self.callbacks, counts,
+                           self._sink_for(p), self._persist, peer, keyed)  # fmt: skip
 
     def owns(self, p: int, pos: int, key_index: int) -> bool:
         """Whether key ``key_index`` of the state step at ``pos`` of pipeline ``p`` is here."""
